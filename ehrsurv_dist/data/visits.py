@@ -227,3 +227,34 @@ def build_visits(
         }
     )
     return visits, rej
+
+
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``, vectorised."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    before = np.cumsum(lengths) - lengths  # output position where each range starts
+    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(total)
+
+
+def select_subjects(sv: SubjectVisits, idx: np.ndarray) -> SubjectVisits:
+    """The subjects at positions ``idx`` (in that order), with their visits and codes."""
+    idx = np.asarray(idx, dtype=np.int64)
+    v0 = sv.visit_offsets[idx]
+    nv = sv.visit_offsets[idx + 1] - v0
+    vis = concat_ranges(v0, nv)
+    c0 = sv.code_offsets[vis]
+    nc = sv.code_offsets[vis + 1] - c0
+    cod = concat_ranges(c0, nc)
+    return SubjectVisits(
+        subject_id=sv.subject_id[idx],
+        event=sv.event[idx],
+        last_visit=sv.last_visit[idx],
+        visit_offsets=np.concatenate([[0], np.cumsum(nv)]).astype(np.int64),
+        visit_time=sv.visit_time[vis],
+        visit_age=sv.visit_age[vis],
+        code_offsets=np.concatenate([[0], np.cumsum(nc)]).astype(np.int64),
+        codes=pc.take(sv.codes, pa.array(cod, pa.int64())),
+    )
