@@ -1,0 +1,66 @@
+"""Survival metrics and diagnostic plots (pure numpy / scipy / scikit-survival / matplotlib).
+
+See :mod:`ehrsurv_dist.metrics.survival` for the conventions (DESIGN.md §2, §4). The plots live in
+:mod:`ehrsurv_dist.metrics.plots` and are not imported here, so that importing the metrics does
+not import matplotlib.
+"""
+
+from ehrsurv_dist.metrics.survival import (
+    RISK_SCORE_KINDS,
+    CalibrationResult,
+    HazardTable,
+    HorizonScores,
+    as_hazard_table,
+    bootstrap_ci,
+    brier_scores,
+    calibration_at,
+    concordance_td,
+    default_horizons,
+    default_ibs_grid,
+    evaluate_split,
+    event_free_at,
+    harrell_c,
+    integrated_brier,
+    jsonable,
+    length_only_baseline,
+    pad_hazards,
+    risk_score_name,
+    risk_scores,
+    structured_y,
+    survival_curves,
+    td_auc,
+    to_sksurv_time,
+    uno_c,
+    uno_default_tau,
+    valid_horizon_range,
+)
+
+__all__ = [
+    "RISK_SCORE_KINDS",
+    "CalibrationResult",
+    "HazardTable",
+    "HorizonScores",
+    "as_hazard_table",
+    "bootstrap_ci",
+    "brier_scores",
+    "calibration_at",
+    "concordance_td",
+    "default_horizons",
+    "default_ibs_grid",
+    "evaluate_split",
+    "event_free_at",
+    "harrell_c",
+    "integrated_brier",
+    "jsonable",
+    "length_only_baseline",
+    "pad_hazards",
+    "risk_score_name",
+    "risk_scores",
+    "structured_y",
+    "survival_curves",
+    "td_auc",
+    "to_sksurv_time",
+    "uno_c",
+    "uno_default_tau",
+    "valid_horizon_range",
+]
