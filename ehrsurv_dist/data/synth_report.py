@@ -20,14 +20,22 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.data import io
 from ehrsurv_dist.data.meds import data_files, read_outcomes
 from ehrsurv_dist.data.splits import subject_splits
+from ehrsurv_dist.data.visits import concat_ranges
 from ehrsurv_dist.metrics import survival as M
 
 
-def _ragged(col: pa.ChunkedArray) -> list[np.ndarray]:
+def _csr(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat float64 values, int64 offsets [N + 1]) of a list<float> column."""
     arr = col.combine_chunks()
-    off = np.asarray(arr.offsets)
+    off = np.asarray(arr.offsets, dtype=np.int64)
     vals = np.asarray(arr.values.to_numpy(zero_copy_only=False), dtype=np.float64)
-    return [vals[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+    return vals[off[0] : off[-1]], off - off[0]
+
+
+def _subset(vals: np.ndarray, off: np.ndarray, idx: np.ndarray) -> M.HazardTable:
+    starts, lengths = off[idx], np.diff(off)[idx]
+    sub_off = np.concatenate([[0], np.cumsum(lengths)])
+    return M.hazard_table_from_csr(vals[concat_ranges(starts, lengths)], sub_off)
 
 
 def synth_report(cohort: str) -> dict[str, Any]:
@@ -39,9 +47,9 @@ def synth_report(cohort: str) -> dict[str, Any]:
     order = np.argsort(o_sid)
     pos = order[np.searchsorted(o_sid[order], sid)]
     event = np.asarray(outc[S.OUTCOME_EVENT].to_numpy(zero_copy_only=False))[pos].astype(bool)
-    haz = _ragged(truth[S.TRUTH_HAZARD])
-    haz_obs = _ragged(truth[S.TRUTH_HAZARD_OBSERVABLE])
-    T = np.array([len(h) - 1 for h in haz], dtype=np.int64)
+    haz = _csr(truth[S.TRUTH_HAZARD])
+    haz_obs = _csr(truth[S.TRUTH_HAZARD_OBSERVABLE])
+    T = np.diff(haz[1]) - 1
     n_visits = T + 1
 
     fs, files, _ = data_files(cohort)
@@ -53,7 +61,7 @@ def synth_report(cohort: str) -> dict[str, Any]:
     codes -= set(S.NON_INPUT_CODES)
     codes = {c for c in codes if c is not None}
 
-    true_risk = np.array([h.mean() for h in haz])
+    true_risk = M.risk_scores(M.hazard_table_from_csr(*haz), kind="mean_hazard")
     rho_all = float(spearmanr(true_risk, T).statistic)
     rho_ev = (
         float(spearmanr(true_risk[event], T[event]).statistic) if event.sum() > 2 else float("nan")
@@ -64,8 +72,8 @@ def synth_report(cohort: str) -> dict[str, Any]:
     held = split == S.HELD_OUT_SPLIT
     oracle: dict[str, Any] = {}
     for name, hz in (("hazard", haz), ("hazard_observable", haz_obs)):
-        h_held = [hz[i] for i in np.flatnonzero(held)]
-        risk = M.risk_scores(h_held, T[held], kind="mean_hazard")
+        h_held = _subset(*hz, np.flatnonzero(held))
+        risk = M.risk_scores(h_held, kind="mean_hazard")
         oracle[name] = {
             "c_index_td": float(M.concordance_td(h_held, T[held], event[held])),
             "c_index_harrell": float(M.harrell_c(risk, T[held], event[held])),

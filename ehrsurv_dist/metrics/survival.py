@@ -197,6 +197,32 @@ def as_hazard_table(hazards: HazardsLike, last_visit: npt.ArrayLike | None = Non
         raise ValueError(
             f"hazards: values must lie in [0, 1], got range [{values.min()}, {values.max()}]"
         )
+    return _table(values, lv)
+
+
+def hazard_table_from_csr(values: npt.ArrayLike, offsets: npt.ArrayLike) -> HazardTable:
+    """Build a :class:`HazardTable` from flat hazards and ``[N + 1]`` segment offsets.
+
+    The zero-copy path for hazards that already live in CSR form (a Parquet list column, the
+    predictions of a batch job): no per-subject Python objects.
+
+    Raises:
+        ValueError: offsets not starting at 0, not increasing, or not matching ``values``.
+    """
+    vals = np.asarray(values, dtype=np.float64).reshape(-1)
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1)
+    if off.size < 2 or off[0] != 0 or off[-1] != vals.size:
+        raise ValueError("offsets: must start at 0 and end at len(values), with N + 1 entries")
+    lengths = np.diff(off)
+    if lengths.min() < 1:
+        raise ValueError("offsets: every subject needs at least one visit")
+    if not np.all(np.isfinite(vals)) or (vals.size and (vals.min() < 0.0 or vals.max() > 1.0)):
+        raise ValueError("values: hazards must be finite and lie in [0, 1]")
+    return _table(vals, lengths - 1)
+
+
+def _table(values: FloatArray, lv: IntArray) -> HazardTable:
+    lengths = lv + 1
     offsets = np.zeros(lv.shape[0] + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     with np.errstate(divide="ignore"):
@@ -539,10 +565,47 @@ def harrell_c(
     r = _as_risk(risk, "risk", lv.shape[0])
     if not ev.any() or lv.shape[0] < 2:
         return math.nan
+    time = lv + 0.5 * ev
+    if lv.shape[0] > HARRELL_SKSURV_MAX_N and np.unique(time[ev]).size <= HARRELL_MAX_GROUPS:
+        return _harrell_grouped(r, time, ev, tied_tol)
     try:
-        return float(concordance_index_censored(ev, lv + 0.5 * ev, r, tied_tol=tied_tol)[0])
+        return float(concordance_index_censored(ev, time, r, tied_tol=tied_tol)[0])
     except NoComparablePairException:
         return math.nan
+
+
+# scikit-survival's Harrell C loops over events in Python with an O(N) step each (53 s at
+# 150,000 subjects here). Above this size, the same statistic is computed per distinct event
+# time, which is cheap because times are visit indices; a test pins equality with sksurv.
+HARRELL_SKSURV_MAX_N = 20_000
+HARRELL_MAX_GROUPS = 2_000
+
+
+def _harrell_grouped(r: FloatArray, time: FloatArray, ev: BoolArray, tied_tol: float) -> float:
+    """Harrell's C exactly as ``concordance_index_censored`` defines it, for few distinct times.
+
+    With events at ``T + 0.5`` and censorings at ``T``, an event never ties in time with a
+    censoring, so the comparable pairs of event i are exactly the subjects with a later time.
+    """
+    order = np.argsort(time, kind="stable")
+    t_sorted = time[order]
+    concordant = 0.0
+    tied = 0.0
+    comparable = 0
+    for tau in np.unique(time[ev]):
+        later = order[np.searchsorted(t_sorted, tau, side="right") :]
+        if later.size == 0:
+            continue
+        r_later = np.sort(r[later])
+        r_i = r[ev & (time == tau)]
+        lo = np.searchsorted(r_later, r_i - tied_tol, side="left")  # r_j < r_i - tol
+        hi = np.searchsorted(r_later, r_i + tied_tol, side="right")  # r_j <= r_i + tol
+        concordant += float(lo.sum())
+        tied += float((hi - lo).sum())
+        comparable += int(r_i.size) * int(later.size)
+    if comparable == 0:
+        return math.nan
+    return (concordant + 0.5 * tied) / comparable
 
 
 def uno_default_tau(

@@ -564,3 +564,20 @@ def test_evaluate_split_drops_invalid_horizons_with_a_warning() -> None:
     assert any("[50] dropped" in w for w in m["warnings"])
     with pytest.raises(ValueError, match="event: length"):
         evaluate_split(hz, T, E[:-1], T, E)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_harrell_equals_sksurv(seed: int) -> None:
+    """The fast path used above HARRELL_SKSURV_MAX_N is exactly sksurv's statistic."""
+    from sksurv.metrics import concordance_index_censored
+
+    from ehrsurv_dist.metrics.survival import _harrell_grouped
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    lv = rng.integers(0, 30, n)
+    ev = rng.random(n) < 0.4
+    risk = np.round(rng.random(n) - 0.02 * lv, 2)  # rounded: many exact ties
+    time = lv + 0.5 * ev
+    expected = concordance_index_censored(ev, time, risk)[0]
+    assert _harrell_grouped(risk, time, ev, 1e-8) == pytest.approx(expected, abs=1e-12)
