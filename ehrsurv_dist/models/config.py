@@ -1,0 +1,250 @@
+"""Typed configuration dataclasses for the models (one per concern).
+
+Each field has a docstring; ``__post_init__`` raises a ``ValueError`` that names the offending
+field. ``vocab_size`` may be left ``None`` in YAML: it is only known once the vocabulary is built,
+and is filled in with ``dataclasses.replace(cfg, vocab_size=n)`` (or by the builders in
+``models/builders.py``) before a model is constructed. The models refuse a config whose
+``vocab_size`` is still ``None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ehrsurv_dist.schema import NUM_SPECIAL_TOKENS
+
+AttentionMode = Literal["visit_causal", "bidirectional"]
+VisitPooling = Literal["mean", "attention"]
+
+ATTENTION_MODES: tuple[str, ...] = ("visit_causal", "bidirectional")
+VISIT_POOLINGS: tuple[str, ...] = ("mean", "attention")
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def _vocab(value: int | None) -> None:
+    if value is not None and value <= NUM_SPECIAL_TOKENS:
+        raise ValueError(
+            f"vocab_size must be > NUM_SPECIAL_TOKENS ({NUM_SPECIAL_TOKENS}) or None, got {value!r}"
+        )
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+@dataclass
+class BEHRTConfig:
+    """Flat BEHRT encoder (seed-spec §2-§3) plus the sizes of its task heads."""
+
+    vocab_size: int | None = None
+    """Number of code ids including the special tokens (PAD=0, MASK=1, UNK=2); None = set later."""
+    embedding_dim: int = 128
+    """Width of the additive token embedding (code + age + visit + position)."""
+    hidden_dim: int = 256
+    """Width of the transformer; a Linear projection is inserted when it differs from
+    ``embedding_dim``."""
+    num_layers: int = 4
+    """Number of Pre-LN transformer blocks."""
+    num_heads: int = 8
+    """Attention heads; must divide ``hidden_dim``."""
+    intermediate_dim: int | None = None
+    """Width of the feed-forward layer; None = 4 * hidden_dim."""
+    max_position: int = 512
+    """Rows of the position table: the longest flat sequence L the model accepts (never clamped)."""
+    max_age: float = 100.0
+    """Ages are clamped to [0, max_age] years before binning."""
+    age_bin_size: float = 5.0
+    """Width of an age bin in years (5 gives the seed's 22 bins)."""
+    max_visits: int = 512
+    """Rows of the visit-id table; larger visit ids share the last row (seed behaviour)."""
+    dropout: float = 0.1
+    """Dropout after the embeddings, the attention output and the feed-forward output."""
+    attention_dropout: float = 0.1
+    """Dropout on the attention probabilities (``dropout_p`` of scaled_dot_product_attention)."""
+    use_sinusoidal: bool = False
+    """Fixed sinusoidal positions instead of a learned position table."""
+    attention: AttentionMode = "visit_causal"
+    """``visit_causal``: a token of visit t attends to visits <= t (DESIGN.md §3, default);
+    ``bidirectional``: every real token (seed parity; leaks the sequence end)."""
+    visit_pooling: VisitPooling = "mean"
+    """How token states become a visit state for the survival head: masked ``mean`` (seed) or
+    learned ``attention`` pooling."""
+    hazard_hidden_dim: int | None = None
+    """Hidden width of the hazard MLP; None = hidden_dim."""
+    head_dropout: float = 0.1
+    """Dropout inside the hazard MLP."""
+    tie_mlm_weights: bool = False
+    """Tie the MLM output matrix to the code embedding (needs embedding_dim == hidden_dim)."""
+
+    def __post_init__(self) -> None:
+        _vocab(self.vocab_size)
+        for name in ("embedding_dim", "hidden_dim", "num_layers", "num_heads", "max_position"):
+            _positive(name, getattr(self, name))
+        _positive("max_visits", self.max_visits)
+        _positive("max_age", self.max_age)
+        _positive("age_bin_size", self.age_bin_size)
+        if self.intermediate_dim is not None:
+            _positive("intermediate_dim", self.intermediate_dim)
+        if self.hazard_hidden_dim is not None:
+            _positive("hazard_hidden_dim", self.hazard_hidden_dim)
+        if self.hidden_dim % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        _probability("dropout", self.dropout)
+        _probability("attention_dropout", self.attention_dropout)
+        _probability("head_dropout", self.head_dropout)
+        _choice("attention", self.attention, ATTENTION_MODES)
+        _choice("visit_pooling", self.visit_pooling, VISIT_POOLINGS)
+        if self.tie_mlm_weights and self.embedding_dim != self.hidden_dim:
+            raise ValueError(
+                "tie_mlm_weights requires embedding_dim == hidden_dim, got "
+                f"{self.embedding_dim} != {self.hidden_dim}"
+            )
+
+    @property
+    def ffn_dim(self) -> int:
+        """Resolved feed-forward width."""
+        return self.intermediate_dim if self.intermediate_dim is not None else 4 * self.hidden_dim
+
+    @property
+    def head_dim(self) -> int:
+        """Resolved hazard MLP width."""
+        return self.hazard_hidden_dim if self.hazard_hidden_dim is not None else self.hidden_dim
+
+
+@dataclass
+class HierarchicalConfig:
+    """Hierarchical BEHRT (seed-spec §10.3): codes pooled within visits, then a visit timeline."""
+
+    vocab_size: int | None = None
+    """Number of code ids including the special tokens; None = set later."""
+    hidden_dim: int = 128
+    """Width of code, visit and timeline representations."""
+    num_heads: int = 4
+    """Attention heads of the timeline transformer; must divide ``hidden_dim``."""
+    num_layers: int = 2
+    """Pre-LN transformer blocks over the visit timeline."""
+    intermediate_dim: int | None = None
+    """Feed-forward width of the timeline blocks; None = 4 * hidden_dim."""
+    max_visits: int = 50
+    """Rows of the visit-position table: the most visit slots V accepted (never clamped)."""
+    max_codes_per_visit: int = 30
+    """Rows of the within-visit code-position table: the most code slots C accepted."""
+    max_age: float = 100.0
+    """Ages are clamped to [0, max_age] years before binning."""
+    age_bin_size: float = 5.0
+    """Width of an age bin in years."""
+    max_time_delta: float = 1825.0
+    """Days since the previous visit are clamped to [0, max_time_delta] before binning."""
+    time_bin_size: float = 30.0
+    """Width of a time-delta bin in days (1825 / 30 gives the seed's 62 bins)."""
+    dropout: float = 0.1
+    """Dropout after the embeddings and inside the blocks."""
+    attention_dropout: float = 0.1
+    """Dropout on the timeline attention probabilities."""
+    attention: AttentionMode = "visit_causal"
+    """``visit_causal``: visit v attends to visits <= v (default); ``bidirectional``: all visits."""
+    visit_pooling: VisitPooling = "attention"
+    """Within-visit pooling of code embeddings: ``attention`` (recommended) or ``mean``."""
+    hazard_hidden_dim: int = 64
+    """Hidden width of the hazard MLP."""
+    head_dropout: float = 0.1
+    """Dropout inside the hazard MLP."""
+
+    def __post_init__(self) -> None:
+        _vocab(self.vocab_size)
+        for name in ("hidden_dim", "num_heads", "num_layers", "max_visits", "max_codes_per_visit"):
+            _positive(name, getattr(self, name))
+        for name in ("max_age", "age_bin_size", "max_time_delta", "time_bin_size"):
+            _positive(name, getattr(self, name))
+        _positive("hazard_hidden_dim", self.hazard_hidden_dim)
+        if self.intermediate_dim is not None:
+            _positive("intermediate_dim", self.intermediate_dim)
+        if self.hidden_dim % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        _probability("dropout", self.dropout)
+        _probability("attention_dropout", self.attention_dropout)
+        _probability("head_dropout", self.head_dropout)
+        _choice("attention", self.attention, ATTENTION_MODES)
+        _choice("visit_pooling", self.visit_pooling, VISIT_POOLINGS)
+
+    @property
+    def ffn_dim(self) -> int:
+        """Resolved feed-forward width."""
+        return self.intermediate_dim if self.intermediate_dim is not None else 4 * self.hidden_dim
+
+
+@dataclass
+class LSTMConfig:
+    """LSTM baseline (seed-spec §10.1): mean of code embeddings per visit, unidirectional LSTM."""
+
+    vocab_size: int | None = None
+    """Number of code ids including the special tokens; None = set later."""
+    embedding_dim: int = 128
+    """Width of the code embedding."""
+    hidden_dim: int = 256
+    """Hidden width of the LSTM."""
+    num_layers: int = 1
+    """Stacked LSTM layers."""
+    dropout: float = 0.1
+    """Dropout between LSTM layers (only used with num_layers > 1) and before the head."""
+    hazard_hidden_dim: int | None = None
+    """Hidden width of the hazard MLP; None = hidden_dim."""
+    head_dropout: float = 0.1
+    """Dropout inside the hazard MLP."""
+
+    def __post_init__(self) -> None:
+        _vocab(self.vocab_size)
+        for name in ("embedding_dim", "hidden_dim", "num_layers"):
+            _positive(name, getattr(self, name))
+        if self.hazard_hidden_dim is not None:
+            _positive("hazard_hidden_dim", self.hazard_hidden_dim)
+        _probability("dropout", self.dropout)
+        _probability("head_dropout", self.head_dropout)
+
+    @property
+    def head_dim(self) -> int:
+        """Resolved hazard MLP width."""
+        return self.hazard_hidden_dim if self.hazard_hidden_dim is not None else self.hidden_dim
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters on the attention (and optionally feed-forward) projections (seed §7.2)."""
+
+    rank: int = 16
+    """Rank r of the update B @ A."""
+    alpha: float = 32.0
+    """Scale numerator: the update is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter input (the base path never sees it)."""
+    target_attention: bool = True
+    """Wrap the q, k, v and o projections of every attention block."""
+    target_ffn: bool = False
+    """Also wrap the two feed-forward projections (fc1, fc2) of every block."""
+    train_embeddings: bool = False
+    """Keep the embeddings trainable (True when training from scratch; False when adapting a
+    pretrained encoder)."""
+    train_head: bool = True
+    """Keep the task head(s) trainable."""
+
+    def __post_init__(self) -> None:
+        _positive("rank", self.rank)
+        _positive("alpha", self.alpha)
+        _probability("dropout", self.dropout)
+        if not (self.target_attention or self.target_ffn):
+            raise ValueError("target_attention and target_ffn cannot both be False")

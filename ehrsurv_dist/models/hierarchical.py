@@ -1,0 +1,228 @@
+"""Hierarchical BEHRT (seed-spec §10.3): codes -> visit vectors -> visit timeline -> hazards.
+
+Stage A (within a visit): ``e_vk = LayerNorm(E_code[c_vk] + E_pos[k])``, then attention pooling
+``s_k = q . tanh(W e_k)``, softmax over the visit's real codes (all-pad visits give 0, no NaN), or
+a masked mean. Stage B (across visits): ``x_v = LayerNorm(u_v + E_vpos[v] + E_age[bin(a_v)] +
+E_dt[bin(dt_v)])``, then the same Pre-LN blocks as the flat encoder over visits, with visit v
+attending to visits <= v (``visit_causal``) or to every real visit (``bidirectional``). The hazard
+head and the :class:`~ehrsurv_dist.models.survival.SurvivalOutput` contract are shared.
+
+Shape vocabulary: ``B`` batch, ``V`` visit slots, ``C`` code slots per visit, ``D`` hidden.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ehrsurv_dist.models.behrt import TransformerBlock, build_attention_mask, init_weights
+from ehrsurv_dist.models.config import HierarchicalConfig
+from ehrsurv_dist.models.curves import check_tensor
+from ehrsurv_dist.models.embeddings import BinnedEmbedding
+from ehrsurv_dist.models.heads import HazardHead
+from ehrsurv_dist.models.survival import SurvivalOutput
+from ehrsurv_dist.schema import AGES, CODE_MASK, CODES, PAD_ID, TIME_DELTAS, VISIT_MASK
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over dim -2 of ``x`` [..., C, D] restricted to ``mask`` [..., C]; 0 when empty."""
+    m = mask.to(x.dtype)[..., None]  # [..., C, 1]
+    return (x * m).sum(-2) / m.sum(-2).clamp(min=1.0)
+
+
+class MaskedAttentionPooling(nn.Module):
+    """``u = sum_k alpha_k e_k`` with ``alpha = softmax_k(q . tanh(W e_k))`` over real codes.
+
+    NaN guard: a group whose codes are all padding gets scores 0 before the softmax and its
+    weights are then multiplied by the mask, so it pools to an exact 0 vector.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.query = nn.Parameter(torch.randn(dim) / dim**0.5)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Args: x [..., C, D]; mask bool [..., C]. Returns: [..., D]."""
+        scores = torch.tanh(self.proj(x)) @ self.query  # [..., C]
+        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # all-pad guard
+        alpha = torch.softmax(scores, dim=-1) * mask.to(x.dtype)  # [..., C]
+        return (alpha[..., None] * x).sum(-2)
+
+
+class CodeEmbeddings(nn.Module):
+    """``LayerNorm(E_code[c] + E_pos[k]) -> Dropout`` for codes [B, V, C]."""
+
+    def __init__(self, vocab_size: int, dim: int, max_codes_per_visit: int, dropout: float):
+        super().__init__()
+        self.max_codes_per_visit = max_codes_per_visit
+        self.code_embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
+        self.position_embedding = nn.Embedding(max_codes_per_visit, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        """Args: codes int64 [B, V, C]. Returns: [B, V, C, D]."""
+        C = codes.shape[-1]
+        pos = self.position_embedding(torch.arange(C, device=codes.device))  # [C, D]
+        return self.dropout(self.norm(self.code_embedding(codes) + pos))
+
+
+class VisitTimeEmbeddings(nn.Module):
+    """``LayerNorm(u_v + E_vpos[v] + E_age[bin(a_v)] + E_dt[bin(dt_v)]) -> Dropout``."""
+
+    def __init__(self, cfg: HierarchicalConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_dim
+        self.position_embedding = nn.Embedding(cfg.max_visits, d)
+        self.age_embedding = BinnedEmbedding(cfg.max_age, cfg.age_bin_size, d)
+        self.time_embedding = BinnedEmbedding(cfg.max_time_delta, cfg.time_bin_size, d)
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, visits: Tensor, ages: Tensor, time_deltas: Tensor) -> Tensor:
+        """Args: visits [B, V, D]; ages [B, V] years; time_deltas [B, V] days.
+        Returns: [B, V, D]."""
+        V = visits.shape[1]
+        pos = self.position_embedding(torch.arange(V, device=visits.device))  # [V, D]
+        x = visits + pos + self.age_embedding(ages) + self.time_embedding(time_deltas)
+        return self.dropout(self.norm(x))
+
+
+def validate_hierarchical_inputs(
+    codes: Tensor,
+    ages: Tensor,
+    time_deltas: Tensor,
+    code_mask: Tensor,
+    visit_mask: Tensor,
+    *,
+    vocab_size: int,
+    max_visits: int,
+    max_codes_per_visit: int,
+) -> None:
+    """Check the hierarchical batch contract of ``schema.HIERARCHICAL_FIELDS``.
+
+    Raises:
+        ValueError: naming the argument with the wrong type, rank, dtype, shape or range.
+    """
+    check_tensor(codes, "codes", ndim=3, dtype=torch.int64)
+    check_tensor(ages, "ages", ndim=2, floating=True)
+    check_tensor(time_deltas, "time_deltas", ndim=2, floating=True)
+    check_tensor(code_mask, "code_mask", ndim=3, dtype=torch.bool)
+    check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
+    B, V, C = codes.shape
+    if code_mask.shape != codes.shape:
+        raise ValueError(f"code_mask shape {tuple(code_mask.shape)} != codes shape {(B, V, C)}")
+    for name, t in (("ages", ages), ("time_deltas", time_deltas), ("visit_mask", visit_mask)):
+        if t.shape != (B, V):
+            raise ValueError(f"{name} shape {tuple(t.shape)} != (B, V) = {(B, V)}")
+    if V > max_visits:
+        raise ValueError(f"codes has V={V} visit slots > max_visits={max_visits}")
+    if C > max_codes_per_visit:
+        raise ValueError(f"codes has C={C} code slots > max_codes_per_visit={max_codes_per_visit}")
+    if codes.numel() > 0 and (int(codes.min()) < 0 or int(codes.max()) >= vocab_size):
+        raise ValueError(f"codes must lie in [0, vocab_size={vocab_size})")
+
+
+class HierarchicalEncoder(nn.Module):
+    """Codes [B, V, C] -> contextual visit states [B, V, D] (0 on padded visits)."""
+
+    def __init__(self, cfg: HierarchicalConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("vocab_size must be set before building a model")
+        self.cfg = cfg
+        self.vocab_size = cfg.vocab_size
+        d = cfg.hidden_dim
+        self.code_embeddings = CodeEmbeddings(
+            cfg.vocab_size, d, cfg.max_codes_per_visit, cfg.dropout
+        )
+        self.visit_pooling: MaskedAttentionPooling | None = (
+            MaskedAttentionPooling(d) if cfg.visit_pooling == "attention" else None
+        )
+        self.visit_embeddings = VisitTimeEmbeddings(cfg)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d, cfg.num_heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout)
+            for _ in range(cfg.num_layers)
+        )
+        self.ln_f = nn.LayerNorm(d)
+        self.apply(init_weights)
+
+    def forward(
+        self,
+        codes: Tensor,
+        ages: Tensor,
+        time_deltas: Tensor,
+        code_mask: Tensor,
+        visit_mask: Tensor,
+    ) -> Tensor:
+        """Args: the hierarchical batch fields (see :class:`HierarchicalBEHRTSurvival`).
+        Returns: [B, V, D], exactly 0 on padded visit slots."""
+        validate_hierarchical_inputs(
+            codes,
+            ages,
+            time_deltas,
+            code_mask,
+            visit_mask,
+            vocab_size=self.vocab_size,
+            max_visits=self.cfg.max_visits,
+            max_codes_per_visit=self.cfg.max_codes_per_visit,
+        )
+        B, V, _ = codes.shape
+        code_mask = code_mask & visit_mask[:, :, None]  # a code counts only in a real visit
+        e = self.code_embeddings(codes)  # [B, V, C, D]
+        if self.visit_pooling is not None:
+            u = self.visit_pooling(e, code_mask)  # [B, V, D]
+        else:
+            u = masked_mean(e, code_mask)  # [B, V, D]
+        x = self.visit_embeddings(u, ages, time_deltas)  # [B, V, D]
+        order = torch.arange(V, device=codes.device).expand(B, V)  # [B, V]
+        mask = build_attention_mask(order, visit_mask, self.cfg.attention)  # [B, 1, V, V]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x) * visit_mask[:, :, None].to(x.dtype)
+
+
+class HierarchicalBEHRTSurvival(nn.Module):
+    """Hierarchical BEHRT with the per-visit hazard head; returns :class:`SurvivalOutput`."""
+
+    input_fields: ClassVar[tuple[str, ...]] = (CODES, AGES, TIME_DELTAS, CODE_MASK, VISIT_MASK)
+
+    def __init__(self, cfg: HierarchicalConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = HierarchicalEncoder(cfg)
+        self.head = HazardHead(cfg.hidden_dim, cfg.hazard_hidden_dim, cfg.head_dropout)
+        self.head.apply(init_weights)
+
+    def forward(
+        self,
+        codes: Tensor,
+        ages: Tensor,
+        time_deltas: Tensor,
+        code_mask: Tensor,
+        visit_mask: Tensor,
+        return_visit_embeddings: bool = False,
+    ) -> SurvivalOutput:
+        """Per-visit hazard logits.
+
+        Args:
+            codes: int64 [B, V, C], PAD_ID on padding.
+            ages: float [B, V], years.
+            time_deltas: float [B, V], days since the previous visit (0 for the first).
+            code_mask: bool [B, V, C], True = real code.
+            visit_mask: bool [B, V], True = real visit slot (the visit validity source).
+            return_visit_embeddings: also return the [B, V, D] timeline states.
+
+        Returns:
+            :class:`SurvivalOutput` with logits [B, V] and the input visit_mask.
+        """
+        z = self.encoder(codes, ages, time_deltas, code_mask, visit_mask)  # [B, V, D]
+        return SurvivalOutput(
+            logits=self.head(z, visit_mask),
+            visit_mask=visit_mask,
+            visit_embeddings=z if return_visit_embeddings else None,
+        )

@@ -1,0 +1,93 @@
+"""LSTM baseline (seed-spec §10.1): visit = masked mean of code embeddings, unidirectional LSTM.
+
+Past-only by construction (the LSTM runs forward in visit order), so trailing padded visits cannot
+change earlier hazards and no packing is needed. Uses the same hazard head and
+:class:`~ehrsurv_dist.models.survival.SurvivalOutput` as the transformers (the seed's LSTM head was
+``Linear -> ReLU -> Dropout -> Linear``; the shared head keeps the comparison about the encoder).
+
+Shape vocabulary: ``B`` batch, ``V`` visit slots, ``C`` code slots per visit, ``D`` hidden.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ehrsurv_dist.models.behrt import init_weights
+from ehrsurv_dist.models.config import LSTMConfig
+from ehrsurv_dist.models.curves import check_tensor
+from ehrsurv_dist.models.heads import HazardHead
+from ehrsurv_dist.models.hierarchical import masked_mean
+from ehrsurv_dist.models.survival import SurvivalOutput
+from ehrsurv_dist.schema import CODE_MASK, CODES, PAD_ID, VISIT_MASK
+
+
+class LSTMSurvival(nn.Module):
+    """Embedding -> masked mean per visit -> LSTM -> dropout -> hazard head (logits)."""
+
+    input_fields: ClassVar[tuple[str, ...]] = (CODES, CODE_MASK, VISIT_MASK)
+
+    def __init__(self, cfg: LSTMConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("vocab_size must be set before building a model")
+        self.cfg = cfg
+        self.vocab_size = cfg.vocab_size
+        self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.embedding_dim, padding_idx=PAD_ID)
+        self.encoder = nn.LSTM(
+            cfg.embedding_dim,
+            cfg.hidden_dim,
+            num_layers=cfg.num_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = HazardHead(cfg.hidden_dim, cfg.head_dim, cfg.head_dropout)
+        init_weights(self.code_embedding)
+        self.head.apply(init_weights)
+
+    def forward(
+        self,
+        codes: Tensor,
+        code_mask: Tensor,
+        visit_mask: Tensor,
+        return_visit_embeddings: bool = False,
+    ) -> SurvivalOutput:
+        """Per-visit hazard logits.
+
+        Args:
+            codes: int64 [B, V, C].
+            code_mask: bool [B, V, C].
+            visit_mask: bool [B, V].
+            return_visit_embeddings: also return the [B, V, D] LSTM states.
+
+        Returns:
+            :class:`SurvivalOutput` with logits [B, V] and the input visit_mask.
+
+        Raises:
+            ValueError: naming the argument with the wrong type, rank, dtype, shape or range.
+        """
+        check_tensor(codes, "codes", ndim=3, dtype=torch.int64)
+        check_tensor(code_mask, "code_mask", ndim=3, dtype=torch.bool)
+        check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
+        if code_mask.shape != codes.shape:
+            raise ValueError(
+                f"code_mask shape {tuple(code_mask.shape)} != codes shape {tuple(codes.shape)}"
+            )
+        if visit_mask.shape != codes.shape[:2]:
+            raise ValueError(
+                f"visit_mask shape {tuple(visit_mask.shape)} != (B, V) = {tuple(codes.shape[:2])}"
+            )
+        if codes.numel() > 0 and (int(codes.min()) < 0 or int(codes.max()) >= self.vocab_size):
+            raise ValueError(f"codes must lie in [0, vocab_size={self.vocab_size})")
+        code_mask = code_mask & visit_mask[:, :, None]
+        u = masked_mean(self.code_embedding(codes), code_mask)  # [B, V, E]
+        z, _ = self.encoder(u)  # [B, V, D]
+        z = self.dropout(z) * visit_mask[:, :, None].to(z.dtype)
+        return SurvivalOutput(
+            logits=self.head(z, visit_mask),
+            visit_mask=visit_mask,
+            visit_embeddings=z if return_visit_embeddings else None,
+        )

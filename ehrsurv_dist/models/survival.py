@@ -1,0 +1,120 @@
+"""Flat BEHRT survival model and the output contract shared by every survival model.
+
+``BEHRTSurvival``: encoder (B, L, D) -> per-visit aggregation (B, V, D) -> hazard head -> per-visit
+logits (B, V). The hierarchical BEHRT and the LSTM baseline return the same
+:class:`SurvivalOutput`, and each model names the batch fields it reads in ``input_fields``, so
+that one training and evaluation path serves all three (:func:`select_inputs`).
+
+Shape vocabulary: ``B`` batch, ``L`` tokens, ``V`` visit slots, ``D`` hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from ehrsurv_dist.models.behrt import BEHRTEncoder, init_weights
+from ehrsurv_dist.models.config import BEHRTConfig
+from ehrsurv_dist.models.curves import hazards_from_logits, survival_curve
+from ehrsurv_dist.models.heads import AttentionVisitPooling, HazardHead, aggregate_visits
+from ehrsurv_dist.schema import AGES, ATTENTION_MASK, CODES, VISIT_IDS
+
+
+@dataclass
+class SurvivalOutput:
+    """Per-visit hazard logits of a discrete-time survival model.
+
+    Attributes:
+        logits: float [B, V]; ``h_t = sigmoid(logits[:, t])`` is the hazard of the interval
+            after visit t. Entries where ``visit_mask`` is False are 0 and meaningless.
+        visit_mask: bool [B, V], True = real visit slot.
+        visit_embeddings: float [B, V, D] visit states fed to the head, when requested.
+    """
+
+    logits: Tensor
+    visit_mask: Tensor
+    visit_embeddings: Tensor | None = None
+
+    @property
+    def hazards(self) -> Tensor:
+        """float [B, V]: ``sigmoid(logits)``, 0 on slots that are not real."""
+        return hazards_from_logits(self.logits, self.visit_mask)
+
+    def survival(self, num_steps: int | None = None) -> Tensor:
+        """float [B, K]: S(t) for t < K (last hazard held beyond the last real visit)."""
+        return survival_curve(self.logits, self.visit_mask, num_steps)
+
+
+def select_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The batch fields a survival model reads (``model.input_fields``), as keyword arguments.
+
+    Unwraps ``.module`` (DistributedDataParallel, DeepSpeed engines).
+
+    Raises:
+        ValueError: if the model has no ``input_fields`` or the batch lacks one of them.
+    """
+    inner = getattr(model, "module", model)
+    fields: tuple[str, ...] | None = getattr(inner, "input_fields", None)
+    if fields is None:
+        raise ValueError(f"model {type(inner).__name__} has no input_fields")
+    missing = [f for f in fields if f not in batch]
+    if missing:
+        raise ValueError(f"batch is missing fields {missing} needed by {type(inner).__name__}")
+    return {f: batch[f] for f in fields}
+
+
+class BEHRTSurvival(nn.Module):
+    """Flat BEHRT + visit aggregation + hazard head (seed-spec §5.3-§5.4), logits out."""
+
+    input_fields: ClassVar[tuple[str, ...]] = (CODES, AGES, VISIT_IDS, ATTENTION_MASK)
+
+    def __init__(self, cfg: BEHRTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = BEHRTEncoder(cfg)
+        self.pooling: AttentionVisitPooling | None = (
+            AttentionVisitPooling(cfg.hidden_dim) if cfg.visit_pooling == "attention" else None
+        )
+        self.head = HazardHead(cfg.hidden_dim, cfg.head_dim, cfg.head_dropout)
+        self.head.apply(init_weights)
+        if self.pooling is not None:
+            init_weights(self.pooling.proj)
+
+    def forward(
+        self,
+        codes: Tensor,
+        ages: Tensor,
+        visit_ids: Tensor,
+        attention_mask: Tensor,
+        num_visit_slots: int | None = None,
+        return_visit_embeddings: bool = False,
+    ) -> SurvivalOutput:
+        """Per-visit hazard logits.
+
+        Args:
+            codes: int64 [B, L].
+            ages: float [B, L].
+            visit_ids: int64 [B, L].
+            attention_mask: bool [B, L], True = real token.
+            num_visit_slots: fixed V; default ``max real visit id + 1`` over the batch.
+            return_visit_embeddings: also return the [B, V, D] visit states.
+
+        Returns:
+            :class:`SurvivalOutput` with logits [B, V] and visit_mask [B, V].
+        """
+        hidden = self.encoder(codes, ages, visit_ids, attention_mask)  # [B, L, D]
+        if self.pooling is None:
+            visits, visit_mask = aggregate_visits(
+                hidden, visit_ids, attention_mask, num_visit_slots
+            )
+        else:
+            visits, visit_mask = self.pooling(hidden, visit_ids, attention_mask, num_visit_slots)
+        logits = self.head(visits, visit_mask)  # [B, V]
+        return SurvivalOutput(
+            logits=logits,
+            visit_mask=visit_mask,
+            visit_embeddings=visits if return_visit_embeddings else None,
+        )

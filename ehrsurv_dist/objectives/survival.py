@@ -1,0 +1,436 @@
+"""Survival losses: discrete-time NLL, pairwise ranking, hybrid, curriculum, Cox.
+
+Each loss is a pure typed function that validates its arguments (``ValueError`` naming the
+argument), followed by a thin ``nn.Module`` wrapper. Labels follow ``schema``: ``last_visit`` =
+T (int64 [B], index of the last input visit), ``event`` (bool [B], True = event in the interval
+after visit T). Hazards are never formed explicitly: ``log h = logsigmoid(logit)`` and
+``log(1 - h) = logsigmoid(-logit)``, so there is no clamping and no ``log(0)``.
+
+Shape vocabulary: ``B`` batch, ``V`` visit slots.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ehrsurv_dist.models.curves import RiskScore, check_tensor, risk_score
+
+Reduction = Literal["mean", "sum", "none"]
+RankLoss = Literal["hinge", "logistic"]
+REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
+RANK_LOSSES: tuple[str, ...] = ("hinge", "logistic")
+
+
+def _check_labels(last_visit: Tensor, event: Tensor, batch_size: int) -> None:
+    check_tensor(last_visit, "last_visit", ndim=1, dtype=torch.int64)
+    check_tensor(event, "event", ndim=1, dtype=torch.bool)
+    if last_visit.shape[0] != batch_size:
+        raise ValueError(f"last_visit has {last_visit.shape[0]} entries, expected B={batch_size}")
+    if event.shape[0] != batch_size:
+        raise ValueError(f"event has {event.shape[0]} entries, expected B={batch_size}")
+    if batch_size > 0 and int(last_visit.min()) < 0:
+        raise ValueError("last_visit must be >= 0")
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32: sums of many log terms need the precision."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _reduce(per_subject: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return per_subject.mean()
+    if reduction == "sum":
+        return per_subject.sum()
+    if reduction == "none":
+        return per_subject
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+# --- discrete-time negative log-likelihood (DESIGN.md §2) ---------------------------------------
+
+
+def discrete_time_nll(
+    logits: Tensor,
+    last_visit: Tensor,
+    event: Tensor,
+    visit_mask: Tensor,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Negative log-likelihood of the discrete-time hazard model.
+
+    Per subject with last visit T: event ``log h_T + sum_{t<T} log(1 - h_t)``; censored
+    ``sum_{t<T} log(1 - h_t)``, sums over real visit slots (``visit_mask``) only.
+
+    Args:
+        logits: float [B, V], ``h_t = sigmoid(logits[:, t])``.
+        last_visit: int64 [B], T < V.
+        event: bool [B].
+        visit_mask: bool [B, V]; ``visit_mask[b, last_visit[b]]`` must be True.
+        reduction: ``mean`` (over subjects), ``sum`` or ``none`` (float [B]).
+
+    Returns:
+        The loss (a scalar, or [B] with ``reduction="none"``).
+
+    Raises:
+        ValueError: naming the argument with the wrong rank, dtype or shape, a ``last_visit``
+            outside [0, V) or on a slot that is not a real visit, or an unknown ``reduction``.
+    """
+    check_tensor(logits, "logits", ndim=2, floating=True)
+    check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
+    if visit_mask.shape != logits.shape:
+        raise ValueError(
+            f"visit_mask shape {tuple(visit_mask.shape)} != logits shape {tuple(logits.shape)}"
+        )
+    B, V = logits.shape
+    _check_labels(last_visit, event, B)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if B > 0:
+        if int(last_visit.max()) >= V:
+            raise ValueError(f"last_visit must be < V={V}, got max {int(last_visit.max())}")
+        if not bool(visit_mask.gather(1, last_visit[:, None]).all()):
+            raise ValueError("last_visit must point at a real visit (visit_mask[b, T_b] is False)")
+    logits = _upcast(logits)
+    t = torch.arange(V, device=logits.device)
+    before = (t[None, :] < last_visit[:, None]) & visit_mask  # [B, V]
+    at_event = (t[None, :] == last_visit[:, None]) & event[:, None]  # [B, V]
+    zero = torch.zeros_like(logits)
+    # torch.where, not a product: a masked-out logit must not turn 0 * inf into NaN.
+    log_lik = torch.where(before, F.logsigmoid(-logits), zero).sum(1) + torch.where(
+        at_event, F.logsigmoid(logits), zero
+    ).sum(1)
+    return _reduce(-log_lik, reduction)
+
+
+class DiscreteTimeNLLLoss(nn.Module):
+    """Module wrapper of :func:`discrete_time_nll`."""
+
+    def __init__(self, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction: Reduction = reduction
+
+    def forward(
+        self, logits: Tensor, last_visit: Tensor, event: Tensor, visit_mask: Tensor
+    ) -> Tensor:
+        return discrete_time_nll(logits, last_visit, event, visit_mask, self.reduction)
+
+
+# --- pairwise ranking ---------------------------------------------------------------------------
+
+
+def comparable_pairs(last_visit: Tensor, event: Tensor, include_ties: bool = True) -> Tensor:
+    """Pairs (i, j) where i should rank above j.
+
+    ``include_ties=True`` (seed): ``event_i and T_i <= T_j and i != j``. ``False``: ``T_i < T_j``,
+    which is the comparability of the evaluation (DESIGN.md §4: events at T + 0.5, censorings at
+    T; a subject censored at T_i, or an event at T_i, is not known to outlive i).
+
+    Returns:
+        bool [B, B], entry [i, j].
+    """
+    check_tensor(last_visit, "last_visit", ndim=1)
+    _check_labels(last_visit, event, last_visit.shape[0])
+    Ti, Tj = last_visit[:, None], last_visit[None, :]
+    later = Ti <= Tj if include_ties else Ti < Tj
+    eye = torch.eye(last_visit.shape[0], dtype=torch.bool, device=last_visit.device)
+    return event[:, None] & later & ~eye
+
+
+def _pairwise(
+    risk: Tensor,
+    last_visit: Tensor,
+    event: Tensor,
+    margin: float,
+    include_ties: bool,
+    sigma: float | None,
+) -> Tensor:
+    check_tensor(risk, "risk", ndim=1, floating=True)
+    _check_labels(last_visit, event, risk.shape[0])
+    risk = _upcast(risk)
+    comp = comparable_pairs(last_visit, event, include_ties)  # [B, B]
+    gap = risk[None, :] - risk[:, None] + margin  # [i, j]: r_j - r_i + margin
+    if sigma is None:
+        per_pair = F.relu(gap)
+    else:
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        per_pair = sigma * F.softplus(gap / sigma)
+    n_pairs = comp.sum()
+    # No comparable pair: 0, still attached to the graph (so backward() works and gives 0).
+    total = torch.where(comp, per_pair, torch.zeros_like(per_pair)).sum()
+    return total / n_pairs.clamp(min=1).to(risk.dtype)
+
+
+def pairwise_ranking_loss(
+    risk: Tensor,
+    last_visit: Tensor,
+    event: Tensor,
+    margin: float = 0.1,
+    include_ties: bool = True,
+) -> Tensor:
+    """Seed hinge: mean over comparable pairs of ``max(0, r_j - r_i + margin)``.
+
+    Args:
+        risk: float [B], higher = earlier event (e.g.
+            :func:`~ehrsurv_dist.models.curves.risk_score`).
+        last_visit: int64 [B].
+        event: bool [B].
+        margin: hinge margin.
+        include_ties: see :func:`comparable_pairs`.
+
+    Returns:
+        Scalar; 0 (with the graph intact) when there is no comparable pair.
+    """
+    return _pairwise(risk, last_visit, event, margin, include_ties, sigma=None)
+
+
+def logistic_ranking_loss(
+    risk: Tensor,
+    last_visit: Tensor,
+    event: Tensor,
+    margin: float = 0.1,
+    sigma: float = 0.1,
+    include_ties: bool = True,
+) -> Tensor:
+    """Smooth hinge: mean over comparable pairs of ``sigma*softplus((r_j - r_i + margin)/sigma)``.
+
+    ``sigma`` sets the smoothness: as sigma -> 0 this tends to the hinge of
+    :func:`pairwise_ranking_loss`; with margin 0 and sigma 1 it is the RankNet/logistic loss
+    ``log(1 + exp(r_j - r_i))``. Unlike the hinge, pairs that are already ranked by more than the
+    margin still give a (small) gradient.
+
+    Returns:
+        Scalar; 0 (with the graph intact) when there is no comparable pair.
+
+    Raises:
+        ValueError: if ``sigma <= 0`` or an argument is malformed.
+    """
+    return _pairwise(risk, last_visit, event, margin, include_ties, sigma=sigma)
+
+
+class PairwiseRankingLoss(nn.Module):
+    """Module wrapper of :func:`pairwise_ranking_loss` / :func:`logistic_ranking_loss`."""
+
+    def __init__(
+        self,
+        margin: float = 0.1,
+        kind: RankLoss = "hinge",
+        sigma: float = 0.1,
+        include_ties: bool = True,
+    ) -> None:
+        super().__init__()
+        if kind not in RANK_LOSSES:
+            raise ValueError(f"kind must be one of {RANK_LOSSES}, got {kind!r}")
+        self.margin, self.kind, self.sigma, self.include_ties = margin, kind, sigma, include_ties
+
+    def forward(self, risk: Tensor, last_visit: Tensor, event: Tensor) -> Tensor:
+        sigma = self.sigma if self.kind == "logistic" else None
+        return _pairwise(risk, last_visit, event, self.margin, self.include_ties, sigma)
+
+
+# --- hybrid and curriculum ----------------------------------------------------------------------
+
+
+def curriculum_lambda_rank(epoch: int, lambda_max: float = 0.5, warmup_epochs: int = 20) -> float:
+    """``min(lambda_max * epoch / warmup_epochs, lambda_max)``; ``lambda_max`` if no warm-up.
+
+    A pure function of the epoch, so a resumed run continues the same schedule.
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if warmup_epochs <= 0:
+        return lambda_max
+    return min(lambda_max * epoch / warmup_epochs, lambda_max)
+
+
+def hybrid_survival_loss(
+    logits: Tensor,
+    last_visit: Tensor,
+    event: Tensor,
+    visit_mask: Tensor,
+    *,
+    lambda_nll: float = 1.0,
+    lambda_rank: float = 0.1,
+    rank_loss: RankLoss = "hinge",
+    margin: float = 0.1,
+    sigma: float = 0.1,
+    include_ties: bool = True,
+    risk: RiskScore = "mean_hazard",
+    horizon: int | None = None,
+    first_n: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``lambda_nll * NLL + lambda_rank * ranking`` with the ranking on a scalar risk score.
+
+    Args:
+        logits, last_visit, event, visit_mask: as :func:`discrete_time_nll`.
+        lambda_nll, lambda_rank: weights.
+        rank_loss: ``hinge`` or ``logistic``; margin, sigma, include_ties as the ranking losses.
+        risk, horizon, first_n: the risk score for ranking
+            (:func:`~ehrsurv_dist.models.curves.risk_score`).
+
+    Returns:
+        ``(total, {"nll", "rank", "total"})``; the dict holds detached scalars for logging.
+    """
+    if rank_loss not in RANK_LOSSES:
+        raise ValueError(f"rank_loss must be one of {RANK_LOSSES}, got {rank_loss!r}")
+    nll = discrete_time_nll(logits, last_visit, event, visit_mask)
+    r = risk_score(_upcast(logits), visit_mask, risk, horizon=horizon, first_n=first_n)
+    rank = _pairwise(
+        r, last_visit, event, margin, include_ties, sigma if rank_loss == "logistic" else None
+    )
+    total = lambda_nll * nll + lambda_rank * rank
+    return total, {"nll": nll.detach(), "rank": rank.detach(), "total": total.detach()}
+
+
+class HybridSurvivalLoss(nn.Module):
+    """Module wrapper of :func:`hybrid_survival_loss` with an optional λ_rank curriculum.
+
+    With ``rank_warmup_epochs > 0``, call :meth:`set_epoch` at the start of every epoch:
+    ``lambda_rank`` then follows :func:`curriculum_lambda_rank` up to ``lambda_rank_max``.
+    """
+
+    def __init__(
+        self,
+        lambda_nll: float = 1.0,
+        lambda_rank_max: float = 0.1,
+        *,
+        rank_warmup_epochs: int = 0,
+        rank_loss: RankLoss = "hinge",
+        margin: float = 0.1,
+        sigma: float = 0.1,
+        include_ties: bool = True,
+        risk: RiskScore = "mean_hazard",
+        horizon: int | None = None,
+        first_n: int | None = None,
+    ) -> None:
+        super().__init__()
+        if rank_loss not in RANK_LOSSES:
+            raise ValueError(f"rank_loss must be one of {RANK_LOSSES}, got {rank_loss!r}")
+        self.lambda_nll = lambda_nll
+        self.lambda_rank_max = lambda_rank_max
+        self.rank_warmup_epochs = rank_warmup_epochs
+        self.lambda_rank = curriculum_lambda_rank(0, lambda_rank_max, rank_warmup_epochs)
+        self.rank_loss: RankLoss = rank_loss
+        self.margin, self.sigma, self.include_ties = margin, sigma, include_ties
+        self.risk: RiskScore = risk
+        self.horizon, self.first_n = horizon, first_n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set ``lambda_rank`` for ``epoch`` (0-based) from the curriculum."""
+        self.lambda_rank = curriculum_lambda_rank(
+            epoch, self.lambda_rank_max, self.rank_warmup_epochs
+        )
+
+    def forward(
+        self, logits: Tensor, last_visit: Tensor, event: Tensor, visit_mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        return hybrid_survival_loss(
+            logits,
+            last_visit,
+            event,
+            visit_mask,
+            lambda_nll=self.lambda_nll,
+            lambda_rank=self.lambda_rank,
+            rank_loss=self.rank_loss,
+            margin=self.margin,
+            sigma=self.sigma,
+            include_ties=self.include_ties,
+            risk=self.risk,
+            horizon=self.horizon,
+            first_n=self.first_n,
+        )
+
+
+# --- Cox partial likelihood ---------------------------------------------------------------------
+
+
+def cox_log_risk(logits: Tensor, visit_mask: Tensor, first_n: int | None = None) -> Tensor:
+    """Scalar log-risk for Cox from per-visit logits: the mean logit over real visits.
+
+    With ``first_n`` only the first n real visits count (a fixed window, free of the length bias
+    of a whole-history mean). The logit is the log-odds of the per-visit hazard, so under a
+    proportional-odds reading a subject-level shift of all logits is exactly this log-risk.
+
+    Args:
+        logits: float [B, V].
+        visit_mask: bool [B, V].
+        first_n: window size, or None for all real visits.
+
+    Returns:
+        float [B]; 0 for a subject without real visits.
+    """
+    check_tensor(logits, "logits", ndim=2, floating=True)
+    check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
+    if visit_mask.shape != logits.shape:
+        raise ValueError(
+            f"visit_mask shape {tuple(visit_mask.shape)} != logits shape {tuple(logits.shape)}"
+        )
+    logits = _upcast(logits)
+    keep = visit_mask
+    if first_n is not None:
+        if first_n < 1:
+            raise ValueError(f"first_n must be >= 1, got {first_n}")
+        keep = keep & (visit_mask.long().cumsum(1) <= first_n)
+    total = torch.where(keep, logits, torch.zeros_like(logits)).sum(1)
+    return total / keep.sum(1).clamp(min=1).to(logits.dtype)
+
+
+def cox_partial_likelihood(
+    log_risk: Tensor,
+    last_visit: Tensor,
+    event: Tensor,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Negative Cox partial log-likelihood with Breslow ties.
+
+    ``-sum_{i: event_i} [r_i - log sum_{j in R(i)} exp(r_j)]``, normalised by the number of events
+    (``mean``). Times follow DESIGN.md §4: an event at visit T happens at T + 0.5 and a censoring
+    at T, so the risk set of an event at T_i is every event with T_j >= T_i (Breslow: tied events
+    share their risk sets) and every censoring with T_j > T_i. (The seed also counted subjects
+    censored at T_i; they are not known to be event-free in the interval after visit T_i.)
+    Computed with a [B, B] risk-set mask and ``logsumexp``, O(B^2), exact for ties.
+
+    Args:
+        log_risk: float [B], unbounded (e.g. :func:`cox_log_risk`).
+        last_visit: int64 [B].
+        event: bool [B].
+        reduction: ``mean`` (over events), ``sum`` or ``none`` (float [B], 0 for censored).
+
+    Returns:
+        The loss; 0 (graph intact) without events.
+    """
+    check_tensor(log_risk, "log_risk", ndim=1, floating=True)
+    _check_labels(last_visit, event, log_risk.shape[0])
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    log_risk = _upcast(log_risk)
+    time = last_visit.to(log_risk.dtype) + 0.5 * event.to(log_risk.dtype)  # [B]
+    at_risk = time[None, :] >= time[:, None]  # [i, j]: j in R(i)
+    scores = log_risk[None, :].expand_as(at_risk).masked_fill(~at_risk, float("-inf"))
+    log_denominator = torch.logsumexp(scores, dim=1)  # [B]; R(i) contains i, so finite
+    per_subject = torch.where(event, log_denominator - log_risk, torch.zeros_like(log_risk))
+    if reduction == "mean":
+        return per_subject.sum() / event.sum().clamp(min=1).to(log_risk.dtype)
+    return _reduce(per_subject, reduction)
+
+
+class CoxLoss(nn.Module):
+    """Cox partial likelihood on :func:`cox_log_risk` of per-visit logits."""
+
+    def __init__(self, first_n: int | None = None, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        self.first_n = first_n
+        self.reduction: Reduction = reduction
+
+    def forward(
+        self, logits: Tensor, last_visit: Tensor, event: Tensor, visit_mask: Tensor
+    ) -> Tensor:
+        r = cox_log_risk(logits, visit_mask, self.first_n)
+        return cox_partial_likelihood(r, last_visit, event, self.reduction)

@@ -1,0 +1,150 @@
+"""Hazards, survival curves and risk scores against naive per-subject loops (float64)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ehrsurv_dist.models.curves import (
+    hazards_from_logits,
+    last_real_visit,
+    log_survival,
+    pad_ragged,
+    risk_score,
+    risk_score_np,
+    survival_curve,
+    survival_curve_np,
+)
+
+
+def _logits_and_mask(seed: int = 0, B: int = 13, V: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, V, generator=g, dtype=torch.float64) * 2.0
+    lengths = torch.randint(1, V + 1, (B,), generator=g)
+    mask = torch.arange(V)[None, :] < lengths[:, None]
+    mask[0, :3] = torch.tensor([True, False, True])  # a hole inside subject 0's history
+    mask[1] = False  # a subject without any real visit
+    return logits, mask
+
+
+def _naive_curve(logits: torch.Tensor, mask: torch.Tensor, K: int) -> torch.Tensor:
+    B, V = logits.shape
+    out = torch.ones(B, K, dtype=torch.float64)
+    for b in range(B):
+        real = [t for t in range(V) if mask[b, t]]
+        if not real:
+            continue
+        T = real[-1]
+        s = 1.0
+        for t in range(K):
+            if t <= T:
+                h = torch.sigmoid(logits[b, t]).item() if mask[b, t] else 0.0
+            else:
+                h = torch.sigmoid(logits[b, T]).item()
+            s *= 1.0 - h
+            out[b, t] = s
+    return out
+
+
+def test_seed_worked_example() -> None:
+    h = torch.tensor([[0.10, 0.15, 0.20]], dtype=torch.float64)
+    logits = torch.log(h / (1 - h))
+    s = survival_curve(logits, torch.ones(1, 3, dtype=torch.bool))
+    torch.testing.assert_close(s, torch.tensor([[0.9, 0.765, 0.612]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("K", [None, 3, 12])
+def test_survival_matches_naive_loop_holds_last_hazard(K: int | None) -> None:
+    logits, mask = _logits_and_mask()
+    got = survival_curve(logits, mask, K)
+    want = _naive_curve(logits, mask, K or logits.shape[1])
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def test_hazards_zero_on_padding_and_last_visit() -> None:
+    logits, mask = _logits_and_mask()
+    h = hazards_from_logits(logits, mask)
+    assert torch.equal(h[~mask], torch.zeros_like(h[~mask]))
+    torch.testing.assert_close(h[mask], torch.sigmoid(logits[mask]))
+    want = [max([t for t in range(mask.shape[1]) if mask[b, t]], default=-1) for b in range(13)]
+    assert last_real_visit(mask).tolist() == want
+
+
+def test_log_survival_is_stable_for_extreme_logits() -> None:
+    logits = torch.tensor([[-200.0, 200.0, 50.0]], dtype=torch.float32)
+    ls = log_survival(logits, torch.ones(1, 3, dtype=torch.bool))
+    assert torch.isfinite(ls).all()
+    # log(1 - sigmoid(-200)) ~ -exp(-200) ~ 0; then log(1 - sigmoid(200)) = -200
+    torch.testing.assert_close(ls, torch.tensor([[0.0, -200.0, -250.0]]), atol=1e-4, rtol=0)
+
+
+def _naive_risk(logits, mask, method, horizon=None, first_n=None):  # type: ignore[no-untyped-def]
+    out = []
+    for b in range(logits.shape[0]):
+        real = [t for t in range(logits.shape[1]) if mask[b, t]]
+        h = {t: torch.sigmoid(logits[b, t]).item() for t in real}
+        if not real:
+            out.append(0.0)
+        elif method == "mean_hazard":
+            out.append(sum(h.values()) / len(real))
+        elif method == "first_n":
+            first = real[:first_n]
+            out.append(sum(h[t] for t in first) / len(first))
+        else:
+            k = min(horizon, real[-1])
+            out.append(1.0 - math.prod(1.0 - h.get(t, 0.0) for t in range(k + 1)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("method", "kw"),
+    [("mean_hazard", {}), ("first_n", {"first_n": 2}), ("horizon", {"horizon": 0}),
+     ("horizon", {"horizon": 3}), ("horizon", {"horizon": 50})],
+)  # fmt: skip
+def test_risk_scores_match_naive_loop_and_numpy(method: str, kw: dict[str, int]) -> None:
+    logits, mask = _logits_and_mask(seed=1)
+    got = risk_score(logits, mask, method, **kw)  # type: ignore[arg-type]
+    want = _naive_risk(logits, mask, method, **kw)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    h = hazards_from_logits(logits, mask).numpy()
+    np.testing.assert_allclose(
+        risk_score_np(h, mask.numpy(), method, **kw),  # type: ignore[arg-type]
+        want.numpy(),
+        atol=1e-12,
+    )
+
+
+def test_numpy_survival_matches_torch_and_pad_ragged() -> None:
+    logits, mask = _logits_and_mask(seed=2)
+    h = hazards_from_logits(logits, mask).numpy()
+    np.testing.assert_allclose(
+        survival_curve_np(h, mask.numpy(), 10), survival_curve(logits, mask, 10).numpy(), atol=1e-12
+    )
+    dense, m = pad_ragged([np.array([0.1, 0.2]), np.array([0.5]), np.array([])])
+    assert dense.shape == (3, 2)
+    assert m.tolist() == [[True, True], [True, False], [False, False]]
+    np.testing.assert_allclose(survival_curve_np(dense, m, 3)[1], [0.5, 0.25, 0.125])
+    np.testing.assert_allclose(
+        survival_curve_np(np.array([[1.0, 0.5]]), np.ones((1, 2), bool)), [[0.0, 0.0]]
+    )
+
+
+def test_risk_score_errors_name_the_argument() -> None:
+    logits, mask = _logits_and_mask()
+    with pytest.raises(ValueError, match="horizon"):
+        risk_score(logits, mask, "horizon")
+    with pytest.raises(ValueError, match="first_n"):
+        risk_score(logits, mask, "first_n", first_n=0)
+    with pytest.raises(ValueError, match="method"):
+        risk_score(logits, mask, "sum")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="visit_mask"):
+        risk_score(logits, mask.long())
+    with pytest.raises(ValueError, match="logits"):
+        risk_score(logits.long(), mask)
+    with pytest.raises(ValueError, match="visit_mask"):
+        survival_curve(logits, mask[:, :-1])
+    with pytest.raises(ValueError, match="hazards"):
+        survival_curve_np(np.array([[1.5]]), np.array([[True]]))
