@@ -1,0 +1,243 @@
+"""The training loop: plain code, no Ray (forward, loss, backward, step, evaluate).
+
+The same functions run inside a Ray Train worker and in a single process; the engine hides
+whether DeepSpeed or plain torch sits underneath. Distributed runs gather validation
+predictions with ``torch.distributed`` so that metrics are computed over the whole split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ehrsurv_dist import schema as S
+from ehrsurv_dist.models.survival import select_inputs
+
+Batch = Mapping[str, np.ndarray]
+TaskFn = Callable[..., tuple[Tensor, dict[str, float]]]
+
+
+def to_tensors(batch: Batch, device: torch.device) -> dict[str, Tensor]:
+    """numpy batch → torch tensors on ``device`` (no copy on CPU where possible)."""
+    return {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in batch.items()}
+
+
+@dataclass
+class EpochResult:
+    """What one training epoch did (this rank only)."""
+
+    loss: float
+    components: dict[str, float]
+    subjects: int
+    tokens: int
+    steps: int
+    seconds: float
+    data_wait_seconds: float
+
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.data_wait_seconds / self.seconds if self.seconds > 0 else 0.0
+
+
+def train_epoch(
+    engine: Any,
+    task: TaskFn,
+    batches: Iterable[Batch],
+    device: torch.device,
+    epoch: int,
+    on_step: Callable[[int], None] | None = None,
+) -> EpochResult:
+    """One pass over ``batches``: forward, loss, backward, step. Returns this rank's stats.
+
+    ``data_wait_seconds`` is the time spent waiting for the next batch: what ingest costs
+    the trainer.
+    """
+    engine.train()
+    t_start = time.perf_counter()
+    wait = 0.0
+    total = 0.0
+    comps: dict[str, float] = {}
+    n_batches = subjects = tokens = 0
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        wait += time.perf_counter() - t0
+        if batch is None:
+            break
+        tb = to_tensors(batch, device)
+        loss, parts = task(engine, engine.module, tb, epoch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {float(loss)} at epoch {epoch}")
+        engine.backward(loss)
+        engine.step()
+        n_batches += 1
+        total += float(loss.detach())
+        for k, v in parts.items():
+            comps[k] = comps.get(k, 0.0) + v
+        subjects += int(np.asarray(batch[S.LAST_VISIT]).shape[0])
+        if S.ATTENTION_MASK in batch:
+            tokens += int(np.asarray(batch[S.ATTENTION_MASK]).sum())
+        elif S.CODE_MASK in batch:
+            tokens += int(np.asarray(batch[S.CODE_MASK]).sum())
+        if on_step is not None:
+            on_step(subjects)
+    seconds = time.perf_counter() - t_start
+    n = max(n_batches, 1)
+    return EpochResult(
+        loss=total / n,
+        components={k: v / n for k, v in comps.items()},
+        subjects=subjects,
+        tokens=tokens,
+        steps=n_batches,
+        seconds=seconds,
+        data_wait_seconds=wait,
+    )
+
+
+@dataclass
+class Predictions:
+    """Per-subject hazards of a split, in CSR form (``hazard`` of subject i is
+    ``values[offsets[i]:offsets[i+1]]``, length ``last_visit[i] + 1``)."""
+
+    subject_id: np.ndarray
+    event: np.ndarray
+    last_visit: np.ndarray
+    values: np.ndarray
+    offsets: np.ndarray
+
+    def hazards(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    @staticmethod
+    def concat(parts: list[Predictions]) -> Predictions:
+        """Concatenate, then sort by subject id (a canonical order whatever the sharding)."""
+        parts = [p for p in parts if len(p.subject_id)]
+        if not parts:
+            z = np.zeros(0, np.int64)
+            return Predictions(z, z.astype(bool), z, np.zeros(0, np.float32), np.zeros(1, np.int64))
+        sid = np.concatenate([p.subject_id for p in parts])
+        ev = np.concatenate([p.event for p in parts])
+        lv = np.concatenate([p.last_visit for p in parts])
+        vals = np.concatenate([p.values for p in parts])
+        order = np.argsort(sid, kind="stable")
+        lengths = (lv + 1)[order]
+        starts = np.concatenate([[0], np.cumsum(lv + 1)[:-1]])[order]
+        idx = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(
+            int(lengths.sum())
+        )
+        return Predictions(
+            subject_id=sid[order],
+            event=ev[order],
+            last_visit=lv[order],
+            values=vals[idx],
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        )
+
+
+@torch.no_grad()
+def predict(
+    forward: Any, module: nn.Module, batches: Iterable[Batch], device: torch.device
+) -> Predictions:
+    """Hazards of every subject in ``batches`` (this rank's share), eval mode.
+
+    The hazards of subject b are those of its real visit slots ``0..last_visit[b]``; the label
+    construction guarantees these are exactly the real visits.
+    """
+    was_training = module.training
+    module.eval()
+    parts: list[Predictions] = []
+    try:
+        for batch in batches:
+            tb = to_tensors(batch, device)
+            out = forward(**select_inputs(module, tb))
+            h = torch.sigmoid(out.logits.float()).cpu().numpy()  # [B, V]
+            lv = np.asarray(batch[S.LAST_VISIT], dtype=np.int64)
+            vm = out.visit_mask.cpu().numpy()
+            real = np.arange(h.shape[1])[None, :] <= lv[:, None]  # [B, V]
+            if not np.array_equal(real & vm, real):
+                raise RuntimeError("a visit slot up to last_visit is not a real visit slot")
+            parts.append(
+                Predictions(
+                    subject_id=np.asarray(batch[S.SUBJECT], dtype=np.int64),
+                    event=np.asarray(batch[S.EVENT], dtype=bool),
+                    last_visit=lv,
+                    values=h[real].astype(np.float32),  # row-major: subject after subject
+                    offsets=np.concatenate([[0], np.cumsum(lv + 1)]).astype(np.int64),
+                )
+            )
+    finally:
+        module.train(was_training)
+    return Predictions.concat(parts)
+
+
+def gather_predictions(p: Predictions) -> Predictions:
+    """All ranks' predictions, on every rank (identity without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return p
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, p)
+    return Predictions.concat(out)
+
+
+@torch.no_grad()
+def mean_loss(
+    forward: Any, module: nn.Module, task: TaskFn, batches: Iterable[Batch], device: torch.device
+) -> float:
+    """Subject-weighted mean loss over ``batches``, averaged over all ranks."""
+    was_training = module.training
+    module.eval()
+    total = 0.0
+    n = 0
+    try:
+        for batch in batches:
+            loss, _ = task(forward, module, to_tensors(batch, device))
+            b = int(np.asarray(batch[S.LAST_VISIT]).shape[0])
+            total += float(loss) * b
+            n += b
+    finally:
+        module.train(was_training)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([total, float(n)], dtype=torch.float64)
+        dist.all_reduce(t)
+        total, n = float(t[0]), int(t[1])
+    return total / n if n else math.nan
+
+
+@dataclass
+class LoopState:
+    """Early-stopping state; saved with every checkpoint so a resumed run continues exactly."""
+
+    epoch: int = 0  # the next epoch to run
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def update(self, metric: float, higher_is_better: bool = True) -> bool:
+        """Record this epoch's selection metric; True when it is the best so far."""
+        score = metric if higher_is_better else -metric
+        improved = not math.isnan(score) and score > self.best
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    def should_stop(self, patience: int) -> bool:
+        return patience > 0 and self.bad_epochs >= patience
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> LoopState:
+        return LoopState(**d)

@@ -1,0 +1,130 @@
+"""Tasks and loop pieces (pure torch, no Ray): losses route correctly, predictions are exact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ehrsurv_dist import schema as S
+from ehrsurv_dist.models import behrt_tiny, build_pretraining_model, build_survival_model
+from ehrsurv_dist.models.builders import example_flat_batch
+from ehrsurv_dist.objectives import survival as L
+from ehrsurv_dist.train.loop import LoopState, Predictions, predict
+from ehrsurv_dist.train.tasks import PretrainTask, SurvivalTask
+
+VOCAB = 97
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_survival_model(behrt_tiny(VOCAB, 64)).eval()
+
+
+def test_survival_task_losses_match_objectives() -> None:
+    with torch.no_grad():
+        m = _model()
+        b = example_flat_batch(VOCAB, batch_size=13, seed=1)
+        out = m(b[S.CODES], b[S.AGES], b[S.VISIT_IDS], b[S.ATTENTION_MASK])
+        nll = L.discrete_time_nll(out.logits, b[S.LAST_VISIT], b[S.EVENT], out.visit_mask)
+        loss, comps = SurvivalTask("nll")(m, m, b)
+        assert float(loss) == pytest.approx(float(nll), abs=1e-7) and comps == {"nll": float(nll)}
+        hyb, parts = L.hybrid_survival_loss(
+            out.logits, b[S.LAST_VISIT], b[S.EVENT], out.visit_mask, lambda_rank=0.2
+        )
+        loss, comps = SurvivalTask("hybrid", lambda_rank=0.2)(m, m, b)
+        assert float(loss) == pytest.approx(float(hyb), abs=1e-7)
+        assert comps["rank"] == pytest.approx(float(parts["rank"])) and comps["lambda_rank"] == 0.2
+        loss, _ = SurvivalTask("rank")(m, m, b)
+        assert float(loss) == pytest.approx(float(parts["rank"]), abs=1e-7)
+        cox = L.cox_partial_likelihood(
+            L.cox_log_risk(out.logits, out.visit_mask), b[S.LAST_VISIT], b[S.EVENT]
+        )
+        loss, _ = SurvivalTask("cox")(m, m, b)
+        assert float(loss) == pytest.approx(float(cox), abs=1e-7)
+
+
+def test_curriculum_lambda() -> None:
+    t = SurvivalTask("hybrid", lambda_rank=0.4, curriculum_epochs=4)
+    assert [t.lambda_at(e) for e in (0, 2, 4, 9)] == pytest.approx([0.0, 0.2, 0.4, 0.4])
+
+
+def test_pretrain_task_nvp_uses_unmasked_codes() -> None:
+    torch.manual_seed(0)
+    m = build_pretraining_model(behrt_tiny(VOCAB, 64)).eval()
+    b = example_flat_batch(VOCAB, batch_size=5, seed=2)
+    labels = torch.full_like(b[S.CODES], S.IGNORE_INDEX)
+    masked = b[S.CODES].clone()
+    pos = b[S.ATTENTION_MASK].nonzero()[:3]
+    for r, c in pos.tolist():
+        labels[r, c] = masked[r, c]
+        masked[r, c] = S.MASK_ID
+    clean = {**b, S.MLM_LABELS: torch.full_like(labels, S.IGNORE_INDEX)}
+    corrupt = {**b, S.CODES: masked, S.MLM_LABELS: labels}
+    task = PretrainTask("nvp", vocab_size=VOCAB)
+    # the NVP targets are the same; only the inputs differ
+    from ehrsurv_dist.objectives.pretraining import build_nvp_targets
+
+    t_clean, _ = build_nvp_targets(b[S.CODES], b[S.VISIT_IDS], b[S.ATTENTION_MASK], VOCAB)
+    restored = masked.where(labels == S.IGNORE_INDEX, labels)
+    assert torch.equal(restored, b[S.CODES])
+    t_restored, _ = build_nvp_targets(restored, b[S.VISIT_IDS], b[S.ATTENTION_MASK], VOCAB)
+    assert torch.equal(t_clean, t_restored)
+    l1, c1 = task(m, m, clean)
+    l2, c2 = PretrainTask("joint", vocab_size=VOCAB)(m, m, corrupt)
+    assert math.isfinite(float(l1.detach())) and set(c2) == {"mlm", "nvp"}
+
+
+def test_predict_returns_real_visit_hazards_in_subject_order() -> None:
+    m = _model()
+    b = example_flat_batch(VOCAB, batch_size=13, seed=3)
+    nb = {k: v.numpy() for k, v in b.items()}
+    nb[S.SUBJECT] = np.arange(13)[::-1].copy()
+    p = predict(m, m, [nb], torch.device("cpu"))
+    assert p.subject_id.tolist() == list(range(13))
+    out = m(b[S.CODES], b[S.AGES], b[S.VISIT_IDS], b[S.ATTENTION_MASK])
+    h = torch.sigmoid(out.logits).detach().numpy()
+    for i, sid in enumerate(p.subject_id):
+        row = 12 - int(sid)
+        np.testing.assert_allclose(p.hazards(i), h[row, : int(b[S.LAST_VISIT][row]) + 1], atol=1e-7)
+    assert m.training is False
+
+
+def test_predictions_concat_sorts_and_keeps_segments() -> None:
+    a = Predictions(
+        np.array([5, 1]),
+        np.array([True, False]),
+        np.array([1, 0]),
+        np.array([0.1, 0.2, 0.3], np.float32),
+        np.array([0, 2, 3]),
+    )
+    b = Predictions(
+        np.array([3]),
+        np.array([True]),
+        np.array([2]),
+        np.array([0.4, 0.5, 0.6], np.float32),
+        np.array([0, 3]),
+    )
+    c = Predictions.concat([a, b])
+    assert c.subject_id.tolist() == [1, 3, 5]
+    expected = [[0.3], [0.4, 0.5, 0.6], [0.1, 0.2]]
+    for i in range(3):
+        np.testing.assert_allclose(c.hazards(i), expected[i], rtol=1e-6)
+    assert c.event.tolist() == [False, True, True] and c.last_visit.tolist() == [0, 2, 1]
+
+
+def test_loop_state_early_stopping_round_trip() -> None:
+    s = LoopState()
+    seq = [0.6, 0.62, 0.61, 0.615, 0.63, 0.5, 0.5]
+    improved = []
+    for v in seq:
+        improved.append(s.update(v))
+        s.epoch += 1
+    assert improved == [True, True, False, False, True, False, False]
+    assert s.best_epoch == 4 and s.bad_epochs == 2 and s.should_stop(2) and not s.should_stop(3)
+    assert LoopState.from_dict(s.to_dict()) == s
+    lo = LoopState()
+    assert lo.update(2.0, higher_is_better=False) and lo.update(1.5, higher_is_better=False)
+    assert not lo.update(float("nan"))
