@@ -1,0 +1,1 @@
+"""Benchmarks behind ``ehrsurv bench …``; each writes ``bench.json`` (flat keys) and ``SUMMARY.md``."""

@@ -1,0 +1,444 @@
+"""``ehrsurv bench ingest``: the ingest paths measured side by side in one run.
+
+Same cohort, files, columns and batch size for every path. After a warm-up pass of each (page
+cache warm, Ray workers started, per-process outcome caches filled), ``repeats`` rounds run the
+paths back to back, so that they share the machine's load; rates use each path's best round and
+the ``*_median_s`` keys keep the medians.
+
+- ``pyarrow_read_subjects_per_s``: a plain ``pyarrow.parquet.read_table(file, columns=[subject_id,
+  time, code])`` of every shard (the I/O ceiling). ``pyarrow_read_dict_subjects_per_s`` is the same
+  read with the code column dictionary-encoded, which is what the pipeline reads.
+- ``single_subjects_per_s``: the single-process reference path, every subject of the cohort
+  through read → visits → vocabulary → flatten → bucket → pad → fixed-shape batches.
+- ``ray_subjects_per_s`` / ``ray_1cpu_subjects_per_s``: the Ray Data path on a local Ray started
+  with all CPUs / one CPU, consumed by the driver exactly as a training loop would.
+- ``speedup`` = ray ÷ single; ``io_fraction`` = single ÷ plain pyarrow read.
+- ``real_token_fraction``: real tokens ÷ token slots of the batches (flat layout), with the
+  configured ``pad_multiple``; ``real_token_fraction_pad_multiple_1`` without the rounding.
+- ``driver_peak_rss_mb``: the peak private resident memory (anonymous + file-backed pages,
+  sampled every 10 ms) of a *fresh* driver process that only streams the Ray path (as a training
+  driver would), over several epochs; ``driver_rss_growth_mb`` its largest rise during one epoch.
+  The shared object-store pages a driver maps are left out: they belong to the object store
+  (bounded by its capacity) and grow with how much of its segment has been touched.
+  ``bench_process_*`` are the same figures in the bench process itself, which also validated the
+  cohort and ran the other paths (so its allocator holds more); ``process_peak_rss_mb`` is the
+  bench process's lifetime peak.
+
+Subjects/s counts the subjects that reach a batch (the pyarrow read counts the cohort's subjects).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ehrsurv_dist.config import DataConfig
+from ehrsurv_dist.data import io
+from ehrsurv_dist.data.collate import BatchStats
+from ehrsurv_dist.data.meds import data_files
+from ehrsurv_dist.data.pipeline import READ_COLUMNS, IngestPipeline
+
+REQUIRED_KEYS = (
+    "ray_subjects_per_s",
+    "ray_1cpu_subjects_per_s",
+    "single_subjects_per_s",
+    "pyarrow_read_subjects_per_s",
+    "speedup",
+    "io_fraction",
+    "real_token_fraction",
+    "driver_peak_rss_mb",
+)
+
+
+def _rss_mb(private: bool = True) -> float:
+    """Resident memory of this process in MB.
+
+    ``private``: anonymous + file-backed pages only, i.e. without the shared pages of Ray's
+    object store that the driver maps while reading blocks (those belong to the object store,
+    which is bounded by its own capacity, and grow as more of its segment gets touched).
+    """
+    fields = ("RssAnon:", "RssFile:") if private else ("VmRSS:",)
+    try:
+        total = 0
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(fields):
+                    total += int(line.split()[1])
+        if total:
+            return total / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _RssSampler:
+    """Peak resident memory of this process over a ``with`` block, sampled by a thread."""
+
+    def __init__(self, every_s: float = 0.01, private: bool = True) -> None:
+        self.every_s = every_s
+        self.private = private
+        self.start = 0.0
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._t: threading.Thread | None = None
+
+    def __enter__(self) -> _RssSampler:
+        self.start = self.peak = _rss_mb(self.private)
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, _rss_mb(self.private))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._t is not None:
+            self._t.join()
+        self.peak = max(self.peak, _rss_mb(self.private))
+
+
+def _consume(batches: Iterator[dict[str, np.ndarray]]) -> int:
+    n = 0
+    for b in batches:
+        n += len(b["subject_id"])
+    return n
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def _read_all(cohort: str, dictionary: bool) -> int:
+    fs, files, _ = data_files(cohort)
+    rows = 0
+    for path in files:
+        with fs.open_input_file(path) as f:
+            t = pq.read_table(
+                f, columns=list(READ_COLUMNS), read_dictionary=["code"] if dictionary else None
+            )
+        rows += t.num_rows
+    return rows
+
+
+def _ray_session(
+    num_cpus: int,
+    repeats: int,
+    passes: dict[str, Callable[[], Any]],
+    sample_rss: str | None = None,
+) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, float]]:
+    """Start a local Ray with ``num_cpus``, warm every pass up once, then run the passes
+    interleaved ``repeats`` times (so they see the same machine load).
+
+    Returns:
+        (seconds per pass name, last result per pass, driver memory during ``sample_rss``:
+        ``peak`` and ``growth`` (largest peak − start of a pass) private RSS, ``peak_total``
+        RSS with shared object-store pages).
+    """
+    import ray
+    import ray.data
+
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    times: dict[str, list[float]] = {k: [] for k in passes}
+    last: dict[str, Any] = {}
+    mem = {"peak": 0.0, "growth": 0.0, "peak_total": 0.0}
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        for fn in passes.values():
+            fn()  # warm-up: workers started, caches filled
+        for _ in range(repeats):
+            for name, fn in passes.items():
+                if name == sample_rss:
+                    # Hand memory cached by earlier passes back to the OS first, so that the
+                    # sample shows what the Ray path itself holds.
+                    gc.collect()
+                    pa.default_memory_pool().release_unused()
+                    with _RssSampler() as rss, _RssSampler(private=False) as total:
+                        dt, last[name] = _timed(fn)
+                    mem["peak"] = max(mem["peak"], rss.peak)
+                    mem["growth"] = max(mem["growth"], rss.peak - rss.start)
+                    mem["peak_total"] = max(mem["peak_total"], total.peak)
+                else:
+                    dt, last[name] = _timed(fn)
+                times[name].append(dt)
+    finally:
+        ray.shutdown()
+    return times, last, mem
+
+
+def _driver_memory_child(
+    cohort: str,
+    cfg: DataConfig,
+    kw: dict[str, Any],
+    report: Any,
+    vocab: Any,
+    num_cpus: int,
+    repeats: int,
+    batch_size: int,
+    split: str | None,
+    out: Any,
+) -> None:
+    """In a fresh process (a training driver that only consumes batches): start a local Ray,
+    stream the Ray path ``repeats`` times and report the private-RSS peak and growth."""
+    import ray
+    import ray.data
+
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        pipe = IngestPipeline(cohort, cfg, report=report, vocab=vocab, **kw)
+        before = _rss_mb()
+        _consume(pipe.iter_ray_batches(split, 0, batch_size=batch_size))  # warm-up
+        peak = growth = 0.0
+        for epoch in range(repeats):
+            with _RssSampler() as rss:
+                _consume(pipe.iter_ray_batches(split, epoch, batch_size=batch_size))
+            peak, growth = max(peak, rss.peak), max(growth, rss.peak - rss.start)
+        out.put({"peak": peak, "growth": growth, "before": before})
+    finally:
+        ray.shutdown()
+
+
+def _driver_memory(*args: Any) -> dict[str, float]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_driver_memory_child, args=(*args, q))
+    proc.start()
+    try:
+        res: dict[str, float] = q.get(timeout=1800)
+    finally:
+        proc.join(timeout=120)
+    return res
+
+
+def run_ingest_bench(
+    cohort: str,
+    out: str,
+    batch_size: int = 32,
+    *,
+    repeats: int = 5,
+    num_cpus: int | None = None,
+    split: str | None = None,
+    rows_per_unit: int | None = None,
+    pad_multiple: int = 8,
+    window_batches: int = 64,
+    data: DataConfig | None = None,
+) -> dict[str, Any]:
+    """Measure the ingest paths on ``cohort`` and write ``OUT/bench.json`` and ``OUT/SUMMARY.md``.
+
+    Args:
+        cohort: MEDS cohort directory or URI (e.g. from ``ehrsurv synth``).
+        out: output directory (created).
+        batch_size: subjects per batch.
+        repeats: timed rounds; each round runs the plain read, the single-process path and the
+            Ray path back to back. Rates use the best round of each; ``*_median_s`` keep the
+            medians.
+        num_cpus: CPUs of the "all CPUs" Ray run (default: ``os.cpu_count()``).
+        split: measure one split (e.g. ``train``); None streams every subject.
+        rows_per_unit: rows per unit of work (default: the pipeline's).
+        pad_multiple, window_batches: batching parameters.
+        data: data configuration (defaults otherwise; ``batch_size`` wins).
+
+    Returns:
+        The ``bench.json`` content (flat keys, numbers; see the module doc).
+
+    Raises:
+        RuntimeError: Ray is already initialised in this process (the bench starts its own), or
+            the paths disagree on the number of subjects.
+    """
+    import ray
+
+    if ray.is_initialized():
+        raise RuntimeError("run_ingest_bench starts its own local Ray: call it before ray.init()")
+    os.makedirs(out, exist_ok=True)
+    ncpu = int(num_cpus or os.cpu_count() or 1)
+    cfg = data or DataConfig(cohort=cohort, batch_size=batch_size)
+    kw: dict[str, Any] = {"pad_multiple": pad_multiple, "window_batches": window_batches}
+    if rows_per_unit is not None:
+        kw["rows_per_unit"] = rows_per_unit
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+    validate_s, pipe = _timed(lambda: IngestPipeline(cohort, cfg, **kw))
+    fit_s, fit = _timed(pipe.fit)
+    n_cohort = pipe.report.n_subjects
+    _read_all(cohort, False)  # page cache warm for everyone
+
+    single_stats = BatchStats()
+    ray_stats = BatchStats()
+
+    def single() -> int:
+        return _consume(pipe.iter_batches(split, 0, batch_size=batch_size, stats=single_stats))
+
+    def ray_path() -> int:
+        return _consume(pipe.iter_ray_batches(split, 0, batch_size=batch_size, stats=ray_stats))
+
+    passes = {
+        "read": lambda: _read_all(cohort, False),
+        "read_dict": lambda: _read_all(cohort, True),
+        "single": single,
+        "ray": ray_path,
+    }
+    t_n, last_n, mem_n = _ray_session(ncpu, repeats, passes, sample_rss="ray")
+    t_1, last_1, mem_1 = _ray_session(1, repeats, {"ray": ray_path}, sample_rss="ray")
+    n_single = int(last_n["single"])
+    if not (last_1["ray"] == last_n["ray"] == n_single):
+        raise RuntimeError(
+            f"paths disagree on the number of subjects: single {n_single}, "
+            f"ray(1 cpu) {last_1['ray']}, ray({ncpu} cpus) {last_n['ray']}"
+        )
+    runs = repeats + 1  # every pass ran once more as a warm-up
+    real_tokens = single_stats.real_tokens // runs
+    slots = single_stats.token_slots // runs
+    if ray_stats.real_tokens != 2 * single_stats.real_tokens:  # two Ray sessions, same batches
+        raise RuntimeError("the Ray path produced other batches than the single-process path")
+    # The driver's memory, measured in a fresh process that does nothing but consume batches.
+    drv = _driver_memory(
+        cohort, cfg, kw, pipe.report, pipe.vocab, ncpu, max(2, repeats), batch_size, split
+    )
+    # Same batches without rounding to a multiple of 8, for reference.
+    st1 = BatchStats()
+    _consume(_with_pad(pipe, split, batch_size, st1))
+
+    best = {k: min(v) for k, v in t_n.items()}
+    ray1 = min(t_1["ray"])
+    med = {k: statistics.median(v) for k, v in t_n.items()}
+    res: dict[str, Any] = {
+        "ray_subjects_per_s": n_single / best["ray"],
+        "ray_1cpu_subjects_per_s": n_single / ray1,
+        "single_subjects_per_s": n_single / best["single"],
+        "pyarrow_read_subjects_per_s": n_cohort / best["read"],
+        "speedup": best["single"] / best["ray"],
+        "io_fraction": best["read"] / best["single"] * (n_single / n_cohort),
+        "real_token_fraction": single_stats.real_token_fraction,
+        "driver_peak_rss_mb": drv["peak"],
+        # extras
+        "speedup_median": med["single"] / med["ray"],
+        "io_fraction_median": med["read"] / med["single"] * (n_single / n_cohort),
+        "ray_1cpu_speedup": best["single"] / ray1,
+        "pyarrow_read_dict_subjects_per_s": n_cohort / best["read_dict"],
+        "io_fraction_vs_dict_read": best["read_dict"] / best["single"] * (n_single / n_cohort),
+        "ray_tokens_per_s": real_tokens / best["ray"],
+        "ray_1cpu_tokens_per_s": real_tokens / ray1,
+        "single_tokens_per_s": real_tokens / best["single"],
+        "real_token_fraction_pad_multiple_1": st1.real_token_fraction,
+        "driver_rss_growth_mb": drv["growth"],
+        "driver_rss_before_ingest_mb": drv["before"],
+        "bench_process_rss_during_ray_mb": mem_n["peak"],
+        "bench_process_rss_during_ray_1cpu_mb": mem_1["peak"],
+        "bench_process_rss_with_object_store_pages_mb": mem_n["peak_total"],
+        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "subjects": n_single,
+        "cohort_subjects": n_cohort,
+        "real_tokens": real_tokens,
+        "token_slots": slots,
+        "batches": single_stats.batches // runs,
+        "batch_size": batch_size,
+        "pad_multiple": pad_multiple,
+        "window_batches": window_batches,
+        "units": pipe.plan.num_units,
+        "num_cpus": ncpu,
+        "repeats": repeats,
+        "load_avg_1m_at_start": load0,
+        "validate_s": validate_s,
+        "fit_vocab_s": fit_s,
+        "vocab_size": fit.vocab.size,
+        "pyarrow_read_s": best["read"],
+        "single_s": best["single"],
+        "ray_s": best["ray"],
+        "ray_1cpu_s": ray1,
+        "pyarrow_read_median_s": med["read"],
+        "single_median_s": med["single"],
+        "ray_median_s": med["ray"],
+        "ray_1cpu_median_s": statistics.median(t_1["ray"]),
+    }
+    io.write_json_atomic(res, os.path.join(out, "bench.json"))
+    io.write_text_atomic(_summary(cohort, res, pipe), os.path.join(out, "SUMMARY.md"))
+    return res
+
+
+def _with_pad(
+    pipe: IngestPipeline, split: str | None, batch_size: int, stats: BatchStats
+) -> Iterator[dict[str, np.ndarray]]:
+    from ehrsurv_dist.data.collate import batches_from_blocks
+
+    spec = pipe.batch_spec(batch_size, pad_multiple=1)
+    return batches_from_blocks(pipe.blocks(split), spec, 0, stats)
+
+
+def _summary(cohort: str, r: dict[str, Any], pipe: IngestPipeline) -> str:
+    def f(x: float) -> str:
+        return f"{x:,.0f}"
+
+    lines = [
+        "# Ingest benchmark",
+        "",
+        f"Cohort `{cohort}`: {r['cohort_subjects']:,} subjects, {pipe.plan.num_units} units "
+        f"({pipe.plan.mode}: {pipe.plan.reason}); batch size {r['batch_size']}, "
+        f"{r['num_cpus']} CPU(s), {platform.machine()} {platform.system()}, load average "
+        f"{r['load_avg_1m_at_start']:.2f} at start; best of {r['repeats']} interleaved rounds "
+        f"after a warm-up (medians: speedup {r['speedup_median']:.2f}, io_fraction "
+        f"{r['io_fraction_median']:.3f}).",
+        "",
+        "| path | subjects/s | tokens/s | vs single |",
+        "|---|---:|---:|---:|",
+        f"| pyarrow read (plain, I/O ceiling) | {f(r['pyarrow_read_subjects_per_s'])} | – | – |",
+        f"| pyarrow read (code dictionary-encoded) | {f(r['pyarrow_read_dict_subjects_per_s'])}"
+        " | – | – |",
+        f"| single process (reference) | {f(r['single_subjects_per_s'])} | "
+        f"{f(r['single_tokens_per_s'])} | 1.00 |",
+        f"| Ray Data, 1 CPU | {f(r['ray_1cpu_subjects_per_s'])} | "
+        f"{f(r['ray_1cpu_tokens_per_s'])} | {r['ray_1cpu_speedup']:.2f} |",
+        f"| Ray Data, {r['num_cpus']} CPUs | {f(r['ray_subjects_per_s'])} | "
+        f"{f(r['ray_tokens_per_s'])} | {r['speedup']:.2f} |",
+        "",
+        f"- io_fraction (single ÷ plain read): **{r['io_fraction']:.3f}** "
+        f"(÷ dictionary read: {r['io_fraction_vs_dict_read']:.3f})",
+        f"- speedup (Ray ÷ single): **{r['speedup']:.2f}**",
+        f"- real-token fraction: **{r['real_token_fraction']:.3f}** with padding to a multiple of "
+        f"{r['pad_multiple']} ({r['real_token_fraction_pad_multiple_1']:.3f} without rounding)",
+        f"- a fresh driver streaming the Ray path: peak private RSS "
+        f"**{r['driver_peak_rss_mb']:.0f} MB**, rising by at most "
+        f"{r['driver_rss_growth_mb']:.0f} MB during an epoch (bench process: "
+        f"{r['bench_process_rss_during_ray_mb']:.0f} MB)",
+        f"- one-time steps: validation {r['validate_s']:.2f} s, vocabulary scan "
+        f"{r['fit_vocab_s']:.2f} s (vocabulary size {r['vocab_size']})",
+        "",
+        "```json",
+        json.dumps(r, indent=2),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Pretraining targets on the fly (seed-spec §4): MLM masks and patient-level NVP targets.
+
+Pure numpy. Every random draw is a **counter-based hash** of ``(seed, epoch, subject_id,
+position, stream)`` (splitmix64), not a stateful generator: a token's mask depends on nothing
+else, so the Ray path and the single-process path, whatever their block or batch order, give
+bit-identical masks, and every epoch gets fresh ones.
+
+MLM (BERT): each real token whose code is a vocabulary code (``>= NUM_SPECIAL_TOKENS``; PAD is
+never selected, nor is UNK, matching ``objectives.pretraining.mask_tokens``) is selected with
+probability 0.15; a selected token becomes ``MASK_ID`` (80%), a random code drawn uniformly from
+``[NUM_SPECIAL_TOKENS, vocab_size)`` (10%), or stays (10%). ``mlm_labels`` holds the original code
+at selected positions and ``IGNORE_INDEX`` everywhere else (padding included). The unmasked codes
+are ``where(mlm_labels != IGNORE_INDEX, mlm_labels, codes)`` (:func:`unmasked_codes`), which is
+what next-visit targets must be built from.
+
+NVP: under ``visit_causal`` attention the model builds per-visit targets itself from ``codes``,
+``visit_ids`` and ``attention_mask`` (``objectives.pretraining.build_nvp_targets``). For the
+patient-level variant used with ``bidirectional`` attention (DESIGN.md §3) the input is the visits
+before the last one and the target is the multi-hot set of the last visit's codes:
+:func:`nvp_targets` builds it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ehrsurv_dist.schema import IGNORE_INDEX, MASK_ID, NUM_SPECIAL_TOKENS
+
+MLM_PROB = 0.15
+MLM_MASK_FRACTION = 0.8
+MLM_RANDOM_FRACTION = 0.1
+
+# Streams of independent draws per token.
+STREAM_SELECT, STREAM_ACTION, STREAM_RANDOM = 1, 2, 3
+# Streams of the collate shuffles (subjects, batch order).
+STREAM_SUBJECTS, STREAM_BATCHES = 11, 12
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 (wrapping arithmetic; identical on every machine)."""
+    z = np.asarray(x, dtype=np.uint64) + _GOLDEN
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def stream_key(seed: int, epoch: int, stream: int) -> np.uint64:
+    """One 64-bit key per (seed, epoch, stream)."""
+    k = splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+    k = splitmix64(k ^ np.uint64(epoch & 0xFFFFFFFFFFFFFFFF))
+    return np.uint64(splitmix64(k ^ np.uint64(stream))[0])
+
+
+def hash64(key: np.uint64, a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """uint64 hash of ``key`` with int arrays ``a`` (and ``b``), elementwise."""
+    h = splitmix64(np.asarray(a).astype(np.int64).view(np.uint64) ^ key)
+    if b is not None:
+        with np.errstate(over="ignore"):
+            h = splitmix64(h + np.asarray(b).astype(np.int64).view(np.uint64) * _GOLDEN)
+    return h
+
+
+def uniform(h: np.ndarray) -> np.ndarray:
+    """float64 in [0, 1) from the top 53 bits of a uint64 hash."""
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / float(1 << 53))
+
+
+def mlm_mask(
+    codes: np.ndarray,
+    subject_id: np.ndarray,
+    position: np.ndarray,
+    vocab_size: int,
+    seed: int,
+    epoch: int,
+    prob: float = MLM_PROB,
+) -> tuple[np.ndarray, np.ndarray]:
+    """BERT masking of real tokens, deterministic per (seed, epoch, subject, position).
+
+    Args:
+        codes: int [n]; codes of real tokens only.
+        subject_id: int64 [n]; the subject of each token.
+        position: int64 [n]; the token's position within its subject (the flat sequence index,
+            or ``visit * C + k`` in the hierarchical layout); must not depend on padding.
+        vocab_size: number of ids, special tokens included.
+        seed, epoch: the draw's key.
+        prob: selection probability.
+
+    Returns:
+        ``(masked_codes, labels)``: int64 [n] each; ``labels`` = original code where selected,
+        ``IGNORE_INDEX`` elsewhere.
+
+    Raises:
+        ValueError: ``prob`` outside (0, 1) or ``vocab_size <= NUM_SPECIAL_TOKENS``.
+    """
+    if not 0.0 < prob < 1.0:
+        raise ValueError(f"prob must be in (0, 1), got {prob}")
+    if vocab_size <= NUM_SPECIAL_TOKENS:
+        raise ValueError(f"vocab_size must be > {NUM_SPECIAL_TOKENS}, got {vocab_size}")
+    codes = np.asarray(codes, dtype=np.int64)
+    sel_u = uniform(hash64(stream_key(seed, epoch, STREAM_SELECT), subject_id, position))
+    selected = (sel_u < prob) & (codes >= NUM_SPECIAL_TOKENS)
+    masked = codes.copy()
+    labels = np.full(len(codes), IGNORE_INDEX, dtype=np.int64)
+    idx = np.flatnonzero(selected)
+    if len(idx) == 0:
+        return masked, labels
+    s, p = subject_id[idx], position[idx]
+    act = uniform(hash64(stream_key(seed, epoch, STREAM_ACTION), s, p))
+    rnd = hash64(stream_key(seed, epoch, STREAM_RANDOM), s, p)
+    n_codes = np.uint64(vocab_size - NUM_SPECIAL_TOKENS)
+    rand_code = (rnd % n_codes).astype(np.int64) + NUM_SPECIAL_TOKENS
+    labels[idx] = codes[idx]
+    new = codes[idx].copy()
+    new[act < MLM_MASK_FRACTION] = MASK_ID
+    is_rand = (act >= MLM_MASK_FRACTION) & (act < MLM_MASK_FRACTION + MLM_RANDOM_FRACTION)
+    new[is_rand] = rand_code[is_rand]
+    masked[idx] = new
+    return masked, labels
+
+
+def unmasked_codes(codes: np.ndarray, mlm_labels: np.ndarray) -> np.ndarray:
+    """The original codes of an MLM-masked batch (labels hold them at masked positions)."""
+    return np.where(mlm_labels != IGNORE_INDEX, mlm_labels, codes)
+
+
+def nvp_targets(
+    codes: np.ndarray, offsets: np.ndarray, vocab_size: int, dtype: type = np.float32
+) -> np.ndarray:
+    """Multi-hot next-visit targets, one row per subject (patient-level NVP).
+
+    Args:
+        codes: int [n]; the target visit's codes of every subject, concatenated.
+        offsets: int64 [B + 1]; subject b's codes are ``codes[offsets[b]:offsets[b + 1]]``.
+        vocab_size: |V|.
+        dtype: output dtype.
+
+    Returns:
+        [B, |V|]; 1 where the code occurs in the subject's target visit. Special-token columns
+        (PAD, MASK, UNK) are always 0.
+    """
+    b = len(offsets) - 1
+    out: np.ndarray = np.zeros((b, vocab_size), dtype=dtype)
+    codes = np.asarray(codes, dtype=np.int64)
+    row = np.repeat(np.arange(b), np.diff(offsets))
+    keep = codes >= NUM_SPECIAL_TOKENS
+    out[row[keep], codes[keep]] = 1
+    return out
