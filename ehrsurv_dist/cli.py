@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ehrsurv_dist.errors import EhrsurvError
+
+if TYPE_CHECKING:
+    from ehrsurv_dist.jobspec import JobSpec as JobSpecT
 
 EXIT_OK = 0
 EXIT_INVALID = 1  # the input was read and found invalid (validate)
@@ -86,6 +90,136 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         write_json_atomic(rep.to_dict(), args.json)
     return EXIT_OK if rep.ok else EXIT_INVALID
+
+
+def _job_spec(args: argparse.Namespace) -> JobSpecT:
+    from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.jobspec import JobSpec
+
+    overrides: list[Any] = list(args.overrides)
+    if args.cohort:
+        overrides.append(("data.cohort", args.cohort))  # a pair: the path is taken verbatim
+    if getattr(args, "init", None):
+        overrides.append(("finetune.init", args.init))
+    return load_config(JobSpec, args.config, overrides)
+
+
+def _cmd_train(args: argparse.Namespace, mode: str) -> int:
+    import ray
+
+    from ehrsurv_dist.data.io import write_json_atomic
+    from ehrsurv_dist.metrics import plots
+    from ehrsurv_dist.metrics.survival import jsonable
+    from ehrsurv_dist.train.launch import run_training
+
+    spec = _job_spec(args)
+    started = not ray.is_initialized()
+    try:
+        res = run_training(spec, mode, args.out)
+        metrics: dict[str, Any] = {
+            "train": {
+                "mode": mode,
+                "best_epoch": res.best_epoch,
+                "best_val_score": res.best_score,
+                "history": res.history,
+            }
+        }
+        if res.history:
+            plots.plot_training_curves(res.history, f"{args.out}/plots/training_curves.png")
+        if mode == "finetune" and not args.no_eval:
+            from ehrsurv_dist.evaluate import evaluate_run
+
+            metrics.update(evaluate_run(args.out))
+        write_json_atomic(jsonable(metrics), f"{args.out}/metrics.json")
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+    print(_summary(metrics, args.out))
+    return EXIT_OK
+
+
+def _summary(metrics: dict[str, Any], out: str) -> str:
+    t = metrics["train"]
+    lines = [
+        f"run {out}: {t['mode']}, best epoch {t['best_epoch']}, val score {t['best_val_score']:.4f}"
+    ]
+    for split in ("tuning", "held_out"):
+        m = metrics.get(split)
+        if not m or not m.get("n_subjects"):
+            continue
+        ci = m.get("c_index_td_ci") or [float("nan"), float("nan")]
+        lines.append(
+            f"  {split:9s} n={m['n_subjects']:5d} events={m.get('n_events', 0):5d}  "
+            f"td-C {_f(m.get('c_index_td'))} [{_f(ci[0])}, {_f(ci[1])}]  "
+            f"Harrell {_f(m.get('c_index_harrell'))}  Uno {_f(m.get('c_index_uno'))}  "
+            f"IBS {_f(m.get('ibs'))}"
+        )
+    lines.append(f"metrics: {out}/metrics.json   plots: {out}/plots/")
+    return "\n".join(lines)
+
+
+def _f(x: Any) -> str:
+    return "  n/a " if x is None else f"{float(x):.4f}"
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.data.io import write_json_atomic
+    from ehrsurv_dist.evaluate import evaluate_run
+
+    res = evaluate_run(
+        args.run, splits=tuple(args.split or ("tuning", "held_out")), n_boot=args.n_boot
+    )
+    path = f"{args.run}/metrics.json"
+    import json
+    import os
+
+    old: dict[str, Any] = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            old = json.load(fh)
+    old.update(res)
+    write_json_atomic(old, path)
+    print(
+        _summary(
+            {
+                "train": old.get(
+                    "train", {"mode": "finetune", "best_epoch": -1, "best_val_score": float("nan")}
+                ),
+                **res,
+            },
+            args.run,
+        )
+    )
+    return EXIT_OK
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.evaluate import predict_cohort
+
+    n = predict_cohort(args.run, args.cohort, args.out)
+    print(f"wrote predictions of {n:,} subjects to {args.out}")
+    return EXIT_OK
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="job YAML (jobs/NAME.yaml); its values override the defaults")
+    p.add_argument("--cohort", help="MEDS cohort directory or URI (overrides data.cohort)")
+    p.add_argument("--out", required=True, help="run directory: new, or the same run to resume it")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted config overrides, e.g. train.epochs=3 model.size=tiny (list every key with "
+        "`ehrsurv config`)",
+    )
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.config import format_help
+    from ehrsurv_dist.jobspec import JobSpec
+
+    print(format_help(JobSpec))
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +308,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--json", help="also write the report as JSON to this path")
     v.set_defaults(func=_cmd_validate)
+
+    for mode, help_text in (
+        ("pretrain", "self-supervised MLM / next-visit pretraining of the BEHRT encoder"),
+        ("finetune", "survival fine-tuning (frozen / LoRA / full), then evaluation"),
+    ):
+        t = sub.add_parser(
+            mode,
+            help=help_text,
+            description=(
+                f"{help_text[0].upper()}{help_text[1:]} as a Ray Train job (DeepSpeed or torch DDP "
+                "workers) on an in-process local Ray, or on the cluster at RAY_ADDRESS. "
+                "Re-running the same command resumes from the latest checkpoint."
+            ),
+        )
+        _add_job_args(t)
+        if mode == "finetune":
+            t.add_argument("--init", help="pretrained run directory to initialise the encoder from")
+            t.add_argument(
+                "--no-eval", action="store_true", help="skip the evaluation after training"
+            )
+        t.set_defaults(func=lambda a, m=mode: _cmd_train(a, m))
+
+    e = sub.add_parser(
+        "evaluate",
+        help="score a fine-tuned run on whole splits",
+        description="Predict every subject of the given splits of the run's cohort with the best "
+        "model and write metrics.json, predictions/ and plots/ in the run directory.",
+    )
+    e.add_argument("run", help="run directory written by `ehrsurv finetune`")
+    e.add_argument(
+        "--split",
+        action="append",
+        choices=["train", "tuning", "held_out"],
+        default=None,
+        help="split to evaluate (repeatable; default tuning and held_out)",
+    )
+    e.add_argument(
+        "--n-boot",
+        type=int,
+        default=None,
+        help="bootstrap resamples (default: the run's eval.n_boot)",
+    )
+    e.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser(
+        "predict",
+        help="predict hazards and survival for a cohort with a trained run",
+        description="Write per-subject hazards, survival and risk (no input codes) for every "
+        "subject of COHORT to a Parquet file.",
+    )
+    pr.add_argument("run", help="run directory written by `ehrsurv finetune`")
+    pr.add_argument("--cohort", required=True, help="MEDS cohort to predict")
+    pr.add_argument("--out", required=True, help="output Parquet file (written atomically)")
+    pr.set_defaults(func=_cmd_predict)
+
+    c = sub.add_parser(
+        "config",
+        help="list every job config key with its type, default and meaning",
+        description="Print every dotted key a job YAML or a KEY=VALUE override can set.",
+    )
+    c.set_defaults(func=_cmd_config)
     return p
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,4 +209,27 @@ def plot_risk_vs_length(
     ax.set_ylabel(risk_name)
     ax.set_title(f"{risk_name} vs sequence length (Spearman ρ = {rho:.3f})")
     ax.legend(loc="best")
+    return _save_atomic(fig, path, dpi)
+
+
+def plot_training_curves(
+    history: Sequence[Mapping[str, float]], path: str | os.PathLike[str], *, dpi: int = 110
+) -> Path:
+    """Training loss and the validation score per epoch (one PNG, two panels)."""
+    fig = Figure(figsize=(9, 3.6))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    epochs = [int(h["epoch"]) for h in history]
+    ax1.plot(epochs, [h.get("train_loss", float("nan")) for h in history], marker="o")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss")
+    key = "val_c_index_td" if any("val_c_index_td" in h for h in history) else "val_loss"
+    ax2.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", color="tab:green")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel(key.replace("_", " "))
+    best = [h for h in history if h.get("epoch") == h.get("best_epoch")]
+    if best:
+        ax2.axvline(best[-1]["epoch"], color="grey", linestyle=":", label="best")
+        ax2.legend()
+    fig.tight_layout()
     return _save_atomic(fig, path, dpi)

@@ -7,9 +7,10 @@ predictions with ``torch.distributed`` so that metrics are computed over the who
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,6 +102,28 @@ def train_epoch(
         seconds=seconds,
         data_wait_seconds=wait,
     )
+
+
+def synchronized(batches: Iterable[Batch], group: int = 1) -> Iterator[Batch]:
+    """Yield batches in groups of ``group`` for as long as *every* rank has a full group.
+
+    Ranks of a data-parallel run must take the same number of optimizer steps (each step is a
+    collective); shards of a streamed split can differ by a batch or two. One tiny all-reduce
+    per group decides, so no rank blocks in a collective the others never enter, and every epoch
+    ends on a gradient-accumulation boundary.
+    """
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    it = iter(batches)
+    while True:
+        chunk = list(itertools.islice(it, group))
+        full = len(chunk) == group
+        if distributed:
+            flag = torch.tensor([1 if full else 0], dtype=torch.int64)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            full = bool(flag.item())
+        if not full:
+            return
+        yield from chunk
 
 
 @dataclass

@@ -128,3 +128,11 @@ def test_loop_state_early_stopping_round_trip() -> None:
     lo = LoopState()
     assert lo.update(2.0, higher_is_better=False) and lo.update(1.5, higher_is_better=False)
     assert not lo.update(float("nan"))
+
+
+def test_synchronized_single_rank_keeps_whole_groups() -> None:
+    from ehrsurv_dist.train.loop import synchronized
+
+    batches = [{"i": np.array([i])} for i in range(7)]
+    assert [int(b["i"][0]) for b in synchronized(batches, 1)] == list(range(7))
+    assert [int(b["i"][0]) for b in synchronized(batches, 3)] == list(range(6))

@@ -1,0 +1,160 @@
+"""The job file: what `ehrsurv pretrain | finetune | tune` read (``jobs/*.yaml`` + overrides).
+
+One typed section per concern, on top of :class:`~ehrsurv_dist.config.JobConfig` (name, seed,
+data, ray). Every field has help text; ``ehrsurv finetune --help-config`` prints them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ehrsurv_dist.config import JobConfig, option, require, section
+from ehrsurv_dist.train.engine import EngineConfig
+
+
+@dataclass(kw_only=True)
+class ModelSpec:
+    """Which survival (or pretraining) model to build."""
+
+    arch: Literal["behrt", "hierarchical", "lstm"] = option(
+        "behrt", "Model family: flat BEHRT, hierarchical BEHRT, or the LSTM baseline."
+    )
+    size: Literal["tiny", "small", "medium", "large"] = option(
+        "small", "Preset size (seed-spec §3; tiny is for CPU tests and smoke runs)."
+    )
+    attention: Literal["visit_causal", "bidirectional"] = option(
+        "visit_causal",
+        "visit_causal: visit t sees visits <= t (no leakage, DESIGN.md §3); bidirectional: "
+        "seed parity, leaks the sequence end.",
+    )
+    dropout: float = option(0.1, "Dropout in embeddings and transformer blocks, in [0, 1).")
+    sinusoidal: bool = option(False, "Fixed sinusoidal positions instead of learned ones.")
+    visit_pooling: Literal["mean", "attention"] = option(
+        "mean", "How token states become a visit state for the hazard head (flat BEHRT)."
+    )
+
+    def __post_init__(self) -> None:
+        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(kw_only=True)
+class FinetuneSpec:
+    """Survival fine-tuning: strategy and loss."""
+
+    strategy: Literal["frozen", "lora", "full"] = option(
+        "lora", "frozen: head only; lora: low-rank adapters on q/k/v/o (+ head); full: everything."
+    )
+    loss: Literal["nll", "rank", "hybrid", "cox"] = option(
+        "nll", "Survival loss: likelihood, pairwise ranking, nll + lambda_rank*rank, or Cox."
+    )
+    lambda_rank: float = option(0.1, "Ranking weight of the hybrid loss (>= 0).")
+    margin: float = option(0.1, "Ranking margin (>= 0).")
+    rank_loss: Literal["hinge", "logistic"] = option(
+        "hinge", "Ranking term: the seed's hinge, or a smooth logistic variant."
+    )
+    curriculum_epochs: int = option(
+        0, "Ramp lambda_rank linearly from 0 over this many epochs (0 = constant)."
+    )
+    risk_score: Literal["mean_hazard", "horizon", "first_n"] = option(
+        "mean_hazard",
+        "Scalar risk used by the ranking loss and by Harrell/Uno C (DESIGN.md §4).",
+    )
+    risk_k: int = option(10, "k for risk_score=horizon: risk = 1 - S(min(k, T)).")
+    risk_n: int = option(10, "n for risk_score=first_n: mean hazard of the first n visits.")
+    lora_rank: int = option(16, "LoRA rank r (> 0).")
+    lora_alpha: float = option(32.0, "LoRA scale numerator: the update is (alpha / r) * B A x.")
+    lora_dropout: float = option(0.0, "Dropout on the LoRA input, in [0, 1).")
+    lora_ffn: bool = option(False, "Also adapt the feed-forward layers.")
+    train_embeddings: bool = option(
+        False, "With lora: also train the embeddings (set true when there is no pretraining)."
+    )
+    init: str | None = option(
+        None, "Pretrained run directory whose exported encoder initialises the model."
+    )
+
+    def __post_init__(self) -> None:
+        require(self.lambda_rank >= 0, "lambda_rank", f"must be >= 0, got {self.lambda_rank}")
+        require(self.margin >= 0, "margin", f"must be >= 0, got {self.margin}")
+        require(self.lora_rank > 0, "lora_rank", f"must be > 0, got {self.lora_rank}")
+        require(self.risk_k > 0, "risk_k", f"must be > 0, got {self.risk_k}")
+        require(self.risk_n > 0, "risk_n", f"must be > 0, got {self.risk_n}")
+        require(
+            0 <= self.lora_dropout < 1,
+            "lora_dropout",
+            f"must be in [0, 1), got {self.lora_dropout}",
+        )
+
+
+@dataclass(kw_only=True)
+class PretrainSpec:
+    """Self-supervised pretraining of the BEHRT encoder."""
+
+    objective: Literal["mlm", "nvp", "joint"] = option(
+        "joint", "Masked-code modelling, next-visit prediction, or their weighted sum."
+    )
+    mlm_weight: float = option(1.0, "Weight of the MLM loss in joint pretraining (>= 0).")
+    nvp_weight: float = option(1.0, "Weight of the NVP loss in joint pretraining (>= 0).")
+
+    def __post_init__(self) -> None:
+        require(self.mlm_weight >= 0, "mlm_weight", f"must be >= 0, got {self.mlm_weight}")
+        require(self.nvp_weight >= 0, "nvp_weight", f"must be >= 0, got {self.nvp_weight}")
+
+
+@dataclass(kw_only=True)
+class TrainSpec:
+    """The training run: length, early stopping, workers and the engine."""
+
+    epochs: int = option(10, "Maximum number of epochs (> 0).")
+    patience: int = option(
+        3, "Stop after this many epochs without a better validation score (0 = never)."
+    )
+    num_workers: int = option(2, "Ray Train workers (>= 1).")
+    use_gpu: bool = option(False, "One GPU per worker.")
+    cpus_per_worker: float = option(1.0, "CPUs reserved per worker (> 0).")
+    max_failures: int = option(
+        1, "Worker failures tolerated: a dead worker is replaced and training resumes."
+    )
+    keep_checkpoints: int = option(2, "Checkpoints kept (the best by validation plus the latest).")
+    engine: EngineConfig = section(EngineConfig, "Optimiser, schedule, precision and backend.")
+
+    def __post_init__(self) -> None:
+        require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        require(self.patience >= 0, "patience", f"must be >= 0, got {self.patience}")
+        require(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")
+        require(
+            self.cpus_per_worker > 0, "cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}"
+        )
+        require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        require(
+            self.keep_checkpoints >= 1,
+            "keep_checkpoints",
+            f"must be >= 1, got {self.keep_checkpoints}",
+        )
+
+
+@dataclass(kw_only=True)
+class EvalSpec:
+    """Evaluation over whole splits (DESIGN.md §4)."""
+
+    n_boot: int = option(200, "Bootstrap resamples for 95% intervals (0 = none).")
+    horizons: list[int] | None = option(
+        None, "Whole visit indices k for Brier and td-AUC (null = quartiles of event times)."
+    )
+    calibration_horizon: int | None = option(
+        None, "Horizon k of the calibration plot (null = median event time)."
+    )
+
+    def __post_init__(self) -> None:
+        require(self.n_boot >= 0, "n_boot", f"must be >= 0, got {self.n_boot}")
+
+
+@dataclass(kw_only=True)
+class JobSpec(JobConfig):
+    """A whole job: data, model, training, and the pretrain / finetune / eval settings."""
+
+    model: ModelSpec = section(ModelSpec, "Model family, size and attention.")
+    train: TrainSpec = section(TrainSpec, "Epochs, early stopping, workers and engine.")
+    finetune: FinetuneSpec = section(FinetuneSpec, "Survival fine-tuning strategy and loss.")
+    pretrain: PretrainSpec = section(PretrainSpec, "Pretraining objective.")
+    eval: EvalSpec = section(EvalSpec, "Evaluation settings.")

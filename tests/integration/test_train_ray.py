@@ -1,0 +1,153 @@
+"""End to end on a real local Ray: Ray Train + DeepSpeed on CPU, 2 workers, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ehrsurv_dist import schema as S
+from ehrsurv_dist.config import load_config
+from ehrsurv_dist.data.synthetic import synthesize
+from ehrsurv_dist.errors import OutputError
+from ehrsurv_dist.evaluate import evaluate_run
+from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.train import modeling
+from ehrsurv_dist.train.launch import run_training
+
+pytestmark = pytest.mark.integration
+
+TINY = [
+    "model.size=tiny",
+    "data.batch_size=16",
+    "data.max_seq_len=96",
+    "train.num_workers=2",
+    "train.engine.lr=0.001",
+    "eval.n_boot=20",
+]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = str(tmp_path_factory.mktemp("train") / "cohort")
+    synthesize(out, "smoke", seed=3, signal=3.0)
+    return out
+
+
+def _spec(cohort: str, *more: str) -> JobSpec:
+    return load_config(JobSpec, None, [*TINY, *more, ("data.cohort", cohort)])
+
+
+@pytest.fixture(scope="module")
+def pretrained(cohort: str, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
+    out = str(tmp_path_factory.mktemp("pre") / "run")
+    run_training(_spec(cohort, "train.epochs=1", "train.engine.zero_stage=2"), "pretrain", out)
+    return out
+
+
+def test_finetune_zero1_then_evaluate_matches_sksurv(
+    cohort: str, tmp_path: Path, ray_local: None
+) -> None:
+    from sksurv.metrics import concordance_index_censored
+
+    out = str(tmp_path / "ft")
+    spec = _spec(cohort, "train.epochs=2", "train.engine.zero_stage=1", "finetune.strategy=full")
+    res = run_training(spec, "finetune", out)
+    assert [h["epoch"] for h in res.history] == [0, 1]
+    assert all(np.isfinite(h["train_loss"]) for h in res.history)
+    assert os.path.exists(res.export)
+    metrics = evaluate_run(out, n_boot=0)
+    held = metrics[S.HELD_OUT_SPLIT]
+    pred = pq.read_table(os.path.join(out, "predictions", "predictions.parquet")).to_pandas()
+    h = pred[pred[S.SPLIT] == S.HELD_OUT_SPLIT]
+    assert held["n_subjects"] == len(h) > 0
+    time = h[S.LAST_VISIT].to_numpy() + 0.5 * h[S.EVENT].to_numpy()
+    expected = concordance_index_censored(h[S.EVENT].to_numpy(), time, h["risk"].to_numpy())[0]
+    assert held["c_index_harrell"] == pytest.approx(expected, abs=1e-12)
+    # predictions: hazard and survival lists of length T + 1, survival = cumprod(1 - h)
+    for _, row in h.head(20).iterrows():
+        hz = np.asarray(row["hazard"], dtype=np.float64)
+        assert len(hz) == row[S.LAST_VISIT] + 1
+        np.testing.assert_allclose(row["survival"], np.cumprod(1 - hz), rtol=1e-5)
+    # the run directory refuses another run
+    with pytest.raises(OutputError, match="another run"):
+        run_training(_spec(cohort, "train.epochs=3"), "finetune", out)
+
+
+def test_init_loads_the_pretrained_encoder(
+    cohort: str, pretrained: str, tmp_path: Path, ray_local: None
+) -> None:
+    out = str(tmp_path / "ft_init")
+    spec = _spec(
+        cohort, "train.epochs=1", "finetune.strategy=frozen", ("finetune.init", pretrained)
+    )
+    run_training(spec, "finetune", out)
+    pre = modeling.load_export(os.path.join(pretrained, "checkpoints", "best", "model.pt"))
+    ft = modeling.load_export(os.path.join(out, "checkpoints", "best", "model.pt"))
+    enc = [k for k in pre["state_dict"] if k.startswith("encoder.")]
+    assert enc
+    # frozen: the fine-tuned encoder is exactly the pretrained one; the head trained
+    for k in enc:
+        assert torch.equal(pre["state_dict"][k], ft["state_dict"][k]), k
+    assert ft["vocab_hash"] == pre["vocab_hash"]
+    with open(os.path.join(out, "config.yaml")) as f:
+        assert pretrained in f.read()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(
+    cohort: str, tmp_path_factory: pytest.TempPathFactory, ray_local: None
+) -> list[dict]:
+    out = str(tmp_path_factory.mktemp("full") / "run")
+    return run_training(
+        _spec(cohort, "train.epochs=3", "train.patience=0"), "finetune", out
+    ).history
+
+
+def _same_curve(got: list[dict], want: list[dict]) -> None:
+    assert [h["epoch"] for h in got] == [h["epoch"] for h in want] == [0, 1, 2]
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in got], [h["train_loss"] for h in want], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        [h["val_c_index_td"] for h in got], [h["val_c_index_td"] for h in want], rtol=1e-9
+    )
+
+
+def test_driver_relaunch_resumes_the_same_curve(
+    cohort: str,
+    uninterrupted: list[dict],
+    tmp_path: Path,
+    ray_local: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that dies after epoch 1 (no retries), re-launched as is: epochs continue exactly."""
+    from ehrsurv_dist.errors import EhrsurvError
+
+    out = str(tmp_path / "b")
+    spec = _spec(cohort, "train.epochs=3", "train.patience=0", "train.max_failures=0")
+    monkeypatch.setenv("EHRSURV_FAULT_AFTER_EPOCH", "1")
+    with pytest.raises(EhrsurvError, match="injected fault"):
+        run_training(spec, "finetune", out)
+    monkeypatch.delenv("EHRSURV_FAULT_AFTER_EPOCH")
+    resumed = run_training(spec, "finetune", out)
+    _same_curve(resumed.history, uninterrupted)
+
+
+def test_worker_failure_is_recovered(
+    cohort: str,
+    uninterrupted: list[dict],
+    tmp_path: Path,
+    ray_local: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that dies mid-run is replaced (max_failures=1) and training finishes the curve."""
+    out = str(tmp_path / "c")
+    spec = _spec(cohort, "train.epochs=3", "train.patience=0", "train.max_failures=1")
+    monkeypatch.setenv("EHRSURV_FAULT_AFTER_EPOCH", "0")
+    res = run_training(spec, "finetune", out)
+    _same_curve(res.history, uninterrupted)
