@@ -214,6 +214,17 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.bench.ingest import run_ingest_bench
+
+    res = run_ingest_bench(
+        args.cohort, args.out, args.batch_size, repeats=args.repeats, num_cpus=args.num_cpus
+    )
+    print(open(f"{args.out}/SUMMARY.md").read())
+    print(f"speedup (Ray / single process) {res['speedup']:.2f}; bench.json in {args.out}")
+    return EXIT_OK
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from ehrsurv_dist.config import format_help
     from ehrsurv_dist.jobspec import JobSpec
@@ -362,6 +373,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--cohort", required=True, help="MEDS cohort to predict")
     pr.add_argument("--out", required=True, help="output Parquet file (written atomically)")
     pr.set_defaults(func=_cmd_predict)
+
+    b = sub.add_parser(
+        "bench",
+        help="benchmarks, measured side by side in one run",
+        description="Benchmarks; each writes bench.json (flat numbers) and SUMMARY.md to --out.",
+    )
+    bsub = b.add_subparsers(
+        dest="bench", metavar="BENCH", required=True, help="which benchmark to run: ingest"
+    )
+    bi = bsub.add_parser(
+        "ingest",
+        help="Ray Data ingest vs the single-process path vs a plain pyarrow read",
+        description="Subjects/s and tokens/s of the Ray Data path (1 CPU and all CPUs), the "
+        "single-process path and a plain pyarrow read of the same files and columns, the "
+        "real-token fraction and the driver's peak memory.",
+    )
+    bi.add_argument("--cohort", required=True, help="MEDS cohort (e.g. from ehrsurv synth)")
+    bi.add_argument("--out", required=True, help="output directory for bench.json and SUMMARY.md")
+    bi.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="subjects per batch (default 32)"
+    )
+    bi.add_argument(
+        "--repeats", type=_positive_int, default=5, help="timed repeats per path (default 5)"
+    )
+    bi.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    bi.set_defaults(func=_cmd_bench_ingest)
 
     c = sub.add_parser(
         "config",

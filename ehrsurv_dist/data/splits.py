@@ -8,19 +8,11 @@ import pyarrow.parquet as pq
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data import io
+from ehrsurv_dist.data.masking import splitmix64
 from ehrsurv_dist.errors import CohortError
 
 TRAIN_FRACTION = 0.70
 TUNING_FRACTION = 0.15  # the rest (0.15) is held_out
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A fixed 64-bit integer mix: same answer on every machine and Python version."""
-    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def hash_splits(subject_ids: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -29,7 +21,7 @@ def hash_splits(subject_ids: np.ndarray, seed: int = 0) -> np.ndarray:
     Stable across runs, machines and shard layouts; ``seed`` gives a different partition.
     """
     ids = np.asarray(subject_ids, dtype=np.int64).view(np.uint64)
-    h = _splitmix64(ids ^ _splitmix64(np.array([seed], dtype=np.int64).view(np.uint64)))
+    h = splitmix64(ids ^ splitmix64(np.array([seed], dtype=np.int64).view(np.uint64)))
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     out = np.full(len(ids), S.HELD_OUT_SPLIT, dtype=object)
     out[u < TRAIN_FRACTION + TUNING_FRACTION] = S.TUNING_SPLIT

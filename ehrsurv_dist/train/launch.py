@@ -209,9 +209,15 @@ def run_training(spec: JobSpec, mode: str, out: str) -> RunResult:
         },
         dataset_config=DataConfig(datasets_to_split=[S.TRAIN_SPLIT]),
     )
-    result = trainer.fit()
+    import ray.train
+
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        # Re-running the same command resumes from the last checkpoint.
+        raise EhrsurvError(f"training failed (re-run the same command to resume): {e}") from e
     if result.error is not None:
-        raise EhrsurvError(f"training failed: {result.error}")
+        raise EhrsurvError(f"training failed (re-run the same command to resume): {result.error}")
     best = _best_checkpoint(result)
     with best.as_directory() as d:
         payload = _load_torch(os.path.join(d, MODEL_FILE))
