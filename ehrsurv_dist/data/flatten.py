@@ -42,6 +42,7 @@ from ehrsurv_dist.data.visits import (
     US_PER_YEAR,
     SubjectVisits,
     concat_ranges,
+    time_us,
 )
 
 Truncation = Literal["keep_recent", "keep_oldest"]
@@ -127,29 +128,13 @@ def encode_codes(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]
     return np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.int32), dictionary
 
 
-def _time_us(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 µs with nulls as 0, bool null mask), straight from the Arrow buffers."""
-    arr = col.cast(pa.timestamp("us")).cast(pa.int64())
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    n = len(arr)
-    if arr.null_count == 0:
-        return np.asarray(arr.to_numpy(), dtype=np.int64), np.zeros(n, dtype=bool)
-    validity, data = arr.buffers()[0], arr.buffers()[1]
-    off = arr.offset
-    vals = np.frombuffer(data, dtype=np.int64, count=off + n)[off:]
-    bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
-    valid = bits[off : off + n].view(bool)
-    return np.where(valid, vals, 0), ~valid
-
-
 def event_arrays(events: pa.Table) -> EventArrays:
     """Columns ``subject_id``, ``time``, ``code`` of a MEDS table as :class:`EventArrays`."""
     sid = events[S.SUBJECT_ID]
     if sid.null_count:
         raise ValueError("subject_id has nulls (validate the cohort first)")
     sid_np = np.asarray(sid.cast(pa.int64()).to_numpy(), dtype=np.int64)
-    tu, tnull = _time_us(events[S.TIME])
+    tu, tnull = time_us(events[S.TIME])
     cidx, dictionary = encode_codes(events[S.CODE])
     return EventArrays(sid_np, tu, tnull, cidx, dictionary)
 
@@ -179,7 +164,7 @@ class OutcomeArrays:
             ),
             dtype=bool,
         )
-        tu, tnull = _time_us(outcomes[S.OUTCOME_TIME])
+        tu, tnull = time_us(outcomes[S.OUTCOME_TIME])
         order = np.argsort(sid, kind="stable")
         return cls(sid[order], ev[order], tu[order], ~tnull[order])
 

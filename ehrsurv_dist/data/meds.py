@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data import io
-from ehrsurv_dist.data.visits import GRANULARITY_US
+from ehrsurv_dist.data.visits import GRANULARITY_US, time_us
 from ehrsurv_dist.errors import CohortError
 
 MAX_EXAMPLES = 5  # error messages name at most this many subject ids
@@ -291,14 +291,6 @@ def read_events_table(path: str, fs: Any) -> pa.Table:
             S.CODE: t[S.CODE].cast(pa.string()),
         }
     )
-
-
-def time_us(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 microseconds with nulls as 0, bool null mask) of a timestamp[us] column."""
-    ints = col.cast(pa.int64())
-    null = np.asarray(pc.is_null(ints).to_numpy(zero_copy_only=False), dtype=bool)
-    vals = np.asarray(pc.fill_null(ints, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
-    return vals, null
 
 
 def _check_file(rep: CohortReport, path: str, fs: Any) -> tuple[_FileSummary | None, set[str]]:

@@ -96,11 +96,20 @@ def _bool(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _time_us(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    ints = col.cast(pa.int64())
-    null = np.asarray(pc.is_null(ints).to_numpy(zero_copy_only=False), dtype=bool)
-    vals = np.asarray(pc.fill_null(ints, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
-    return vals, null
+def time_us(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 µs with nulls as 0, bool null mask), straight from the Arrow buffers."""
+    arr = col.cast(pa.timestamp("us")).cast(pa.int64())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    n = len(arr)
+    if arr.null_count == 0:
+        return np.asarray(arr.to_numpy(), dtype=np.int64), np.zeros(n, dtype=bool)
+    validity, data = arr.buffers()[0], arr.buffers()[1]
+    off = arr.offset
+    vals = np.frombuffer(data, dtype=np.int64, count=off + n)[off:]
+    bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+    valid = bits[off : off + n].view(bool)
+    return np.where(valid, vals, 0), ~valid
 
 
 def _lookup(keys: np.ndarray, table_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +141,7 @@ def build_visits(
     """
     g = GRANULARITY_US[granularity]
     sid = np.asarray(events[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
-    tu, tnull = _time_us(events[S.TIME])
+    tu, tnull = time_us(events[S.TIME])
     codes = events[S.CODE]
     is_birth = _bool(pc.equal(codes, S.BIRTH_CODE))
     is_death = _bool(pc.equal(codes, S.DEATH_CODE))
@@ -162,7 +171,7 @@ def build_visits(
         o_order = np.argsort(o_sid, kind="stable")
         o_sid = o_sid[o_order]
         o_ev = _bool(outcomes[S.OUTCOME_EVENT])[o_order]
-        o_tu, o_null = _time_us(outcomes[S.OUTCOME_TIME])
+        o_tu, o_null = time_us(outcomes[S.OUTCOME_TIME])
         o_key = np.floor_divide(o_tu[o_order], g)
         o_ok = ~o_null[o_order]
         for s in np.setdiff1d(all_subjects, o_sid[o_ok]):
