@@ -13,6 +13,7 @@ Run directory layout (DESIGN.md §5)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -134,6 +135,8 @@ def run_training(spec: JobSpec, mode: str, out: str) -> RunResult:
     if not spec.data.cohort:
         raise ConfigError("data.cohort", "no cohort: pass --cohort DIR or set data.cohort")
     out = os.path.abspath(out)
+    # Workers run in Ray's own working directory: hand them absolute local paths.
+    spec = _absolute_paths(spec)
     init_export = None
     vocab: Vocabulary | None = None
     if mode == "finetune" and spec.finetune.init:
@@ -245,6 +248,19 @@ def run_training(spec: JobSpec, mode: str, out: str) -> RunResult:
         history=history,
         export=export,
     )
+
+
+def _absolute_paths(spec: JobSpec) -> JobSpec:
+    """``data.cohort``, ``data.outcomes`` and ``finetune.init`` as absolute paths (URIs kept)."""
+
+    def absolute(p: str | None) -> str | None:
+        return p if not p or "://" in p else os.path.abspath(p)
+
+    data = dataclasses.replace(
+        spec.data, cohort=absolute(spec.data.cohort) or "", outcomes=absolute(spec.data.outcomes)
+    )
+    ft = dataclasses.replace(spec.finetune, init=absolute(spec.finetune.init))
+    return dataclasses.replace(spec, data=data, finetune=ft)
 
 
 def _env_int(name: str) -> int | None:
