@@ -1,0 +1,43 @@
+"""Driver-side launch helpers that need no Ray: paths and the run-directory contract."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ehrsurv_dist.config import load_config
+from ehrsurv_dist.errors import OutputError
+from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.train.launch import _absolute_paths, prepare_run_dir
+
+
+def test_local_paths_become_absolute_uris_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = load_config(JobSpec, None, [("data.cohort", "c"), ("finetune.init", "runs/pre")])
+    a = _absolute_paths(spec)
+    assert a.data.cohort == os.path.join(str(tmp_path), "c")
+    assert a.finetune.init == os.path.join(str(tmp_path), "runs", "pre")
+    assert a.data.outcomes is None
+    s3 = load_config(JobSpec, None, [("data.cohort", "s3://bucket/cohort")])
+    assert _absolute_paths(s3).data.cohort == "s3://bucket/cohort"
+
+
+def test_run_dir_contract(tmp_path: Path) -> None:
+    spec = load_config(JobSpec, None, ["train.epochs=2"])
+    out = str(tmp_path / "run")
+    assert prepare_run_dir(out, spec, "finetune") is False  # new run
+    assert prepare_run_dir(out, spec, "finetune") is True  # same run: resume
+    with pytest.raises(OutputError, match="another run"):
+        prepare_run_dir(out, load_config(JobSpec, None, ["train.epochs=3"]), "finetune")
+    with pytest.raises(OutputError, match="another run"):
+        prepare_run_dir(out, spec, "pretrain")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty"):
+        prepare_run_dir(str(other), spec, "finetune")
+    assert (other / "notes.txt").read_text() == "mine"
