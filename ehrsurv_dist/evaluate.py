@@ -20,6 +20,7 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data import io
 from ehrsurv_dist.data.pipeline import IngestPipeline
+from ehrsurv_dist.data.visits import concat_ranges
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
@@ -91,8 +92,6 @@ def truncated(p: Predictions, seed: int = 0) -> tuple[M.HazardTable, np.ndarray,
     rng = np.random.default_rng(seed)
     u = (rng.random(len(p.last_visit)) * (p.last_visit + 1)).astype(np.int64)  # 0..T
     starts = p.offsets[:-1]
-    from ehrsurv_dist.data.visits import concat_ranges
-
     vals = p.values[concat_ranges(starts, u + 1)]
     off = np.concatenate([[0], np.cumsum(u + 1)])
     ev = p.event & (u == p.last_visit)

@@ -225,10 +225,6 @@ def run_training(spec: JobSpec, mode: str, out: str) -> RunResult:
     with best.as_directory() as d:
         payload = _load_torch(os.path.join(d, MODEL_FILE))
     cfg = modeling.model_config(spec, fit.vocab.size)
-    if mode == "pretrain":
-        from ehrsurv_dist.models.config import BEHRTConfig
-
-        assert isinstance(cfg, BEHRTConfig)
     export = os.path.join(out, EXPORT)
     modeling.save_export(
         export,

@@ -1,8 +1,8 @@
 """The training loop: plain code, no Ray (forward, loss, backward, step, evaluate).
 
 The same functions run inside a Ray Train worker and in a single process; the engine hides
-whether DeepSpeed or plain torch sits underneath. Distributed runs gather validation
-predictions with ``torch.distributed`` so that metrics are computed over the whole split.
+whether DeepSpeed or plain torch sits underneath. In distributed runs every rank scores the
+whole (unsharded) validation split, so metrics are over the whole split.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.data.visits import concat_ranges
 from ehrsurv_dist.models.survival import select_inputs
 
 Batch = Mapping[str, np.ndarray]
@@ -154,9 +155,7 @@ class Predictions:
         order = np.argsort(sid, kind="stable")
         lengths = (lv + 1)[order]
         starts = np.concatenate([[0], np.cumsum(lv + 1)[:-1]])[order]
-        idx = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(
-            int(lengths.sum())
-        )
+        idx = concat_ranges(starts, lengths)
         return Predictions(
             subject_id=sid[order],
             event=ev[order],
@@ -200,15 +199,6 @@ def predict(
     finally:
         module.train(was_training)
     return Predictions.concat(parts)
-
-
-def gather_predictions(p: Predictions) -> Predictions:
-    """All ranks' predictions, on every rank (identity without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return p
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, p)
-    return Predictions.concat(out)
 
 
 @torch.no_grad()
