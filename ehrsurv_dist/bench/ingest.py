@@ -14,7 +14,9 @@ the ``*_median_s`` keys keep the medians.
   with all CPUs / one CPU, consumed by the driver exactly as a training loop would.
 - ``speedup`` = ray ÷ single; ``io_fraction`` = single ÷ plain pyarrow read.
 - ``real_token_fraction``: real tokens ÷ token slots of the batches (flat layout), with the
-  configured ``pad_multiple``; ``real_token_fraction_pad_multiple_1`` without the rounding.
+  configured ``pad_multiple`` (``data.pad_multiple``; its CPU default is 1);
+  ``real_token_fraction_pad_multiple_1`` / ``_8`` the same batches padded to a multiple of 1 / 8
+  (8 is the GPU default, for tensor-core tiles).
 - ``driver_peak_rss_mb``: the peak private resident memory (anonymous + file-backed pages,
   sampled every 10 ms) of a *fresh* driver process that only streams the Ray path (as a training
   driver would), over several epochs; ``driver_rss_growth_mb`` its largest rise during one epoch.
@@ -253,8 +255,8 @@ def run_ingest_bench(
     num_cpus: int | None = None,
     split: str | None = None,
     rows_per_unit: int | None = None,
-    pad_multiple: int = 8,
-    window_batches: int = 64,
+    pad_multiple: int | None = None,
+    window_batches: int | None = None,
     data: DataConfig | None = None,
 ) -> dict[str, Any]:
     """Measure the ingest paths on ``cohort`` and write ``OUT/bench.json`` and ``OUT/SUMMARY.md``.
@@ -269,7 +271,8 @@ def run_ingest_bench(
         num_cpus: CPUs of the "all CPUs" Ray run (default: ``os.cpu_count()``).
         split: measure one split (e.g. ``train``); None streams every subject.
         rows_per_unit: rows per unit of work (default: the pipeline's).
-        pad_multiple, window_batches: batching parameters.
+        pad_multiple, window_batches: batching parameters (None: the data configuration's,
+            ``pad_multiple`` resolved for CPU).
         data: data configuration (defaults otherwise; ``batch_size`` wins).
 
     Returns:
@@ -286,6 +289,8 @@ def run_ingest_bench(
     os.makedirs(out, exist_ok=True)
     ncpu = int(num_cpus or os.cpu_count() or 1)
     cfg = data or DataConfig(cohort=cohort, batch_size=batch_size)
+    pad_multiple = pad_multiple or cfg.resolved_pad_multiple(use_gpu=False)
+    window_batches = window_batches or cfg.window_batches
     kw: dict[str, Any] = {"pad_multiple": pad_multiple, "window_batches": window_batches}
     if rows_per_unit is not None:
         kw["rows_per_unit"] = rows_per_unit
@@ -328,9 +333,10 @@ def run_ingest_bench(
     drv = _driver_memory(
         cohort, cfg, kw, pipe.report, pipe.vocab, ncpu, max(2, repeats), batch_size, split
     )
-    # Same batches without rounding to a multiple of 8, for reference.
-    st1 = BatchStats()
-    _consume(_with_pad(pipe, split, batch_size, st1))
+    # The same batches padded to a multiple of 1 and of 8 (the CPU and GPU defaults).
+    st1, st8 = BatchStats(), BatchStats()
+    _consume(_with_pad(pipe, split, batch_size, st1, 1))
+    _consume(_with_pad(pipe, split, batch_size, st8, 8))
 
     best = {k: min(v) for k, v in t_n.items()}
     ray1 = min(t_1["ray"])
@@ -354,6 +360,7 @@ def run_ingest_bench(
         "ray_1cpu_tokens_per_s": real_tokens / ray1,
         "single_tokens_per_s": real_tokens / best["single"],
         "real_token_fraction_pad_multiple_1": st1.real_token_fraction,
+        "real_token_fraction_pad_multiple_8": st8.real_token_fraction,
         "driver_rss_growth_mb": drv["growth"],
         "driver_rss_before_ingest_mb": drv["before"],
         "bench_process_rss_during_ray_mb": mem_n["peak"],
@@ -390,11 +397,11 @@ def run_ingest_bench(
 
 
 def _with_pad(
-    pipe: IngestPipeline, split: str | None, batch_size: int, stats: BatchStats
+    pipe: IngestPipeline, split: str | None, batch_size: int, stats: BatchStats, multiple: int
 ) -> Iterator[dict[str, np.ndarray]]:
     from ehrsurv_dist.data.collate import batches_from_blocks
 
-    spec = pipe.batch_spec(batch_size, pad_multiple=1)
+    spec = pipe.batch_spec(batch_size, pad_multiple=multiple)
     return batches_from_blocks(pipe.blocks(split), spec, 0, stats)
 
 
@@ -428,7 +435,8 @@ def _summary(cohort: str, r: dict[str, Any], pipe: IngestPipeline) -> str:
         f"(÷ dictionary read: {r['io_fraction_vs_dict_read']:.3f})",
         f"- speedup (Ray ÷ single): **{r['speedup']:.2f}**",
         f"- real-token fraction: **{r['real_token_fraction']:.3f}** with padding to a multiple of "
-        f"{r['pad_multiple']} ({r['real_token_fraction_pad_multiple_1']:.3f} without rounding)",
+        f"{r['pad_multiple']} (multiple of 1: {r['real_token_fraction_pad_multiple_1']:.3f}; "
+        f"multiple of 8, the GPU default: {r['real_token_fraction_pad_multiple_8']:.3f})",
         f"- a fresh driver streaming the Ray path: peak private RSS "
         f"**{r['driver_peak_rss_mb']:.0f} MB**, rising by at most "
         f"{r['driver_rss_growth_mb']:.0f} MB during an epoch (bench process: "

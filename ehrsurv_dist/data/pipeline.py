@@ -606,8 +606,9 @@ class IngestPipeline:
         data: the data configuration (``DataConfig``); defaults if None.
         layout: ``flat`` (BEHRT, seed-spec §1.4) or ``hierarchical`` (§1.5).
         seed: seed of the shuffles and MLM masks.
-        window_batches: batches per length-sorting window.
-        pad_multiple: each batch's padded length is a multiple of this.
+        window_batches: batches per length-sorting window (None: ``data.window_batches``).
+        pad_multiple: each batch's padded length is a multiple of this (None: ``data``'s,
+            resolved for CPU; the training launcher passes the value for its device).
         mlm: add MLM masks (``codes`` masked, ``mlm_labels``).
         nvp_patient: patient-level NVP (bidirectional): input = all visits but the last,
             ``nvp_targets`` = multi-hot of the last visit's codes (flat layout).
@@ -633,8 +634,8 @@ class IngestPipeline:
         *,
         layout: Layout = "flat",
         seed: int = 0,
-        window_batches: int = 64,
-        pad_multiple: int = 8,
+        window_batches: int | None = None,
+        pad_multiple: int | None = None,
         mlm: bool = False,
         nvp_patient: bool = False,
         rows_per_unit: int = ROWS_PER_UNIT,
@@ -679,8 +680,8 @@ class IngestPipeline:
         )
         self.layout: Layout = layout
         self.seed = seed
-        self.window_batches = window_batches
-        self.pad_multiple = pad_multiple
+        self.window_batches = window_batches or self.data.window_batches
+        self.pad_multiple = pad_multiple or self.data.resolved_pad_multiple(use_gpu=False)
         self.mlm = mlm
         self.check_batches = check_batches
         self.ray_remote_args = dict(ray_remote_args or {})

@@ -113,7 +113,9 @@ def test_fit_on_ray_equals_single_process(ray_local: None, smoke: str) -> None:
 
 def test_flat_ray_batches_are_bit_identical_to_single_process(ray_local: None, smoke: str) -> None:
     data = DataConfig(cohort=smoke, batch_size=16, max_seq_len=24, max_visits=10)
-    pipe = IngestPipeline(smoke, data, rows_per_unit=500, mlm=True, seed=3, check_batches=-1)
+    pipe = IngestPipeline(
+        smoke, data, rows_per_unit=500, mlm=True, seed=3, check_batches=-1, pad_multiple=8
+    )
     pipe.fit()
     ds = pipe.dataset(S.TRAIN_SPLIT)  # epoch-independent: the consumer buckets and pads
     seen = []

@@ -422,3 +422,16 @@ def test_option_requires_help() -> None:
         option(1, " ")
     with pytest.raises(TypeError):
         section(_Inner, "")
+
+
+def test_pad_multiple_auto_is_8_on_gpu_and_1_on_cpu() -> None:
+    auto = DataConfig()
+    assert auto.pad_multiple is None
+    assert auto.resolved_pad_multiple(use_gpu=True) == 8
+    assert auto.resolved_pad_multiple(use_gpu=False) == 1
+    fixed = DataConfig(pad_multiple=16)
+    assert fixed.resolved_pad_multiple(use_gpu=True) == fixed.resolved_pad_multiple() == 16
+    with pytest.raises(ConfigError, match="pad_multiple"):
+        DataConfig(pad_multiple=0)
+    with pytest.raises(ConfigError, match="window_batches"):
+        DataConfig(window_batches=0)
