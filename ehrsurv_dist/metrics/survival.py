@@ -1239,7 +1239,9 @@ def evaluate_split(
         risk_score: kind for Harrell's and Uno's C (see :func:`risk_scores`).
         horizons: whole k for Brier and td-AUC; default :func:`default_horizons`. Invalid
             horizons are dropped with a warning.
-        n_boot: bootstrap replicates for ``c_index_td_ci`` (0: none).
+        n_boot: bootstrap replicates for the 95% intervals ``c_index_td_ci``,
+            ``c_index_harrell_ci``, ``c_index_uno_ci`` (at the split's ``uno_tau``) and ``ibs_ci``
+            (on the split's IBS grid); every metric sees the same resampled subjects (0: none).
         risk_k: k for ``risk_score="horizon"``.
         risk_n: n for ``risk_score="first_n"``.
         seed: bootstrap seed (same draws as :func:`bootstrap_ci` with that seed).
@@ -1250,8 +1252,8 @@ def evaluate_split(
 
     Returns:
         ``{"c_index_td", "c_index_harrell", "c_index_uno", "ibs", "brier": {"<k>": f},
-        "td_auc": {"<k>": f}, "n_subjects", "n_events", "risk_score", "c_index_td_ci"
-        (when n_boot > 0), "calibration", "length_only", "uno_tau", "ibs_horizons",
+        "td_auc": {"<k>": f}, "n_subjects", "n_events", "risk_score", "c_index_td_ci",
+        "c_index_harrell_ci", "c_index_uno_ci", "ibs_ci" (when n_boot > 0), "calibration", "length_only", "uno_tau", "ibs_horizons",
         "warnings"}``. Floats may be NaN; see :func:`jsonable` before writing strict JSON.
 
     Raises:
@@ -1345,8 +1347,75 @@ def evaluate_split(
             warn,
         )
         out["calibration"] = None if isinstance(cal, float) else cal
+    if n_boot > 0:
+        boot = _bootstrap_more(
+            table,
+            risk,
+            ev,
+            tlv,
+            tev,
+            tau,
+            grid,
+            n_boot,
+            seed,
+            tied_tol,
+            bool(np.isfinite(out["ibs"])),
+        )
+        for name, values in boot.items():
+            out[f"{name}_ci"] = list(_percentile_interval(values, alpha))
     out["warnings"] = warn
     return out
+
+
+def _subset(table: HazardTable, idx: IntArray) -> HazardTable:
+    """The hazard table of subjects ``idx`` (with repeats), in that order."""
+    lengths = table.last_visit[idx] + 1
+    starts = table.offsets[idx]
+    off = np.zeros(len(idx) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=off[1:])
+    flat = np.repeat(starts - off[:-1], lengths) + np.arange(off[-1], dtype=np.int64)
+    return hazard_table_from_csr(table.values[flat], off)
+
+
+def _bootstrap_more(
+    table: HazardTable,
+    risk: FloatArray,
+    ev: BoolArray,
+    tlv: IntArray,
+    tev: BoolArray,
+    tau: float | None,
+    grid: IntArray,
+    n_boot: int,
+    seed: int,
+    tied_tol: float,
+    with_ibs: bool,
+) -> dict[str, list[float]]:
+    """Harrell's C, Uno's C and the IBS on the same bootstrap draws as ``c_index_td_ci``.
+
+    Uno's tau and the IBS grid stay those of the full split, so every replicate estimates the
+    same quantity. A replicate where a metric is undefined (e.g. no event drawn) counts as NaN
+    and is left out of the interval."""
+    lv = table.last_visit
+    out: dict[str, list[float]] = {"c_index_harrell": [], "c_index_uno": [], "ibs": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for idx in _bootstrap_indices(table.n, n_boot, seed):
+            r, t, e = risk[idx], lv[idx], ev[idx]
+            out["c_index_harrell"].append(_or_nan(harrell_c, r, t, e, tied_tol))
+            out["c_index_uno"].append(_or_nan(uno_c, r, t, e, tlv, tev, tau, tied_tol))
+            if with_ibs:
+                sub = _subset(table, idx)
+                out["ibs"].append(_or_nan(integrated_brier, sub, None, e, tlv, tev, grid))
+    if not with_ibs:
+        del out["ibs"]
+    return out
+
+
+def _or_nan(fn: Callable[..., float], *args: Any) -> float:
+    try:
+        return float(fn(*args))
+    except ValueError:
+        return math.nan
 
 
 def _guarded(fn: Callable[[], Any], name: str, warn: list[str]) -> Any:

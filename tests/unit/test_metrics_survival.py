@@ -511,7 +511,9 @@ def test_evaluate_split_agrees_with_the_single_metrics() -> None:
     hz, T, E = random_split(31, 250, max_t=10)
     hz_tr, T_tr, E_tr = random_split(32, 500, max_t=12)
     m = evaluate_split(hz, T, E, T_tr, E_tr, risk_score="first_n", n_boot=30, risk_n=3, seed=2)
-    assert SPLIT_KEYS | {"c_index_td_ci"} == set(m)
+    assert SPLIT_KEYS | {"c_index_td_ci", "c_index_harrell_ci", "c_index_uno_ci", "ibs_ci"} == set(
+        m
+    )
     assert m["warnings"] == []
     assert m["n_subjects"] == 250 and m["n_events"] == int(E.sum())
     assert m["risk_score"] == "first_n(n=3)"
@@ -527,6 +529,22 @@ def test_evaluate_split_agrees_with_the_single_metrics() -> None:
     # the weighted bootstrap inside equals resampling the subjects with the same seed
     ci = bootstrap_ci(concordance_td, hz, T, E, n_boot=30, seed=2)
     assert m["c_index_td_ci"] == pytest.approx(list(ci), abs=1e-12)
+    # ... and so do the other intervals (Uno at the split's tau, the IBS on the split's grid)
+    ci = bootstrap_ci(harrell_c, risk, T, E, n_boot=30, seed=2)
+    assert m["c_index_harrell_ci"] == pytest.approx(list(ci), abs=1e-12)
+    tau = m["uno_tau"]
+    ci = bootstrap_ci(
+        lambda r, t, e: uno_c(r, t, e, T_tr, E_tr, tau), risk, T, E, n_boot=30, seed=2
+    )
+    assert m["c_index_uno_ci"] == pytest.approx(list(ci), abs=1e-12)
+    grid = np.arange(m["ibs_horizons"][0], m["ibs_horizons"][1] + 1)
+    ci = bootstrap_ci(
+        lambda h, t, e: integrated_brier(h, t, e, T_tr, E_tr, grid), hz, T, E, n_boot=30, seed=2
+    )
+    assert m["ibs_ci"] == pytest.approx(list(ci), abs=1e-12)
+    for key in ("c_index_td", "c_index_harrell", "c_index_uno", "ibs"):
+        lo, hi = m[f"{key}_ci"]
+        assert lo < hi and lo - 0.05 < m[key] < hi + 0.05, key
     json.dumps(jsonable(m), allow_nan=False)
 
 
@@ -534,12 +552,12 @@ def test_evaluate_split_all_censored_returns_nan_with_warnings() -> None:
     hz, T, _ = random_split(41, 50)
     E = np.zeros(50, dtype=bool)
     m = evaluate_split(hz, T, E, T, np.ones(50, dtype=bool), n_boot=5)
-    assert SPLIT_KEYS | {"c_index_td_ci"} == set(m)
+    assert SPLIT_KEYS | {"c_index_td_ci", "c_index_harrell_ci", "c_index_uno_ci"} == set(m)
     for key in ("c_index_td", "c_index_harrell", "c_index_uno", "ibs"):
         assert math.isnan(m[key]), key
     assert m["brier"] == {} and m["td_auc"] == {} and m["calibration"] is None
     assert any("no event" in w for w in m["warnings"])
-    assert all(math.isnan(x) for x in m["c_index_td_ci"])
+    assert all(math.isnan(x) for x in m["c_index_td_ci"] + m["c_index_harrell_ci"])
     s = json.dumps(jsonable(m), allow_nan=False)
     assert '"c_index_td": null' in s
 
