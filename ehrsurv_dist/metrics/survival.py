@@ -1367,8 +1367,9 @@ def evaluate_split(
     return out
 
 
-def _subset(table: HazardTable, idx: IntArray) -> HazardTable:
+def subset_table(table: HazardTable, idx: npt.ArrayLike) -> HazardTable:
     """The hazard table of subjects ``idx`` (with repeats), in that order."""
+    idx = np.asarray(idx, dtype=np.int64)
     lengths = table.last_visit[idx] + 1
     starts = table.offsets[idx]
     off = np.zeros(len(idx) + 1, dtype=np.int64)
@@ -1404,7 +1405,7 @@ def _bootstrap_more(
             out["c_index_harrell"].append(_or_nan(harrell_c, r, t, e, tied_tol))
             out["c_index_uno"].append(_or_nan(uno_c, r, t, e, tlv, tev, tau, tied_tol))
             if with_ibs:
-                sub = _subset(table, idx)
+                sub = subset_table(table, idx)
                 out["ibs"].append(_or_nan(integrated_brier, sub, None, e, tlv, tev, grid))
     if not with_ibs:
         del out["ibs"]

@@ -27,6 +27,11 @@ def test_synth_then_validate(tmp_path: Path) -> None:
     for name in ("hazard", "hazard_observable"):
         for metric in ("c_index_td", "c_index_harrell"):
             assert 0.4 < rep["oracle_held_out"][name][metric] <= 1.0
+        assert 0.05 < rep["oracle_held_out"][name]["ibs"] < 0.3
+    # the frailty is information a model cannot have: the true hazards calibrate better
+    assert (
+        rep["oracle_held_out"]["hazard"]["ibs"] < rep["oracle_held_out"]["hazard_observable"]["ibs"]
+    )
     assert sum(rep["split_sizes"].values()) == 200
     v = _cli("validate", str(out), "--json", str(tmp_path / "rep.json"))
     assert v.returncode == 0, v.stdout + v.stderr
