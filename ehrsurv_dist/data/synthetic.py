@@ -6,7 +6,9 @@ at visit ``t`` the features x1..x5 (chronic count, decayed acute events, comorbi
 log-treatments, age) give ``h_t = sigmoid(α + K·βᵀx_t + frailty)`` where ``K`` is ``signal``.
 
 Adapted to DESIGN.md §2: the event (or drop-out) happens in the interval *after* a visit, and no
-visit is emitted after it. So the history of subject i is exactly its visits ``0..T_i`` and the
+visit is emitted after it. A subject censored at visit T (drop-out, or the end of its planned
+visits) is not observed through the interval after T, so an event drawn for that interval is
+not seen: censoring wins the tie, which makes the likelihood of DESIGN.md §2 exact for this data. So the history of subject i is exactly its visits ``0..T_i`` and the
 true hazards ``h_0..h_T`` are written to ``truth.parquet`` next to the data.
 
 Generation is vectorised over blocks of :data:`BLOCK` subjects; block ``b`` draws from
@@ -371,7 +373,12 @@ def generate_block(
     big = np.iinfo(np.int64).max
     e_t = _seg_first(ev_fire, v_local, sstart, np.full(len(sstart), big))
     l_t = _seg_first(do_fire, v_local, sstart, last_possible)
-    event_s = e_t <= l_t
+    # Censoring wins a tie: a subject censored at visit T (drop-out, or the end of its planned
+    # visits) leaves during the interval after T, so an event there is never observed. That is
+    # DESIGN.md §2's likelihood (a censored subject contributes only the intervals t < T); with
+    # `<=` every censored subject would be known to have survived interval T as well, and the
+    # likelihood would over-estimate the hazards (badly calibrated models, biased IBS).
+    event_s = e_t < l_t
     T_s = np.where(event_s, e_t, l_t)
     # every subject has >= 1 planned visit, so segments map 1:1 onto subjects
     subj_of_seg = v_subj[sstart]

@@ -104,6 +104,27 @@ def test_signal_and_frailty_knobs() -> None:
     assert np.std(lg3[: len(lg1)]) > 2.0 * np.std(lg1)
 
 
+def test_outcomes_follow_the_likelihoods_semantics() -> None:
+    """The score equation of DESIGN.md §2's likelihood holds at the true hazards.
+
+    A subject contributes the intervals t < T (survived) and, for an event, the interval T. If
+    the data follow those semantics, the events equal the sum of the true hazards over these
+    contributed intervals up to noise: E[sum(event - h)] = 0. A generator whose censored
+    subjects had (unobserved) survived interval T would make events exceed it by ~20%.
+    """
+    hp = HazardParams(signal=3.0)
+    b = generate_block(0, 20_000, 1, 5, 50, hp)
+    off = b.hazard_offsets
+    h = b.hazard.astype(np.float64)
+    T = np.diff(off) - 1
+    np.testing.assert_array_equal(T, b.last_visit)
+    survived = np.add.reduceat(h, off[:-1]) - h[off[1:] - 1]  # sum over t < T
+    expected = survived.sum() + h[off[1:] - 1][b.event].sum()
+    var = (h * (1 - h)).sum()
+    z = (b.event.sum() - expected) / np.sqrt(var)
+    assert abs(z) < 4, (int(b.event.sum()), expected, z)
+
+
 def test_refuses_non_empty_output(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("keep me")
     with pytest.raises(OutputError, match="not empty"):
