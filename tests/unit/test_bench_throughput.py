@@ -1,0 +1,160 @@
+"""Pure helpers of ``ehrsurv bench throughput`` (no Ray): attention kernels, counts, memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ehrsurv_dist import schema as S
+from ehrsurv_dist.bench import attention as A
+from ehrsurv_dist.bench.throughput import RssRise, model_state_bytes_per_rank, steady
+from ehrsurv_dist.models import builders as B
+from ehrsurv_dist.models.behrt import build_attention_mask
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_naive_attention_equals_sdpa_values_and_gradients(masked: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 2, 21, 8)  # odd L: visits of 4 codes leave a partial last visit
+    q, k, v = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = A.visit_causal_mask(3, 21, 4) if masked else None
+    grads = []
+    outs = []
+    for fn in (A.naive_attention, A.sdpa_attention):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        out = fn(qq, kk, vv, mask)
+        (out * torch.arange(8, dtype=out.dtype)).sum().backward()
+        outs.append(out.detach())
+        grads.append([t.grad for t in (qq, kk, vv)])
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-12, rtol=0)
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_visit_causal_mask_is_the_models_mask() -> None:
+    L, c = 10, 3
+    visit = (torch.arange(L) // c)[None].expand(2, L)
+    want = build_attention_mask(visit, torch.ones(2, L, dtype=torch.bool), "visit_causal")
+    assert torch.equal(A.visit_causal_mask(2, L, c), want)
+    assert A.visit_causal_mask(1, 4, 2)[0, 0].int().tolist() == [
+        [1, 1, 0, 0],
+        [1, 1, 0, 0],
+        [1, 1, 1, 1],
+        [1, 1, 1, 1],
+    ]
+
+
+def test_seed_ratio_at_50_visits_of_30_codes() -> None:
+    # seed-spec §10.2: L = 1500, 2.25M vs 50·30² + 50² = 47,500 entries, "about 47x"
+    assert A.flat_score_entries(50, 30) == 2_250_000
+    assert A.hierarchical_score_entries(50, 30) == 47_500
+    assert A.seed_attention_ratio(50, 30) == pytest.approx(2_250_000 / 47_500)
+    assert 47 < A.seed_attention_ratio(50, 30) < 48
+
+
+def test_model_score_entries_follow_the_configs() -> None:
+    flat = B.build_survival_model(B.behrt_tiny(50, 12))  # 2 layers, 4 heads
+    hier = B.build_survival_model(B.hierarchical_tiny(50, max_visits=4, max_codes_per_visit=3))
+    assert A.model_score_entries(flat, 4, 3) == 2 * 4 * 12**2
+    # attention pooling scores each code once; 1 layer x 4 heads across 4 visits
+    assert A.model_score_entries(hier, 4, 3) == 4 * 3 + 1 * 4 * 4**2
+    with pytest.raises(TypeError):
+        A.model_score_entries(torch.nn.Linear(2, 2), 4, 3)
+
+
+def test_flat_and_hierarchical_inputs_hold_the_same_subjects() -> None:
+    flat, hier = A.flat_and_hierarchical_inputs(40, batch=2, visits=3, codes=4)
+    assert flat[S.CODES].shape == (2, 12) and hier[S.CODES].shape == (2, 3, 4)
+    assert torch.equal(flat[S.CODES].view(2, 3, 4), hier[S.CODES])
+    assert flat[S.VISIT_IDS][0].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert torch.equal(flat[S.AGES].view(2, 3, 4)[:, :, 0], hier[S.AGES])
+    assert int(flat[S.CODES].min()) >= S.NUM_SPECIAL_TOKENS
+    # both real models accept them and return one logit per visit
+    f = B.build_survival_model(B.behrt_tiny(40, 12))(**flat)
+    h = B.build_survival_model(B.hierarchical_tiny(40, max_visits=3, max_codes_per_visit=4))(**hier)
+    assert f.logits.shape == h.logits.shape == (2, 3)
+
+
+def test_naive_attention_saves_the_probabilities_for_backward() -> None:
+    B_, H, L, d = 2, 2, 64, 4
+    q, k, v = (torch.randn(B_, H, L, d, requires_grad=True) for _ in range(3))
+    mask = A.visit_causal_mask(B_, L, 8)
+    _, naive = A.saved_bytes(lambda: A.naive_attention(q, k, v, mask))
+    _, sdpa = A.saved_bytes(lambda: A.sdpa_attention(q, k, v, mask))
+    probs = B_ * H * L * L * 4  # one fp32 [B, H, L, L] tensor
+    assert naive >= probs  # the probabilities, kept for the softmax and matmul backward
+    assert sdpa < naive
+
+
+def test_model_state_bytes_per_rank() -> None:
+    p = 1000
+    assert model_state_bytes_per_rank(p, 0, 2) == 16 * p
+    assert model_state_bytes_per_rank(p, 1, 2) == (4 + 4 + 4) * p
+    assert model_state_bytes_per_rank(p, 2, 2) == (4 + 2 + 4) * p
+    assert model_state_bytes_per_rank(p, 3, 4) == (1 + 1 + 2) * p
+    assert model_state_bytes_per_rank(p, 2, 1) == 16 * p
+    with pytest.raises(ValueError):
+        model_state_bytes_per_rank(p, 4, 2)
+
+
+def test_steady_skips_the_warmup_epoch() -> None:
+    assert steady([5.0, 1.0, 2.0]) == [1.0, 2.0]
+    assert steady([5.0]) == [5.0]
+
+
+def test_rss_rise_sees_an_allocation() -> None:
+    with RssRise() as r:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+        x += 1
+    assert r.rise > 32
+    del x
+
+
+# --- the GPU benchmark's pure parts (its CPU run is in tests/integration) -----------------------
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "medium", "large"])
+def test_flops_formula_counts_the_linear_weights_a_token_passes(size: str) -> None:
+    from ehrsurv_dist.bench import gpu
+
+    cfg = getattr(B, f"behrt_{size}")(99, 64)
+    model = B.build_survival_model(cfg)
+    per_token = [model.encoder.embeddings.projection, *model.encoder.blocks]
+    n = sum(
+        m.weight.numel()
+        for part in per_token
+        for m in part.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+    assert gpu.linear_params_per_token(cfg) == n
+    assert gpu.flops_per_token(cfg, 64) == 6 * n + 12 * cfg.num_layers * 64 * cfg.hidden_dim
+
+
+def test_flops_formula_tiny_by_hand() -> None:
+    from ehrsurv_dist.bench import gpu
+
+    cfg = B.behrt_tiny(99, 10)  # d 32, FFN 64, 2 layers, no projection
+    assert gpu.linear_params_per_token(cfg) == 2 * (4 * 32 * 32 + 2 * 32 * 64)
+    assert gpu.flops_per_token(cfg, 10) == 6 * 16384 + 12 * 2 * 10 * 32
+
+
+def test_peak_table() -> None:
+    from ehrsurv_dist.bench import gpu
+
+    assert gpu.peak_tflops("NVIDIA H200") == 989.0
+    assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert gpu.peak_tflops("Some New GPU") is None
+
+
+def test_gpu_synthetic_batch_is_a_valid_flat_batch() -> None:
+    from ehrsurv_dist.bench import gpu
+    from ehrsurv_dist.models.survival import select_inputs
+
+    b = gpu.synthetic_batch(50, batch=3, seq_len=23, codes_per_visit=5)
+    assert b[S.VISIT_IDS][0].tolist() == [i // 5 for i in range(23)]
+    assert b[S.LAST_VISIT].tolist() == [4, 4, 4]
+    model = B.build_survival_model(B.behrt_tiny(50, 23))
+    out = model(**select_inputs(model, b))
+    assert out.logits.shape == (3, 5) and bool(out.visit_mask.all())
