@@ -180,7 +180,8 @@ class _FileSummary:
     """Per-subject aggregates of one shard, kept for the cross-file checks."""
 
     subjects: np.ndarray  # unique subject ids in the file
-    birth: np.ndarray  # int64 us, or INT64_MIN sentinel where no MEDS_BIRTH
+    birth: np.ndarray  # earliest MEDS_BIRTH, int64 us, or INT64_MIN sentinel where none
+    birth_last: np.ndarray  # latest MEDS_BIRTH (differs from birth: conflicting births)
     first: np.ndarray  # first non-static, non-birth/death event time (us); INT64_MAX if none
     last: np.ndarray  # last such time; INT64_MIN if none
 
@@ -407,12 +408,14 @@ def _check_file(rep: CohortReport, path: str, fs: Any) -> tuple[_FileSummary | N
     bmask = is_birth & ~tnull
     np.minimum.at(birth, inv[bmask], tu[bmask])
     birth[birth == _NO_TIME_MAX] = _NO_TIME_MIN
+    birth_last = np.full(n, _NO_TIME_MIN, dtype=np.int64)
+    np.maximum.at(birth_last, inv[bmask], tu[bmask])
     ev = ~tnull & ~is_birth & ~is_death
     first = np.full(n, _NO_TIME_MAX, dtype=np.int64)
     last = np.full(n, _NO_TIME_MIN, dtype=np.int64)
     np.minimum.at(first, inv[ev], tu[ev])
     np.maximum.at(last, inv[ev], tu[ev])
-    return _FileSummary(uniq, birth, first, last), distinct
+    return _FileSummary(uniq, birth, birth_last, first, last), distinct
 
 
 def _short(e: BaseException) -> str:
@@ -634,11 +637,15 @@ def validate_cohort(
     if rep.n_subjects == 0:
         rep.add(Problem("error", "empty_cohort", "the cohort has no rows", fatal=True))
         return rep
-    birth = np.full(len(subjects), _NO_TIME_MIN, dtype=np.int64)
+    # Birth = the earliest MEDS_BIRTH over every shard (as the reader uses it, flatten.py).
+    birth = np.full(len(subjects), _NO_TIME_MAX, dtype=np.int64)
+    birth_last = np.full(len(subjects), _NO_TIME_MIN, dtype=np.int64)
     first = np.full(len(subjects), _NO_TIME_MAX, dtype=np.int64)
     last = np.full(len(subjects), _NO_TIME_MIN, dtype=np.int64)
     births = np.concatenate([s.birth for s in summaries])
-    np.maximum.at(birth, inv, births)  # sentinel MIN loses to any real birth
+    np.minimum.at(birth, inv, np.where(births == _NO_TIME_MIN, _NO_TIME_MAX, births))
+    birth[birth == _NO_TIME_MAX] = _NO_TIME_MIN
+    np.maximum.at(birth_last, inv, np.concatenate([s.birth_last for s in summaries]))
     np.minimum.at(first, inv, np.concatenate([s.first for s in summaries]))
     np.maximum.at(last, inv, np.concatenate([s.last for s in summaries]))
 
@@ -672,6 +679,21 @@ def validate_cohort(
             no_birth,
         )
     hb = birth != _NO_TIME_MIN
+    conflict = subjects[hb & (birth_last != birth)]
+    if len(conflict):
+        rep.add(
+            Problem(
+                "error",
+                "conflicting_birth",
+                f"{len(conflict)} subject(s) have {S.BIRTH_CODE} events at different times "
+                "(in one shard or across shards): the age is ambiguous",
+                None,
+                S.TIME,
+                count=len(conflict),
+                subjects=conflict[:MAX_EXAMPLES].tolist(),
+            ),
+            conflict,
+        )
     has_ev = first != _NO_TIME_MAX
     neg = subjects[hb & has_ev & (first < birth)]
     if len(neg):

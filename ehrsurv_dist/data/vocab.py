@@ -246,7 +246,10 @@ class Vocabulary:
                 f"vocabulary {path} has special tokens {d.get('special_tokens')}, "
                 f"expected {list(S.SPECIAL_TOKENS)}"
             )
-        vocab = cls(d["codes"], d.get("counts"), d.get("meta"))
+        try:
+            vocab = cls(d["codes"], d.get("counts"), d.get("meta"))
+        except (KeyError, TypeError, ValueError, VocabularyError) as e:
+            raise VocabularyError(f"vocabulary {path} is malformed: {e}") from None
         if d.get("hash") != vocab.hash:
             raise VocabularyError(
                 f"vocabulary {path} is corrupt or was edited: stored hash {d.get('hash')} but "

@@ -17,6 +17,8 @@ heads).
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -267,11 +269,20 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_lora(model: nn.Module, path: str | Path) -> None:
-    """Write :func:`lora_state_dict` to ``path`` with ``torch.save``."""
+    """Write :func:`lora_state_dict` to ``path`` with ``torch.save``, atomically (a temporary
+    file in the same folder, then a rename: a reader never sees half a file)."""
     state = lora_state_dict(model)
     if not state:
         raise ValueError("model has no LoRA adapters to save")
-    torch.save(state, Path(path))
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_lora(model: nn.Module, source: str | Path | dict[str, Tensor]) -> None:
