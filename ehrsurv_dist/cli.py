@@ -194,10 +194,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
+    from ehrsurv_dist.errors import OutputError
     from ehrsurv_dist.evaluate import predict_cohort
 
-    n = predict_cohort(args.run, args.cohort, args.out)
-    print(f"wrote predictions of {n:,} subjects to {args.out}")
+    if os.path.isdir(args.out):  # refuse before the work, not at the final rename
+        raise OutputError(f"--out {args.out} is a directory; give a Parquet file path")
+    report = predict_cohort(args.run, args.cohort, args.out)
+    print(report.summary(args.out))
+    return EXIT_OK
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.tune import TuneJobSpec, expand_trials, format_trials, run_sweep
+
+    overrides: list[Any] = list(args.overrides)
+    if args.cohort:
+        overrides.append(("data.cohort", args.cohort))
+    if args.init:
+        overrides.append(("finetune.init", args.init))
+    spec = load_config(TuneJobSpec, args.config, overrides)
+    if args.dry_run:
+        print(format_trials(expand_trials(spec)))
+        return EXIT_OK
+    import ray
+
+    started = not ray.is_initialized()
+    try:
+        res = run_sweep(spec, args.out, progress=not args.quiet)
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+    print(res.summary())
     return EXIT_OK
 
 
@@ -218,10 +248,74 @@ def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     from ehrsurv_dist.bench.ingest import run_ingest_bench
 
     res = run_ingest_bench(
-        args.cohort, args.out, args.batch_size, repeats=args.repeats, num_cpus=args.num_cpus
+        args.cohort,
+        args.out,
+        args.batch_size,
+        repeats=args.repeats,
+        num_cpus=args.num_cpus,
+        pad_multiple=args.pad_multiple,
     )
     print(open(f"{args.out}/SUMMARY.md").read())
     print(f"speedup (Ray / single process) {res['speedup']:.2f}; bench.json in {args.out}")
+    return EXIT_OK
+
+
+def _cmd_bench_throughput(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.bench.throughput import run_throughput_bench
+
+    def note(msg: str) -> None:
+        if not args.quiet:
+            print(f"bench throughput: {msg}", file=sys.stderr, flush=True)
+
+    res = run_throughput_bench(
+        args.out,
+        args.cohort,
+        subjects=args.subjects,
+        size=args.size,
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        epochs=args.epochs,
+        zero_stages=args.zero_stages,
+        one_worker_stage=args.one_worker_zero,
+        threads=args.threads,
+        attention_len=args.attention_len,
+        attention_repeats=args.repeats,
+        visits=args.visits,
+        codes=args.codes,
+        hier_batch=args.hier_batch,
+        progress=note,
+    )
+    print(open(f"{args.out}/SUMMARY.md").read().split("```json")[0])
+    print(
+        f"train_overhead_ratio {res['train_overhead_ratio']:.2f}, data_wait_fraction "
+        f"{res['data_wait_fraction']:.3f}; bench.json in {args.out}"
+    )
+    return EXIT_OK
+
+
+def _cmd_bench_models(args: argparse.Namespace, kind: str) -> int:
+    from ehrsurv_dist.bench.models import run_bench
+
+    def note(msg: str) -> None:
+        if not args.quiet:
+            print(f"bench {kind}: {msg}", file=sys.stderr, flush=True)
+
+    res = run_bench(
+        kind,
+        args.out,
+        cohort=args.cohort,
+        preset=args.preset,
+        subjects=args.subjects,
+        signal=args.signal,
+        seed=args.seed,
+        common=[f"seed={args.seed}", *args.overrides],
+        pretrain_epochs=args.pretrain_epochs,
+        n_boot=args.n_boot,
+        only=args.only,
+        note=note,
+    )
+    print(open(f"{args.out}/SUMMARY.md").read())
+    print(f"{res['rows']} rows in {res['wall_s']:.0f} s; bench.json in {args.out}")
     return EXIT_OK
 
 
@@ -380,7 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmarks; each writes bench.json (flat numbers) and SUMMARY.md to --out.",
     )
     bsub = b.add_subparsers(
-        dest="bench", metavar="BENCH", required=True, help="which benchmark to run: ingest"
+        dest="bench",
+        metavar="BENCH",
+        required=True,
+        help="which benchmark to run: ingest, throughput, models, losses",
     )
     bi = bsub.add_parser(
         "ingest",
@@ -398,7 +495,174 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats", type=_positive_int, default=5, help="timed repeats per path (default 5)"
     )
     bi.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    bi.add_argument(
+        "--pad-multiple",
+        type=_positive_int,
+        help="round each batch's length up to a multiple of this (default: data.pad_multiple's "
+        "CPU value, 1; the fractions at 1 and 8 are always reported)",
+    )
     bi.set_defaults(func=_cmd_bench_ingest)
+
+    bt = bsub.add_parser(
+        "throughput",
+        help="Ray Train + DeepSpeed vs a plain torch loop; data wait, ZeRO memory, attention",
+        description="In one run: steady-state training tokens/s of Ray Train + DeepSpeed with 1 "
+        "and 2 workers against a plain single-process torch loop on the same model and batches "
+        "(train_overhead_ratio), the trainer's data-wait fraction, the peak memory of each "
+        "worker per ZeRO stage (CPU), SDPA vs naive attention, and flat vs hierarchical BEHRT.",
+    )
+    bt.add_argument("--out", required=True, help="output directory for bench.json and SUMMARY.md")
+    bt.add_argument(
+        "--cohort",
+        help="MEDS cohort to train on (default: synthesise --subjects subjects into OUT/cohort)",
+    )
+    bt.add_argument(
+        "--subjects",
+        type=_positive_int,
+        default=1000,
+        help="subjects of the synthesised cohort when --cohort is not given (default 1000)",
+    )
+    bt.add_argument(
+        "--size",
+        choices=["tiny", "small", "medium", "large"],
+        default="small",
+        help="BEHRT preset of the training runs and of the attention shapes (default small)",
+    )
+    bt.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="subjects per batch (default 32)"
+    )
+    bt.add_argument(
+        "--max-seq-len", type=_positive_int, default=128, help="data.max_seq_len (default 128)"
+    )
+    bt.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=3,
+        help="epochs per training run, >= 2; the first is a warm-up and not timed (default 3)",
+    )
+    bt.add_argument(
+        "--zero-stages",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="ZeRO stages of the 2-worker runs, each measured for memory (default 0 1 2)",
+    )
+    bt.add_argument(
+        "--one-worker-zero",
+        type=int,
+        default=0,
+        help="ZeRO stage of the 1-worker run that train_overhead_ratio uses (default 0)",
+    )
+    bt.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="CPUs per Ray worker = torch threads of the plain loop (default 1)",
+    )
+    bt.add_argument(
+        "--attention-len",
+        type=_positive_int,
+        default=512,
+        help="sequence length L of the SDPA vs naive attention comparison (default 512)",
+    )
+    bt.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=3,
+        help="timed calls per attention kernel and per flat/hierarchical model (default 3)",
+    )
+    bt.add_argument(
+        "--visits", type=_positive_int, default=50, help="V of flat vs hierarchical (default 50)"
+    )
+    bt.add_argument(
+        "--codes", type=_positive_int, default=30, help="C of flat vs hierarchical (default 30)"
+    )
+    bt.add_argument(
+        "--hier-batch",
+        type=_positive_int,
+        default=2,
+        help="subjects per forward in flat vs hierarchical (default 2)",
+    )
+    bt.add_argument("--quiet", action="store_true", help="no phase messages on stderr")
+    bt.set_defaults(func=_cmd_bench_throughput)
+
+    for kind, desc in (
+        (
+            "models",
+            "the seed's model comparison: BEHRT frozen / LoRA r=16 / full, each pretrained and "
+            "from scratch, bidirectional attention, hierarchical BEHRT and the LSTM baseline",
+        ),
+        (
+            "losses",
+            "the seed's loss comparison: NLL, rank (hinge, logistic), hybrid at lambda_rank "
+            "0.01-0.5 and Cox, same model",
+        ),
+    ):
+        bm = bsub.add_parser(
+            kind,
+            help=desc.split(":")[0],
+            description=f"{desc[0].upper()}{desc[1:]}. Every row is a real fine-tuning run "
+            "(Ray Train + DeepSpeed) and evaluation on the same cohort, splits and seed; the "
+            "first row is the generator's oracle. Re-running with the same --out reuses the "
+            "finished rows.",
+        )
+        bm.add_argument("--out", required=True, help="output directory (bench.json, SUMMARY.md)")
+        bm.add_argument(
+            "--cohort", help="an existing `ehrsurv synth` cohort (default: synthesise one)"
+        )
+        bm.add_argument(
+            "--preset",
+            choices=["smoke", "local", "pod"],
+            default="local",
+            help="synthetic preset when no --cohort (default local)",
+        )
+        bm.add_argument("--subjects", type=_positive_int, help="synthetic subjects (overrides)")
+        bm.add_argument(
+            "--signal",
+            type=float,
+            default=3.0,
+            help="synthetic signal: 3 (default) separates models, 1 is the seed's",
+        )
+        bm.add_argument("--seed", type=int, default=42, help="cohort and job seed (default 42)")
+        bm.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (default 200)")
+        bm.add_argument(
+            "--pretrain-epochs",
+            type=_positive_int,
+            default=4,
+            help="epochs of the shared MLM+NVP pretraining (models; default 4)",
+        )
+        bm.add_argument(
+            "--only", action="append", help="run only this row (repeatable; see SUMMARY.md)"
+        )
+        bm.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="KEY=VALUE",
+            help="job overrides of every row, e.g. model.size=small train.epochs=10 "
+            "train.engine.lr=0.001 (see `ehrsurv config`)",
+        )
+        bm.add_argument("--quiet", action="store_true", help="no progress messages")
+        bm.set_defaults(func=lambda a, k=kind: _cmd_bench_models(a, k))
+
+    tu = sub.add_parser(
+        "tune",
+        help="Ray Tune sweep of fine-tuning runs (strategies, losses, learning rates)",
+        description="Run the search space of the job's `tune:` section as a Ray Tune sweep: one "
+        "Ray Train fine-tuning run per trial, ASHA on validation td-C, then a results table, a "
+        "td-C vs trainable-parameters plot, best.yaml and the best model on held_out. "
+        "Re-running the same command resumes the sweep. See docs/tuning.md.",
+    )
+    _add_job_args(tu)
+    tu.add_argument("--init", help="pretrained run directory to initialise every trial from")
+    tu.add_argument(
+        "--dry-run", action="store_true", help="list the trials of the search space and exit"
+    )
+    tu.add_argument("--quiet", action="store_true", help="no progress bar")
+    tu.set_defaults(func=_cmd_tune)
+
+    from ehrsurv_dist import cluster
+
+    cluster.add_parser(sub)
 
     c = sub.add_parser(
         "config",
@@ -430,6 +694,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as e:
+        # the system refused a path the user gave (missing, a directory, no permission, no
+        # space): one line naming it, as for any other bad input
+        path = e.filename2 or e.filename
+        print(
+            f"ehrsurv {args.command}: error: {e.strerror or e}" + (f": {path}" if path else ""),
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

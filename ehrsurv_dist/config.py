@@ -195,6 +195,17 @@ class DataConfig:
         "Length bucketing: sort subjects by length within windows of this many batches, then "
         "shuffle the batch order (> 0; 1 = no bucketing).",
     )
+    cache: bool = option(
+        True,
+        "Encode each split once and keep it in Ray's object store for every epoch (compact: "
+        "one row per subject). false re-reads and re-encodes the Parquet files every epoch "
+        "(for cohorts larger than the object store).",
+    )
+    prefetch_batches: int = option(
+        4,
+        "Batches a train worker buckets, pads and masks ahead in a background thread, "
+        "overlapping collation with the training step (>= 0; 0 = inline).",
+    )
     drop_bad_subjects: bool = option(
         False,
         "Drop subjects that fail validation, writing them to a rejects file, instead of "
@@ -213,6 +224,11 @@ class DataConfig:
             value = getattr(self, name)
             require(value > 0, name, f"must be > 0, got {value}")
         require(self.min_count >= 1, "min_count", f"must be >= 1, got {self.min_count}")
+        require(
+            self.prefetch_batches >= 0,
+            "prefetch_batches",
+            f"must be >= 0, got {self.prefetch_batches}",
+        )
         require(
             self.pad_multiple is None or self.pad_multiple > 0,
             "pad_multiple",

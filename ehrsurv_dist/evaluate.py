@@ -1,5 +1,12 @@
 """``ehrsurv evaluate`` / ``ehrsurv predict``: a trained run's model over whole splits.
 
+Batch inference runs on Ray Data: the split's compact blocks (one row per subject) stream from
+the ingest tasks into ``map_batches`` over a pool of actors that each hold the exported model
+(loaded once per actor from the run directory, which lives on storage every node reaches, as
+Ray Train's checkpoints require), collate the block into padded batches and return per-subject hazards as
+Arrow lists. The driver only gathers the per-subject results. ``use_ray=False`` runs the same
+model over the single-process ingest path (same predictions; the tests compare them).
+
 Predictions Parquet (DESIGN.md §5): ``subject_id`` int64, ``split`` string, ``event`` bool,
 ``last_visit`` int32, ``risk`` float64, ``hazard`` list<float32>, ``survival`` list<float32>.
 No input codes are written. Metrics are computed over each whole split (DESIGN.md §4), plus
@@ -9,6 +16,7 @@ the leakage diagnostics: the length-only baseline and a random truncation of tes
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -30,6 +38,7 @@ from ehrsurv_dist.train.launch import EXPORT
 from ehrsurv_dist.train.loop import Predictions, predict
 
 EVAL_SPLITS = (S.TUNING_SPLIT, S.HELD_OUT_SPLIT)
+log = logging.getLogger(__name__)
 
 
 def load_run(run_dir: str) -> tuple[JobSpec, Vocabulary, dict[str, Any]]:
@@ -62,7 +71,115 @@ def _pipeline(
 
 
 def predict_split(model: torch.nn.Module, pipe: IngestPipeline, split: str | None) -> Predictions:
+    """Single-process inference over ``split`` (the reference path; no Ray)."""
     return predict(model, model, pipe.iter_batches(split, 0), torch.device("cpu"))
+
+
+def _to_arrow(p: Predictions) -> pa.Table:
+    off = pa.array(p.offsets.astype(np.int32))
+    return pa.table(
+        {
+            S.SUBJECT_ID: pa.array(p.subject_id, pa.int64()),
+            S.EVENT: pa.array(p.event, pa.bool_()),
+            S.LAST_VISIT: pa.array(p.last_visit, pa.int64()),
+            "hazard": pa.ListArray.from_arrays(off, pa.array(p.values, pa.float32())),
+        }
+    )
+
+
+def _from_arrow(tables: list[pa.Table]) -> Predictions:
+    parts = []
+    for t in tables:
+        if t.num_rows == 0:
+            continue
+        h = t.column("hazard").combine_chunks()
+        parts.append(
+            Predictions(
+                subject_id=t.column(S.SUBJECT_ID).to_numpy(),
+                event=t.column(S.EVENT).to_numpy(zero_copy_only=False).astype(bool),
+                last_visit=t.column(S.LAST_VISIT).to_numpy(),
+                values=h.values.to_numpy(),
+                offsets=(h.offsets.to_numpy() - h.offsets[0].as_py()).astype(np.int64),
+            )
+        )
+    return Predictions.concat(parts)  # sorted by subject id: a canonical order
+
+
+class ModelScorer:
+    """Ray Data actor: holds the exported model; scores one block of compact rows per call.
+
+    Args:
+        export_path: the run's consolidated export (``checkpoints/best/model.pt``), read once
+            per actor: the run directory lives on storage every node reaches, as Ray Train's
+            checkpoints already require.
+        batch_spec: batching parameters (the run's).
+        device: ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, export_path: str, batch_spec: Any, device: str = "cpu") -> None:
+        from ehrsurv_dist.train import modeling as _modeling
+
+        self.device = torch.device(device)
+        export = _modeling.load_export(export_path)
+        self.model = _modeling.model_from_export(export).to(self.device)
+        self.model.eval()
+        self.spec = batch_spec
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        from ehrsurv_dist.data.collate import batches_from_blocks
+
+        batches = batches_from_blocks([block], self.spec, 0)
+        return _to_arrow(predict(self.model, self.model, batches, self.device))
+
+
+def num_scorers(spec: JobSpec) -> int:
+    """Actors of the scoring pool: ``eval.actors``, else the cluster's CPUs less one for the
+    ingest tasks (GPUs: one actor per GPU)."""
+    import ray
+
+    if spec.eval.actors:
+        return spec.eval.actors
+    res = ray.cluster_resources()
+    if spec.train.use_gpu:
+        return max(1, int(res.get("GPU", 0)))
+    return max(1, int(res.get("CPU", 1)) - 1)
+
+
+def predict_split_ray(
+    export_path: str, spec: JobSpec, pipe: IngestPipeline, split: str | None
+) -> Predictions:
+    """Ray Data batch inference over ``split``: ``map_batches`` with the model in actors.
+
+    Args:
+        export_path: the run's export file (absolute).
+        spec: the run's config (``train.use_gpu``, ``eval.actors``).
+        pipe: the ingest pipeline, vocabulary set.
+        split: split name, or None for every subject.
+    """
+    import ray
+    import ray.data
+
+    from ehrsurv_dist.data.pipeline import task_groups
+
+    use_gpu = spec.train.use_gpu
+    # no more actors than the ingest tasks that feed them (the map is fused into the actors)
+    n = max(1, min(num_scorers(spec), len(task_groups(pipe.plan, pipe._num_tasks()))))
+    ds = pipe.dataset(split)  # compact rows: any block boundary is safe for the scorer
+    scored = ds.map_batches(
+        ModelScorer,
+        fn_constructor_kwargs={
+            "export_path": os.path.abspath(export_path),
+            "batch_spec": pipe.batch_spec(),
+            "device": "cuda" if use_gpu else "cpu",
+        },
+        batch_size=None,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=n),
+        num_cpus=0 if use_gpu else 1,
+        num_gpus=1 if use_gpu else 0,
+    )
+    tables = list(scored.iter_batches(batch_size=None, batch_format="pyarrow"))
+    return _from_arrow(tables)
 
 
 def predictions_table(p: Predictions, split: str, risk: np.ndarray) -> pa.Table:
@@ -98,21 +215,97 @@ def truncated(p: Predictions, seed: int = 0) -> tuple[M.HazardTable, np.ndarray,
     return M.hazard_table_from_csr(vals, off), u, ev
 
 
+class _Scoring:
+    """Where a run's model scores a split: Ray Data actors (default) or this process.
+
+    Starts an in-process local Ray (``train.launch.init_ray``) when none is running and stops it
+    again on exit; an existing Ray (``ray.init`` done, or ``RAY_ADDRESS``) is used as it is.
+    """
+
+    def __init__(self, spec: JobSpec, run_dir: str, export: dict[str, Any], use_ray: bool) -> None:
+        self.spec, self.export, self.use_ray = spec, export, use_ray
+        self.export_path = os.path.join(run_dir, EXPORT)
+        self.model: torch.nn.Module | None = None
+        self.started = False
+
+    def __enter__(self) -> _Scoring:
+        if not self.use_ray:
+            self.model = modeling.model_from_export(self.export)
+            return self
+        import ray
+
+        from ehrsurv_dist.train.launch import init_ray
+
+        self.started = not ray.is_initialized()
+        init_ray(self.spec)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+    def __call__(self, pipe: IngestPipeline, split: str | None) -> Predictions:
+        if self.model is not None:
+            return predict_split(self.model, pipe, split)
+        return predict_split_ray(self.export_path, self.spec, pipe, split)
+
+    def labels(self, pipe: IngestPipeline, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(last_visit, event) of every subject of ``split``, without running the model (the
+        train split's labels give the censoring distribution of IBS and Uno's C)."""
+        cols = [S.SUBJECT_ID, S.LAST_VISIT, S.EVENT]
+        if self.model is not None:
+            blocks = [b.select(cols) for b in pipe.blocks(split)]
+        else:
+            ds = pipe.dataset(split).select_columns(cols)
+            blocks = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+        t = pa.concat_tables(blocks) if blocks else None
+        if t is None or t.num_rows == 0:
+            return np.zeros(0, np.int64), np.zeros(0, bool)
+        t = t.sort_by(S.SUBJECT_ID)
+        return (
+            t.column(S.LAST_VISIT).to_numpy().astype(np.int64),
+            t.column(S.EVENT).to_numpy(zero_copy_only=False).astype(bool),
+        )
+
+
 def evaluate_run(
-    run_dir: str, splits: tuple[str, ...] = EVAL_SPLITS, n_boot: int | None = None
+    run_dir: str,
+    splits: tuple[str, ...] = EVAL_SPLITS,
+    n_boot: int | None = None,
+    *,
+    use_ray: bool = True,
 ) -> dict[str, Any]:
-    """Predict and score ``splits`` of the run's cohort; writes predictions, metrics, plots."""
+    """Predict and score ``splits`` of the run's cohort; writes predictions, metrics, plots.
+
+    Args:
+        run_dir: a finished ``finetune`` run.
+        splits: splits to score (each over the whole split).
+        n_boot: bootstrap resamples (None: the run's ``eval.n_boot``).
+        use_ray: batch inference on Ray Data actors (False: in this process).
+    """
+    spec, vocab, export = load_run(run_dir)
+    pipe = _pipeline(spec, vocab, spec.data.cohort, require_outcomes=True)
+    with _Scoring(spec, run_dir, export, use_ray) as score:
+        train = score.labels(pipe, S.TRAIN_SPLIT)
+        preds = {split: score(pipe, split) for split in splits}
+    return _score_splits(run_dir, spec, train, preds, n_boot)
+
+
+def _score_splits(
+    run_dir: str,
+    spec: JobSpec,
+    train: tuple[np.ndarray, np.ndarray],
+    preds: dict[str, Predictions],
+    n_boot: int | None,
+) -> dict[str, Any]:
     from ehrsurv_dist.metrics import plots
 
-    spec, vocab, export = load_run(run_dir)
-    model = modeling.model_from_export(export)
-    pipe = _pipeline(spec, vocab, spec.data.cohort, require_outcomes=True)
-    train = predict_split(model, pipe, S.TRAIN_SPLIT)
     f = spec.finetune
     results: dict[str, Any] = {}
     tables = []
-    for split in splits:
-        p = predict_split(model, pipe, split)
+    for split, p in preds.items():
         if len(p.subject_id) == 0:
             results[split] = {"n_subjects": 0, "warnings": [f"split {split} is empty"]}
             continue
@@ -121,8 +314,8 @@ def evaluate_run(
             ht,
             p.last_visit,
             p.event,
-            train.last_visit,
-            train.event,
+            train[0],
+            train[1],
             risk_score=f.risk_score,
             horizons=spec.eval.horizons,
             n_boot=spec.eval.n_boot if n_boot is None else n_boot,
@@ -150,6 +343,14 @@ def evaluate_run(
         plots.plot_survival_curves(
             ht, p.last_visit, os.path.join(pdir, f"survival_{split}.png"), event=p.event
         )
+        plots.plot_km_by_risk_group(
+            ht,
+            risk,
+            p.last_visit,
+            p.event,
+            os.path.join(pdir, f"km_risk_tertiles_{split}.png"),
+            risk_name=m["risk_score"],
+        )
     if tables:
         io.write_parquet_atomic(
             pa.concat_tables(tables), os.path.join(run_dir, "predictions", "predictions.parquet")
@@ -157,14 +358,46 @@ def evaluate_run(
     return results
 
 
-def predict_cohort(run_dir: str, cohort: str, out: str) -> int:
-    """Predictions for every subject of another cohort (no metrics); returns the count."""
+@dataclasses.dataclass
+class PredictReport:
+    """What ``predict`` did: counts only (no codes, no subjects)."""
+
+    subjects: int
+    tokens: int
+    unknown_tokens: int  # input tokens whose code the run's vocabulary lacks: mapped to UNK
+    truncated: int  # subjects whose history was cut to the run's max_seq_len / max_visits
+
+    def summary(self, out: str) -> str:
+        share = self.unknown_tokens / self.tokens if self.tokens else 0.0
+        return (
+            f"wrote predictions of {self.subjects:,} subjects to {out}; "
+            f"{self.unknown_tokens:,} of {self.tokens:,} input tokens ({share:.1%}) had codes "
+            f"unknown to the run's vocabulary (mapped to UNK); {self.truncated:,} histories "
+            "truncated to the run's limits"
+        )
+
+
+def predict_cohort(run_dir: str, cohort: str, out: str, *, use_ray: bool = True) -> PredictReport:
+    """Predictions for every subject of another cohort (no metrics).
+
+    Codes unseen when the run's vocabulary was fitted map to UNK; they are counted (one scan
+    of the cohort, on Ray when ``use_ray``), as are the truncated histories.
+    """
     spec, vocab, export = load_run(run_dir)
-    model = modeling.model_from_export(export)
     pipe = _pipeline(spec, vocab, cohort, require_outcomes=False)
-    p = predict_split(model, pipe, None)
+    with _Scoring(spec, run_dir, export, use_ray) as score:
+        stats = pipe.fit(vocab, use_ray=use_ray).stats
+        p = score(pipe, None)
     f = spec.finetune
     ht = M.hazard_table_from_csr(p.values, p.offsets)
     risk = M.risk_scores(ht, kind=f.risk_score, k=f.risk_k, n=f.risk_n)
     io.write_parquet_atomic(predictions_table(p, "all", risk), out)
-    return len(p.subject_id)
+    trunc = "truncated_flat" if pipe.layout == "flat" else "truncated_hierarchical"
+    report = PredictReport(
+        subjects=len(p.subject_id),
+        tokens=sum(st["tokens"] for st in stats.values()),
+        unknown_tokens=sum(st["unknown_tokens"] for st in stats.values()),
+        truncated=sum(st[trunc] for st in stats.values()),
+    )
+    log.info("%s", report.summary(out))
+    return report

@@ -116,6 +116,11 @@ class TrainSpec:
         1, "Worker failures tolerated: a dead worker is replaced and training resumes."
     )
     keep_checkpoints: int = option(2, "Checkpoints kept (the best by validation plus the latest).")
+    min_free_gb: float = option(
+        1.0,
+        "Refuse to start (or resume) when the run directory's filesystem has less free space "
+        "than this, in GB (0 = no check): checkpoints must not fail half-way for lack of disk.",
+    )
     engine: EngineConfig = section(EngineConfig, "Optimiser, schedule, precision and backend.")
 
     def __post_init__(self) -> None:
@@ -126,6 +131,7 @@ class TrainSpec:
             self.cpus_per_worker > 0, "cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}"
         )
         require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        require(self.min_free_gb >= 0, "min_free_gb", f"must be >= 0, got {self.min_free_gb}")
         require(
             self.keep_checkpoints >= 1,
             "keep_checkpoints",
@@ -144,9 +150,19 @@ class EvalSpec:
     calibration_horizon: int | None = option(
         None, "Horizon k of the calibration plot (null = median event time)."
     )
+    actors: int | None = option(
+        None,
+        "Ray Data actors holding the model for batch inference (evaluate, predict); null = "
+        "one per GPU with train.use_gpu, else the cluster's CPUs less one (for ingest).",
+    )
 
     def __post_init__(self) -> None:
         require(self.n_boot >= 0, "n_boot", f"must be >= 0, got {self.n_boot}")
+        require(
+            self.actors is None or self.actors > 0,
+            "actors",
+            f"must be > 0 or null, got {self.actors}",
+        )
 
 
 @dataclass(kw_only=True)

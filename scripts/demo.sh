@@ -35,7 +35,7 @@ print(row.format("held_out", "td-C", "Harrell C", "IBS"))
 f = lambda x: "n/a" if x is None else f"{x:.4f}"
 print(row.format("BEHRT tiny, LoRA, hybrid (this run)", f(m["c_index_td"]), f(m["c_index_harrell"]), f(m["ibs"])))
 for k, name in (("hazard_observable", "oracle: observable hazard (fair)"), ("hazard", "oracle: true hazard (w/ frailty)")):
-    print(row.format(name, f(o[k]["c_index_td"]), f(o[k]["c_index_harrell"]), "-"))
+    print(row.format(name, f(o[k]["c_index_td"]), f(o[k]["c_index_harrell"]), f(o[k].get("ibs"))))
 print(f"n={m['n_subjects']} subjects, {m['n_events']} events; run dirs: {out}/pretrain, {out}/finetune")
 PY
 echo "demo finished in $(( $(date +%s) - start )) s"

@@ -13,11 +13,14 @@ Run directory layout (DESIGN.md §5)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +30,8 @@ from ehrsurv_dist.data import io
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError, OutputError
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.train import modeling
+from ehrsurv_dist.train import manifest, modeling
+from ehrsurv_dist.train.progress import DriverProgress
 from ehrsurv_dist.train.worker import LOOP_FILE, MODEL_FILE, train_func
 
 log = logging.getLogger(__name__)
@@ -50,8 +54,10 @@ def prepare_run_dir(out: str, spec: JobSpec, mode: str) -> bool:
     """Create ``out`` or check that it holds this same run (then it resumes); True = resume.
 
     Raises:
-        OutputError: ``out`` holds another run, other files, or is not writable.
+        OutputError: ``out`` holds another run, other files, is not writable, or its
+            filesystem has less than ``train.min_free_gb`` free.
     """
+    check_free_space(out, spec.train.min_free_gb)
     cfg_path = os.path.join(out, "config.yaml")
     if os.path.exists(cfg_path):
         try:
@@ -79,6 +85,74 @@ def prepare_run_dir(out: str, spec: JobSpec, mode: str) -> bool:
     dump_yaml(spec, cfg_path)
     io.write_text_atomic(mode + "\n", os.path.join(out, "MODE"))
     return False
+
+
+def check_free_space(out: str, min_free_gb: float) -> None:
+    """Refuse to start when ``out``'s filesystem (its nearest existing folder) is nearly full.
+
+    A checkpoint that fails half-way for lack of space costs the epoch; better to say so first.
+
+    Raises:
+        OutputError: less than ``min_free_gb`` GB free.
+    """
+    if min_free_gb <= 0:
+        return
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return  # cannot tell (e.g. no permission to stat): the write probe reports real errors
+    if free < min_free_gb * 1e9:
+        raise OutputError(
+            f"{out}: only {free / 1e9:.2f} GB free on its filesystem ({probe}), "
+            f"train.min_free_gb={min_free_gb:g} needed; free some space, choose another --out, "
+            "or lower train.min_free_gb"
+        )
+
+
+def discard_new_run(out: str, created: bool) -> None:
+    """Remove what :func:`prepare_run_dir` and the vocabulary fit wrote for a run that never
+    started training, so that a failed first attempt leaves no half-made run behind (and does
+    not block the same ``--out`` for a corrected config). Only known files are removed."""
+    for name in ("config.yaml", "MODE", "vocab.json", S.REJECTS_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, name))
+    if created:
+        with contextlib.suppress(OSError):
+            os.rmdir(out)  # only if empty
+
+
+def check_resume_checkpoints(out: str) -> None:
+    """On resume, verify the run's latest checkpoint (local storage) before starting anything.
+
+    A corrupted latest checkpoint is reported here, on the driver where the user sees it; the
+    workers then skip it for the previous intact one (``train/worker.py``).
+
+    Raises:
+        manifest.CheckpointError: no checkpoint of the run is intact.
+    """
+    root = os.path.join(out, RAY_DIR, RUN_NAME)
+    if not os.path.isdir(root):
+        return
+    names = [
+        n
+        for n in os.listdir(root)
+        if n.startswith(manifest.CHECKPOINT_PREFIX) and os.path.isdir(os.path.join(root, n))
+    ]
+    if not names:
+        return
+    latest = max(names)
+    try:  # Ray's own record of the latest checkpoint, when it is readable
+        with open(os.path.join(root, "checkpoint_manager_snapshot.json")) as f:
+            snap = json.load(f)
+        latest = str(snap["latest_checkpoint_result"]["checkpoint_dir_name"]) or latest
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    choice = manifest.choose_checkpoint(manifest.local_candidates(os.path.join(root, latest)))
+    if choice.skipped:
+        log.warning("%s: %s", out, choice.warning())
 
 
 def init_ray(spec: JobSpec) -> None:
@@ -117,18 +191,78 @@ def check_resources(spec: JobSpec) -> None:
         )
 
 
-def run_training(spec: JobSpec, mode: str, out: str) -> RunResult:
+def _preflight(
+    spec: JobSpec, mode: str, out: str, resume: bool, vocab: Vocabulary | None
+) -> tuple[Any, Any]:
+    """Everything before training, cheapest first: checkpoints (resume), the cohort (validated
+    before Ray starts), resources, then the vocabulary fit and the split checks."""
+    from ehrsurv_dist.data.pipeline import IngestPipeline
+
+    if resume:
+        check_resume_checkpoints(out)
+    layout = modeling.layout_of(spec)
+    mlm = mode == "pretrain" and spec.pretrain.objective in ("mlm", "joint")
+    pipe = IngestPipeline(
+        spec.data.cohort,
+        spec.data,
+        layout=layout,  # type: ignore[arg-type]
+        seed=spec.seed,
+        mlm=mlm,
+        require_outcomes=mode == "finetune",
+        pad_multiple=spec.data.resolved_pad_multiple(spec.train.use_gpu),
+    )
+    init_ray(spec)
+    check_resources(spec)
+    vocab_path = os.path.join(out, "vocab.json")
+    if resume and os.path.exists(vocab_path):
+        saved = Vocabulary.load(vocab_path)
+        vocab = vocab or saved
+        vocab.check_hash(saved.hash, source=vocab_path)
+    fit = pipe.fit(
+        vocab,
+        use_ray=True,
+        vocab_path=vocab_path,
+        rejects_path=os.path.join(out, S.REJECTS_FILE),
+    )
+    train_subjects = fit.stats[S.TRAIN_SPLIT]["subjects"]
+    if train_subjects == 0:
+        raise EhrsurvError(f"the train split of {spec.data.cohort} is empty")
+    if fit.stats[S.TUNING_SPLIT]["subjects"] == 0:
+        raise EhrsurvError(
+            f"the tuning split of {spec.data.cohort} is empty (needed for validation and "
+            "early stopping)"
+        )
+    if mode == "finetune":
+        for split in (S.TRAIN_SPLIT, S.TUNING_SPLIT):
+            if fit.stats[split]["events"] == 0:  # all censored: nothing to learn or rank
+                raise EhrsurvError(
+                    f"the {split} split of {spec.data.cohort} has no events (all "
+                    f"{fit.stats[split]['subjects']} subjects censored): the likelihood has "
+                    "nothing to learn and the validation C-index is undefined"
+                )
+    return fit, pipe
+
+
+def run_training(
+    spec: JobSpec,
+    mode: str,
+    out: str,
+    *,
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> RunResult:
     """Fit the vocabulary, train with Ray Train, export the best model; resumable.
 
     Args:
         spec: the resolved job config (``data.cohort`` set).
         mode: ``pretrain`` or ``finetune``.
         out: run directory (new, or the same run to resume).
+        progress: draw a progress bar on the driver (``train/progress.py``).
+        callbacks: Ray Train callbacks for the run's ``RunConfig``, e.g. Tune's
+            ``TuneReportCallback`` when a Tune trial drives this run (``ehrsurv_dist/tune.py``).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from ehrsurv_dist.data.pipeline import IngestPipeline
 
     if mode not in ("pretrain", "finetune"):
         raise ValueError(f"mode must be pretrain or finetune, got {mode!r}")
@@ -144,38 +278,15 @@ def run_training(spec: JobSpec, mode: str, out: str) -> RunResult:
         exp = modeling.load_export(init_export)
         vocab = Vocabulary.load(os.path.join(spec.finetune.init, "vocab.json"))
         vocab.check_hash(exp["vocab_hash"], source=init_export)
+    created = not os.path.exists(out)
     resume = prepare_run_dir(out, spec, mode)
-    init_ray(spec)
-    check_resources(spec)
-
-    layout = modeling.layout_of(spec)
-    mlm = mode == "pretrain" and spec.pretrain.objective in ("mlm", "joint")
-    pipe = IngestPipeline(
-        spec.data.cohort,
-        spec.data,
-        layout=layout,  # type: ignore[arg-type]
-        seed=spec.seed,
-        mlm=mlm,
-        require_outcomes=mode == "finetune",
-    )
-    vocab_path = os.path.join(out, "vocab.json")
-    if resume and os.path.exists(vocab_path):
-        saved = Vocabulary.load(vocab_path)
-        vocab = vocab or saved
-        vocab.check_hash(saved.hash, source=vocab_path)
-    fit = pipe.fit(
-        vocab,
-        use_ray=True,
-        vocab_path=vocab_path,
-        rejects_path=os.path.join(out, S.REJECTS_FILE),
-    )
+    try:  # pre-flight: a failure before training leaves no half-made new run behind
+        fit, pipe = _preflight(spec, mode, out, resume, vocab)
+    except BaseException:
+        if not resume:
+            discard_new_run(out, created)
+        raise
     train_subjects = fit.stats[S.TRAIN_SPLIT]["subjects"]
-    if train_subjects == 0:
-        raise EhrsurvError(f"the train split of {spec.data.cohort} is empty")
-    if mode == "finetune" and fit.stats[S.TUNING_SPLIT]["subjects"] == 0:
-        raise EhrsurvError(
-            f"the tuning split of {spec.data.cohort} is empty (needed for early stopping)"
-        )
     bspec = pipe.batch_spec()
     config = {
         "spec": to_dict(spec),
@@ -188,34 +299,41 @@ def run_training(spec: JobSpec, mode: str, out: str) -> RunResult:
         # epoch, once (not after a resume). Unset in normal use.
         "fault_after_epoch": _env_int("EHRSURV_FAULT_AFTER_EPOCH"),
     }
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=spec.train.num_workers,
-            use_gpu=spec.train.use_gpu,
-            resources_per_worker={"CPU": spec.train.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=RUN_NAME,
-            storage_path=os.path.join(out, RAY_DIR),
-            failure_config=FailureConfig(max_failures=spec.train.max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=spec.train.keep_checkpoints,
-                checkpoint_score_attribute="val_score",
-                checkpoint_score_order="max",
+
+    def _trainer(config: dict[str, Any]) -> Any:
+        return TorchTrainer(
+            train_func,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=spec.train.num_workers,
+                use_gpu=spec.train.use_gpu,
+                resources_per_worker={"CPU": spec.train.cpus_per_worker},
             ),
-        ),
-        datasets={
-            S.TRAIN_SPLIT: pipe.dataset(S.TRAIN_SPLIT),
-            S.TUNING_SPLIT: pipe.dataset(S.TUNING_SPLIT),
-        },
-        dataset_config=DataConfig(datasets_to_split=[S.TRAIN_SPLIT]),
-    )
+            run_config=RunConfig(
+                name=RUN_NAME,
+                storage_path=os.path.join(out, RAY_DIR),
+                failure_config=FailureConfig(max_failures=spec.train.max_failures),
+                callbacks=list(callbacks),
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=spec.train.keep_checkpoints,
+                    checkpoint_score_attribute="val_score",
+                    checkpoint_score_order="max",
+                ),
+            ),
+            datasets={
+                S.TRAIN_SPLIT: _dataset(pipe, S.TRAIN_SPLIT, spec.data.cache),
+                S.TUNING_SPLIT: _dataset(pipe, S.TUNING_SPLIT, spec.data.cache),
+            },
+            dataset_config=DataConfig(datasets_to_split=[S.TRAIN_SPLIT]),
+        )
+
     import ray.train
 
     try:
-        result = trainer.fit()
+        with DriverProgress(spec.train.epochs, train_subjects, enabled=progress) as bar:
+            config["progress"] = bar.sink  # before the trainer is built: it ships the config
+            trainer = _trainer(config)
+            result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         # Re-running the same command resumes from the last checkpoint.
         raise EhrsurvError(f"training failed (re-run the same command to resume): {e}") from e
@@ -259,17 +377,38 @@ def _absolute_paths(spec: JobSpec) -> JobSpec:
     return dataclasses.replace(spec, data=data, finetune=ft)
 
 
+def _dataset(pipe: Any, split: str, cache: bool) -> Any:
+    """The split's Ray Dataset; with ``cache``, executed once into the object store.
+
+    A lazy dataset is re-read and re-encoded from Parquet every epoch, which on a small or busy
+    machine is most of an epoch's time (the trainer waits on it). The encoded split is compact
+    (one row per subject, ~12 bytes per token), so caching it is cheap; epochs then only
+    re-bucket, pad and mask it on the workers (fresh every epoch, as before).
+    """
+    ds = pipe.dataset(split)
+    return ds.materialize() if cache else ds
+
+
 def _env_int(name: str) -> int | None:
     v = os.environ.get(name)
     return int(v) if v not in (None, "") else None
 
 
 def _best_checkpoint(result: Any) -> Any:
-    if result.best_checkpoints:
-        return max(result.best_checkpoints, key=lambda cm: cm[1].get("val_score", float("-inf")))[0]
-    if result.checkpoint is None:
+    """The best-scoring checkpoint whose manifest verifies (a corrupted one is passed over)."""
+    ranked = sorted(  # stable: among equal scores the earliest first, as max() did
+        result.best_checkpoints or [], key=lambda cm: -cm[1].get("val_score", float("-inf"))
+    )
+    cands = [c for c, _ in ranked] or ([result.checkpoint] if result.checkpoint is not None else [])
+    if not cands:
         raise EhrsurvError("training produced no checkpoint")
-    return result.checkpoint
+    for c in cands:
+        with c.as_directory() as d:
+            problems = manifest.verify_checkpoint(d)
+        if not problems:
+            return c
+        log.warning("checkpoint %s is corrupted (%s); not exported", c.path, problems[0])
+    raise manifest.CheckpointError("every kept checkpoint is corrupted; nothing to export")
 
 
 def _history(result: Any) -> list[dict[str, Any]]:

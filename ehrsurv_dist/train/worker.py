@@ -7,12 +7,15 @@ checkpoint. Re-launching the same run, or a replaced worker after a failure, res
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,7 +26,7 @@ from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.metrics import survival as M
-from ehrsurv_dist.train import modeling
+from ehrsurv_dist.train import manifest, modeling
 from ehrsurv_dist.train.engine import build_engine
 from ehrsurv_dist.train.loop import (
     LoopState,
@@ -32,8 +35,11 @@ from ehrsurv_dist.train.loop import (
     synchronized,
     train_epoch,
 )
+from ehrsurv_dist.train.prefetch import prefetch
+from ehrsurv_dist.train.progress import step_reporter
 from ehrsurv_dist.train.tasks import PretrainTask, SurvivalTask
 
+log = logging.getLogger(__name__)
 MODEL_FILE = "model_fp32.pt"
 LOOP_FILE = "loop_state.json"
 
@@ -44,6 +50,35 @@ def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return t.tolist()
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+@contextlib.contextmanager
+def _intact_checkpoint(ckpt: Any) -> Iterator[str]:
+    """A local directory of the latest intact checkpoint (see ``train/manifest.py``).
+
+    On local storage a corrupted latest checkpoint is skipped, with a warning, for the newest
+    intact older sibling; on remote storage it is only verified (no fallback).
+
+    Raises:
+        manifest.CheckpointError: no intact checkpoint.
+    """
+    import pyarrow.fs as pafs
+
+    if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
+        choice = manifest.choose_checkpoint(manifest.local_candidates(ckpt.path))
+        if choice.skipped:
+            log.warning("%s", choice.warning())
+        yield choice.path
+        return
+    with ckpt.as_directory() as d:
+        problems = manifest.verify_checkpoint(d)
+        if problems:
+            raise manifest.CheckpointError(f"checkpoint {ckpt.path} is corrupted: {problems[0]}")
+        yield d
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -94,7 +129,7 @@ def train_func(config: dict[str, Any]) -> None:
     state = LoopState()
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
+        with _intact_checkpoint(ckpt) as d:  # manifest-checked; falls back if corrupted
             extra = engine.load(d)
         state = LoopState.from_dict(extra["loop"])
 
@@ -102,6 +137,7 @@ def train_func(config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("tuning")
     scaling = spec.finetune.lora_alpha / spec.finetune.lora_rank
     fault_after = config.get("fault_after_epoch") if ckpt is None else None
+    progress = config.get("progress")  # the driver's progress actor (train/progress.py)
     while state.epoch < spec.train.epochs and not state.should_stop(spec.train.patience):
         epoch = state.epoch
         # Dropout etc. draw from a stream keyed by (seed, epoch, rank): a resumed run replays
@@ -110,9 +146,13 @@ def train_func(config: dict[str, Any]) -> None:
         res = train_epoch(
             engine,
             task,
-            synchronized(iter_shard_batches(train_shard, bspec, epoch), ecfg.grad_accum),
+            synchronized(
+                prefetch(iter_shard_batches(train_shard, bspec, epoch), spec.data.prefetch_batches),
+                ecfg.grad_accum,
+            ),
             device,
             epoch,
+            on_step=step_reporter(progress, epoch, world) if progress and rank == 0 else None,
         )
         t_val = time.perf_counter()
         metrics: dict[str, Any] = {"epoch": epoch, "lr": engine.lr}
@@ -177,7 +217,11 @@ def train_func(config: dict[str, Any]) -> None:
                 )
                 with open(os.path.join(d, LOOP_FILE), "w") as fh:
                     json.dump(state.to_dict(), fh, default=float)
+            # last: the manifest (sha256 of every file this rank wrote) marks them complete
+            manifest.write_manifest(d, rank, world, meta={"epoch": epoch})
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+        if progress is not None and rank == 0:
+            progress.update.remote({**_numbers(metrics), "epoch_done": epoch})
         if fault_after is not None and epoch == fault_after and rank == world - 1:
             # fault injection for the recovery tests (EHRSURV_FAULT_AFTER_EPOCH, see launch.py)
             raise RuntimeError(f"injected fault after epoch {epoch} on rank {rank}")

@@ -12,9 +12,10 @@ import torch
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import load_config
+from ehrsurv_dist.data.cohort import load_cohort
 from ehrsurv_dist.data.synthetic import synthesize
 from ehrsurv_dist.errors import OutputError
-from ehrsurv_dist.evaluate import evaluate_run
+from ehrsurv_dist.evaluate import _pipeline, _Scoring, evaluate_run, load_run, predict_cohort
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.train import modeling
 from ehrsurv_dist.train.launch import run_training
@@ -73,6 +74,35 @@ def test_finetune_zero1_then_evaluate_matches_sksurv(
         hz = np.asarray(row["hazard"], dtype=np.float64)
         assert len(hz) == row[S.LAST_VISIT] + 1
         np.testing.assert_allclose(row["survival"], np.cumprod(1 - hz), rtol=1e-5)
+    # Ray Data inference (actors holding the model) == the single-process reference path
+    rspec, vocab, export = load_run(out)
+    pipe = _pipeline(rspec, vocab, cohort, require_outcomes=True)
+    with _Scoring(rspec, out, export, use_ray=True) as on_ray:
+        ray_pred, ray_train = on_ray(pipe, S.HELD_OUT_SPLIT), on_ray.labels(pipe, S.TRAIN_SPLIT)
+    with _Scoring(rspec, out, export, use_ray=False) as single:
+        ref_pred, ref_train = single(pipe, S.HELD_OUT_SPLIT), single.labels(pipe, S.TRAIN_SPLIT)
+    np.testing.assert_array_equal(ray_pred.subject_id, ref_pred.subject_id)
+    np.testing.assert_array_equal(ray_pred.offsets, ref_pred.offsets)
+    np.testing.assert_allclose(ray_pred.values, ref_pred.values, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ray_pred.subject_id, h[S.SUBJECT_ID].to_numpy())
+    for a, b in zip(ray_train, ref_train, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(ray_train[0]) == int((load_cohort(cohort).split == S.TRAIN_SPLIT).sum())
+    # predict: every subject of a cohort, no input codes in the output
+    pred_path = str(tmp_path / "pred.parquet")
+    rep = predict_cohort(out, cohort, pred_path)
+    t = pq.read_table(pred_path)
+    assert rep.subjects == t.num_rows == len(load_cohort(cohort).split)
+    assert rep.unknown_tokens == 0 < rep.tokens  # the run's own cohort: every code is known
+    assert set(t.column_names) == {
+        S.SUBJECT_ID,
+        S.SPLIT,
+        S.EVENT,
+        S.LAST_VISIT,
+        "risk",
+        "hazard",
+        "survival",
+    }
     # the run directory refuses another run
     with pytest.raises(OutputError, match="another run"):
         run_training(_spec(cohort, "train.epochs=3"), "finetune", out)

@@ -1,0 +1,358 @@
+"""``ehrsurv bench models`` / ``ehrsurv bench losses``: the seed's comparisons, measured.
+
+Every row is one ordinary fine-tuning run (``train.launch.run_training``, Ray Train +
+DeepSpeed, the product's own path) on the same cohort, splits and seed, followed by the
+product's evaluation (``evaluate.evaluate_run``: Ray Data inference, whole-split metrics,
+bootstrap intervals). The first row is the generator's oracle: its true ``hazard_observable``
+scored by the same metric code on the same held-out subjects, the best a model can reach.
+
+Output directory::
+
+    OUT/cohort/            the synthetic cohort (unless --cohort is given)
+    OUT/runs/NAME/         one run directory per row (resumable: a finished row is reused)
+    OUT/bench.json         flat keys ``<row>_<metric>`` plus the settings
+    OUT/SUMMARY.md         the table
+    OUT/plots/*.png        held-out td-C with its 95% interval per row
+
+Columns: held-out td-C [95% CI], Harrell C, IBS, calibration error at the median horizon
+(``ece``), trainable parameters, wall time, epochs to the best validation score, the
+train–validation gap (td-C on train − td-C on tuning: overfitting), and the leakage diagnostics
+(``length_only`` AUC and td-C on randomly truncated held-out histories).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ehrsurv_dist import schema as S
+from ehrsurv_dist.data import io
+
+Overrides = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row: a name, a label and the job overrides that make it."""
+
+    name: str
+    label: str
+    overrides: Overrides
+    pretrained: bool = False  # fine-tune from the shared pretraining run
+
+
+def model_rows() -> list[Row]:
+    """The seed's model comparison (seed-spec §9.3): strategies × pretraining, families, masks."""
+    lora = ("finetune.strategy=lora", "finetune.lora_rank=16")
+    return [
+        Row("behrt_frozen_pre", "BEHRT frozen, pretrained", ("finetune.strategy=frozen",), True),
+        Row("behrt_lora_pre", "BEHRT LoRA r=16, pretrained", lora, True),
+        Row("behrt_full_pre", "BEHRT full, pretrained", ("finetune.strategy=full",), True),
+        Row("behrt_frozen_scratch", "BEHRT frozen, from scratch", ("finetune.strategy=frozen",)),
+        Row(
+            "behrt_lora_scratch",
+            "BEHRT LoRA r=16 + embeddings, from scratch",
+            (*lora, "finetune.train_embeddings=true"),
+        ),
+        Row("behrt_full_scratch", "BEHRT full, from scratch", ("finetune.strategy=full",)),
+        Row(
+            "behrt_full_bidirectional",
+            "BEHRT full, bidirectional attention (leaks)",
+            ("finetune.strategy=full", "model.attention=bidirectional"),
+        ),
+        Row(
+            "hierarchical_full",
+            "hierarchical BEHRT full, from scratch",
+            ("model.arch=hierarchical", "finetune.strategy=full"),
+        ),
+        Row("lstm", "LSTM baseline", ("model.arch=lstm", "finetune.strategy=full")),
+    ]
+
+
+def loss_rows() -> list[Row]:
+    """The seed's loss comparison (seed-spec §6): same model, same splits."""
+    rows = [
+        Row("nll", "NLL (discrete-time likelihood)", ("finetune.loss=nll",)),
+        Row("rank_hinge", "rank, hinge", ("finetune.loss=rank", "finetune.rank_loss=hinge")),
+        Row(
+            "rank_logistic",
+            "rank, logistic",
+            ("finetune.loss=rank", "finetune.rank_loss=logistic"),
+        ),
+    ]
+    for lam in (0.01, 0.05, 0.1, 0.2, 0.5):
+        rows.append(
+            Row(
+                f"hybrid_{lam:g}".replace(".", "p"),
+                f"hybrid λ_rank={lam:g}",
+                ("finetune.loss=hybrid", f"finetune.lambda_rank={lam:g}"),
+            )
+        )
+    rows.append(Row("cox", "Cox partial likelihood", ("finetune.loss=cox",)))
+    return rows
+
+
+def _run_dir_done(run: str) -> dict[str, Any] | None:
+    path = os.path.join(run, "bench_row.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            d: dict[str, Any] = json.load(f)
+            return d
+    return None
+
+
+def run_row(
+    row: Row,
+    cohort: str,
+    out: str,
+    common: Sequence[str],
+    pretrain_run: str | None,
+    n_boot: int,
+) -> dict[str, Any]:
+    """Train and evaluate one row (or reuse its finished result); returns its table entry."""
+    from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.data.vocab import Vocabulary
+    from ehrsurv_dist.evaluate import evaluate_run
+    from ehrsurv_dist.jobspec import JobSpec
+    from ehrsurv_dist.train.launch import run_training
+    from ehrsurv_dist.tune import count_parameters
+
+    run = os.path.join(out, "runs", row.name)
+    done = _run_dir_done(run)
+    if done is not None:
+        return done
+    over: list[Any] = [*common, *row.overrides, ("data.cohort", cohort)]
+    if row.pretrained:
+        if pretrain_run is None:
+            raise ValueError(f"row {row.name} needs the pretraining run")
+        over.append(("finetune.init", pretrain_run))
+    spec = load_config(JobSpec, None, over)
+    t0 = time.perf_counter()
+    res = run_training(spec, "finetune", run, progress=False)
+    train_s = time.perf_counter() - t0
+    m = evaluate_run(run, splits=(S.TRAIN_SPLIT, S.TUNING_SPLIT, S.HELD_OUT_SPLIT), n_boot=n_boot)
+    wall = time.perf_counter() - t0
+    vocab_size = Vocabulary.load(os.path.join(run, "vocab.json")).size
+    trainable, total = count_parameters(spec, vocab_size)
+    held, tun, tr = m[S.HELD_OUT_SPLIT], m[S.TUNING_SPLIT], m[S.TRAIN_SPLIT]
+    cal = held.get("calibration") or {}
+    entry = {
+        "name": row.name,
+        "label": row.label,
+        "c_index_td": held.get("c_index_td"),
+        "c_index_td_ci": held.get("c_index_td_ci"),
+        "c_index_harrell": held.get("c_index_harrell"),
+        "c_index_uno": held.get("c_index_uno"),
+        "ibs": held.get("ibs"),
+        "ibs_ci": held.get("ibs_ci"),
+        "ece": cal.get("ece"),
+        "trainable_params": trainable,
+        "total_params": total,
+        "wall_s": wall,
+        "train_s": train_s,
+        "epochs_to_best": res.best_epoch + 1,
+        "epochs_run": len(res.history),
+        "train_c_index_td": tr.get("c_index_td"),
+        "tuning_c_index_td": tun.get("c_index_td"),
+        "train_val_gap": _diff(tr.get("c_index_td"), tun.get("c_index_td")),
+        "length_only_auc": (held.get("length_only") or {}).get("auc_length_event"),
+        "truncated_c_index_td": (held.get("leakage") or {}).get("random_truncation_c_index_td"),
+    }
+    io.write_json_atomic(entry, os.path.join(run, "bench_row.json"))
+    return entry
+
+
+def _diff(a: Any, b: Any) -> float | None:
+    if a is None or b is None:
+        return None
+    return float(a) - float(b)
+
+
+def oracle_row(cohort: str) -> dict[str, Any]:
+    """The generator's ``hazard_observable`` on the held-out split, scored like a model."""
+    with open(os.path.join(cohort, "synth_report.json")) as f:
+        rep = json.load(f)
+    o = rep["oracle_held_out"]["hazard_observable"]
+    return {
+        "name": "oracle",
+        "label": "oracle: generator's observable hazard (fair ceiling)",
+        "c_index_td": o["c_index_td"],
+        "c_index_harrell": o["c_index_harrell"],
+        "ibs": o.get("ibs"),
+    }
+
+
+def _fmt(x: Any, nd: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.{nd}f}"
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| model | held-out td-C [95% CI] | Harrell C | IBS | ECE | trainable params | wall s "
+        "| epochs to best | train−val gap | length-only AUC | truncated td-C |"
+    )
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ci = r.get("c_index_td_ci")
+        td = _fmt(r.get("c_index_td"))
+        if ci and None not in ci:
+            td += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+        lines.append(
+            f"| {r['label']} | {td} | {_fmt(r.get('c_index_harrell'))} | {_fmt(r.get('ibs'))} "
+            f"| {_fmt(r.get('ece'), 3)} | {_fmt(r.get('trainable_params'))} "
+            f"| {_fmt(r.get('wall_s'), 0)} | {_fmt(r.get('epochs_to_best'))} "
+            f"| {_fmt(r.get('train_val_gap'), 3)} | {_fmt(r.get('length_only_auc'), 3)} "
+            f"| {_fmt(r.get('truncated_c_index_td'))} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    from ehrsurv_dist.metrics.plots import _save_atomic
+
+    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.5))
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))[::-1]
+    for yi, r in zip(y, rows, strict=True):
+        td = r.get("c_index_td")
+        if td is None:
+            continue
+        ci = r.get("c_index_td_ci")
+        colour = "black" if r["name"] == "oracle" else "C0"
+        if ci and None not in ci:
+            ax.errorbar(td, yi, xerr=[[td - ci[0]], [ci[1] - td]], fmt="o", color=colour)
+        else:
+            ax.plot(td, yi, "D", color=colour)
+    ax.set_yticks(y, [r["label"] for r in rows], fontsize=8)
+    ax.set_xlabel("held-out td-C (95% bootstrap interval)")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save_atomic(fig, path, 100)
+
+
+def run_bench(
+    kind: str,
+    out: str,
+    *,
+    cohort: str | None = None,
+    preset: str = "local",
+    subjects: int | None = None,
+    signal: float = 3.0,
+    seed: int = 42,
+    common: Sequence[str] = (),
+    pretrain_epochs: int = 4,
+    n_boot: int = 200,
+    only: Sequence[str] | None = None,
+    note: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """Run ``kind`` (``models`` or ``losses``) and write bench.json, SUMMARY.md and plots.
+
+    Args:
+        kind: ``models`` (strategies, pretraining, families, attention) or ``losses``.
+        out: output directory; re-running with the same ``out`` reuses finished rows.
+        cohort: an existing synthetic cohort (with ``synth_report.json``); else one is made.
+        preset, subjects, signal, seed: the synthetic cohort (``ehrsurv synth``).
+        common: overrides of every row (model size, epochs, lr, workers...).
+        pretrain_epochs: epochs of the shared joint MLM+NVP pretraining (``models`` only).
+        n_boot: bootstrap resamples of the intervals.
+        only: run just these row names.
+        note: progress messages.
+    """
+    import ray
+
+    from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.data.synthetic import synthesize
+    from ehrsurv_dist.jobspec import JobSpec
+    from ehrsurv_dist.train.launch import run_training
+
+    os.makedirs(out, exist_ok=True)
+    if cohort is None:
+        cohort = os.path.join(out, "cohort")
+        if not os.path.exists(os.path.join(cohort, "synth_report.json")):
+            note(f"synthesising the {preset} cohort (signal {signal:g}) in {cohort}")
+            synthesize(cohort, preset, seed=seed, subjects=subjects, signal=signal)
+            from ehrsurv_dist.data.synth_report import write_synth_report
+
+            write_synth_report(cohort)
+    cohort = os.path.abspath(cohort)
+    rows = model_rows() if kind == "models" else loss_rows()
+    if only:
+        unknown = set(only) - {r.name for r in rows}
+        if unknown:
+            raise ValueError(f"unknown rows {sorted(unknown)}; known: {[r.name for r in rows]}")
+        rows = [r for r in rows if r.name in set(only)]
+    started = not ray.is_initialized()
+    t_all = time.perf_counter()
+    results = [oracle_row(cohort)]
+    try:
+        pre_run = None
+        if any(r.pretrained for r in rows):
+            pre_run = os.path.join(out, "runs", "pretrain")
+            if not os.path.exists(os.path.join(pre_run, "checkpoints", "best", "model.pt")):
+                note(f"pretraining (joint MLM + NVP, {pretrain_epochs} epochs)")
+                spec = load_config(
+                    JobSpec,
+                    None,
+                    [
+                        *common,
+                        "pretrain.objective=joint",
+                        f"train.epochs={pretrain_epochs}",
+                        ("data.cohort", cohort),
+                    ],
+                )
+                run_training(spec, "pretrain", pre_run, progress=False)
+        for i, row in enumerate(rows):
+            note(f"[{i + 1}/{len(rows)}] {row.label}")
+            results.append(run_row(row, cohort, out, common, pre_run, n_boot))
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+    flat: dict[str, Any] = {
+        "rows": len(results) - 1,
+        "wall_s": time.perf_counter() - t_all,
+        "signal": signal,
+        "seed": seed,
+    }
+    for r in results:
+        for k, v in r.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                flat[f"{r['name']}_{k}"] = v
+            elif k.endswith("_ci") and v:
+                flat[f"{r['name']}_{k}_lo"], flat[f"{r['name']}_{k}_hi"] = v
+    with open(os.path.join(cohort, "synth_report.json")) as f:
+        rep = json.load(f)
+    io.write_json_atomic(flat, os.path.join(out, "bench.json"))
+    title = "Model comparison" if kind == "models" else "Loss comparison"
+    _plot(results, os.path.join(out, "plots", f"{kind}_c_index_td.png"), title)
+    text = "\n".join(
+        [
+            f"# {title} (`ehrsurv bench {kind}`)",
+            "",
+            f"Cohort `{cohort}`: {rep['subjects']:,} subjects, {rep['events']:,} events, held-out "
+            f"{rep['split_sizes'][S.HELD_OUT_SPLIT]:,}; every row: same splits and seed; "
+            f"common overrides: `{' '.join(common) or '(defaults)'}`. Total wall time "
+            f"{flat['wall_s']:.0f} s on {os.cpu_count()} CPU(s).",
+            "",
+            summary_table(results),
+            "",
+            "ECE: calibration error at the median event horizon (predicted vs Kaplan–Meier). "
+            "train−val gap: td-C on train minus td-C on tuning. length-only AUC: how well the "
+            "number of visits alone separates events (seed-spec §5.5). truncated td-C: held-out "
+            "histories cut at a random visit (DESIGN.md §3).",
+            "",
+        ]
+    )
+    io.write_text_atomic(text, os.path.join(out, "SUMMARY.md"))
+    return flat

@@ -1,0 +1,144 @@
+"""A progress bar on the driver for a Ray Train run (edge module: Ray imported in functions).
+
+``trainer.fit()`` blocks the driver while the workers run, possibly on other nodes, so rank 0
+pushes its progress to a tiny Ray actor (no CPU reserved) and a thread on the driver polls it
+and draws a ``tqdm`` bar: subjects done in the current epoch, the last epoch's loss and
+validation score. The updates are fire-and-forget and throttled, so the hot loop never waits on
+them; a lost update only makes the bar lag.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class ProgressSink:
+    """The actor's state: the latest fields each worker update set."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {}
+
+    def update(self, fields: dict[str, Any]) -> None:
+        self.state.update(fields)
+
+    def get(self) -> dict[str, Any]:
+        return dict(self.state)
+
+
+def step_reporter(
+    sink: Any, epoch: int, world: int, min_interval_s: float = 0.5
+) -> Callable[[int], None]:
+    """``train_epoch``'s ``on_step`` for rank 0: reports ``subjects × world`` (every rank gets
+    an equal share of the epoch), at most every ``min_interval_s`` seconds."""
+    last = [0.0]
+
+    def on_step(subjects: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= min_interval_s:
+            last[0] = now
+            sink.update.remote({"epoch": epoch, "subjects": subjects * world})
+
+    return on_step
+
+
+def _postfix(state: dict[str, Any]) -> str:
+    parts = []
+    if "train_loss" in state:
+        parts.append(f"loss {state['train_loss']:.4f}")
+    if "val_c_index_td" in state:
+        parts.append(f"val td-C {state['val_c_index_td']:.4f}")
+    elif "val_loss" in state:
+        parts.append(f"val loss {state['val_loss']:.4f}")
+    if "best_epoch" in state:
+        parts.append(f"best epoch {int(state['best_epoch'])}")
+    return ", ".join(parts)
+
+
+class DriverProgress:
+    """Context manager: the sink actor plus the polling thread and its bar.
+
+    Args:
+        epochs: the run's maximum number of epochs.
+        subjects_per_epoch: train subjects (the bar's length per epoch).
+        enabled: False (e.g. ``--quiet`` or no TTY wanted) makes this a no-op with no actor.
+        interval_s: polling period.
+    """
+
+    def __init__(
+        self,
+        epochs: int,
+        subjects_per_epoch: int,
+        enabled: bool = True,
+        interval_s: float = 0.5,
+    ) -> None:
+        self.epochs = epochs
+        self.per_epoch = max(1, subjects_per_epoch)
+        self.enabled = enabled
+        self.interval_s = interval_s
+        self.sink: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> DriverProgress:
+        if not self.enabled:
+            return self
+        import ray
+
+        self.sink = ray.remote(num_cpus=0)(ProgressSink).remote()
+        self._thread = threading.Thread(target=self._run, name="ehrsurv-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import ray
+        from tqdm import tqdm
+
+        total = self.epochs * self.per_epoch
+        # In a log file (e.g. `ray job logs`) redraw rarely instead of a stream of \r updates.
+        tty = sys.stderr.isatty()
+        with tqdm(
+            total=total,
+            unit="subj",
+            desc="train",
+            file=sys.stderr,
+            mininterval=0.1 if tty else 30.0,
+            leave=True,
+        ) as bar:
+            last_done: Any = None
+            while True:
+                stopping = self._stop.wait(self.interval_s)
+                try:
+                    state = ray.get(self.sink.get.remote(), timeout=5)
+                except Exception:  # the actor or Ray went away: stop drawing, never fail the run
+                    return
+                epoch = int(state.get("epoch", 0))
+                done = min(int(state.get("subjects", 0)), self.per_epoch)
+                if state.get("epoch_done") == epoch:
+                    done = self.per_epoch
+                bar.set_description(f"epoch {min(epoch + 1, self.epochs)}/{self.epochs}", False)
+                bar.set_postfix_str(_postfix(state), refresh=False)
+                n = min(total, epoch * self.per_epoch + done)
+                if state.get("epoch_done") != last_done:  # one line per epoch even in a log
+                    last_done = state.get("epoch_done")
+                    bar.n = n
+                    bar.refresh()
+                elif n > bar.n:
+                    bar.update(n - bar.n)  # redraws at most every mininterval
+                if stopping:
+                    return
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+        if self.sink is not None:
+            import ray
+
+            try:
+                ray.kill(self.sink)
+            except Exception:  # already gone with its Ray
+                pass
