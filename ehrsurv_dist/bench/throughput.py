@@ -308,8 +308,8 @@ def plain_loop(
     from ehrsurv_dist.data.pipeline import IngestPipeline
     from ehrsurv_dist.data.vocab import Vocabulary
     from ehrsurv_dist.train import modeling
+    from ehrsurv_dist.train.engine import optimizer_and_scheduler
     from ehrsurv_dist.train.loop import to_tensors
-    from ehrsurv_dist.train.optim import build_optimizer, build_scheduler, warmup_steps_for
 
     spec = _spec(settings, 1, 0)
     vocab = Vocabulary.load(vocab_path)
@@ -334,16 +334,7 @@ def plain_loop(
         np.random.seed(spec.seed)
         model = modeling.build_model(spec, fit.vocab.size, "finetune")
         modeling.prepare_finetune(model, spec)
-        opt = build_optimizer(
-            model, lr=ecfg.lr, weight_decay=ecfg.weight_decay, betas=ecfg.betas, eps=ecfg.eps
-        )
-        sched = build_scheduler(
-            opt,
-            total_steps=total_steps,
-            warmup_steps=warmup_steps_for(ecfg.warmup_ratio, total_steps),
-            schedule=ecfg.schedule,
-            min_lr_ratio=ecfg.min_lr_ratio,
-        )
+        opt, sched = optimizer_and_scheduler(model, ecfg, total_steps)
         params = [p for g in opt.param_groups for p in g["params"]]
         task = _survival_task(spec)
         cpu = torch.device("cpu")

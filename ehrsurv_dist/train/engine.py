@@ -528,16 +528,7 @@ class TorchEngine(Engine):
         precision: Literal["fp32", "bf16"],
     ) -> None:
         model.to(device)
-        optimizer = build_optimizer(
-            model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps
-        )
-        scheduler = build_scheduler(
-            optimizer,
-            total_steps=total_steps,
-            warmup_steps=warmup_steps_for(cfg.warmup_ratio, total_steps),
-            schedule=cfg.schedule,
-            min_lr_ratio=cfg.min_lr_ratio,
-        )
+        optimizer, scheduler = optimizer_and_scheduler(model, cfg, total_steps)
         super().__init__(cfg, device, precision, optimizer, scheduler)
         self._module = model
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -637,16 +628,7 @@ class DeepSpeedEngine(Engine):
         if device.type == "cuda":
             torch.cuda.set_device(device)  # DeepSpeed places the model on the current device
         model.to(device)
-        optimizer = build_optimizer(
-            model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps
-        )
-        scheduler = build_scheduler(
-            optimizer,
-            total_steps=total_steps,
-            warmup_steps=warmup_steps_for(cfg.warmup_ratio, total_steps),
-            schedule=cfg.schedule,
-            min_lr_ratio=cfg.min_lr_ratio,
-        )
+        optimizer, scheduler = optimizer_and_scheduler(model, cfg, total_steps)
         super().__init__(cfg, device, precision, optimizer, scheduler)
         self._ds, _, _, _ = deepspeed.initialize(
             model=model,
@@ -718,6 +700,24 @@ class DeepSpeedEngine(Engine):
                     for name in names:
                         state[name] = value
         return state
+
+
+def optimizer_and_scheduler(
+    model: nn.Module, cfg: EngineConfig, total_steps: int
+) -> tuple[torch.optim.AdamW, LambdaLR]:
+    """AdamW over the trainable parameters and its warm-up + decay schedule, from ``cfg``
+    (the one recipe every engine, and the plain-loop baseline of ``bench throughput``, uses)."""
+    optimizer = build_optimizer(
+        model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps_for(cfg.warmup_ratio, total_steps),
+        schedule=cfg.schedule,
+        min_lr_ratio=cfg.min_lr_ratio,
+    )
+    return optimizer, scheduler
 
 
 def build_engine(
