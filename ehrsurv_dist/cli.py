@@ -275,6 +275,7 @@ def _cmd_bench_throughput(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         epochs=args.epochs,
+        rounds=args.rounds,
         zero_stages=args.zero_stages,
         one_worker_stage=args.one_worker_zero,
         threads=args.threads,
@@ -537,8 +538,15 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument(
         "--epochs",
         type=_positive_int,
+        default=5,
+        help="epochs per training run, >= 2; the first is a warm-up and not timed (default 5)",
+    )
+    bt.add_argument(
+        "--rounds",
+        type=_positive_int,
         default=3,
-        help="epochs per training run, >= 2; the first is a warm-up and not timed (default 3)",
+        help="1-worker Ray runs, each followed by a plain loop of the same epochs, so both paths "
+        "get as many timed epochs and the same drift of the machine's load (default 3)",
     )
     bt.add_argument(
         "--zero-stages",

@@ -19,9 +19,12 @@ load:
     vocabulary scan, DeepSpeed's initialisation (and any op compile), the first epoch (first
     Ray Data execution, allocator warm-up), and the per-epoch validation and checkpointing, which
     the plain loop does not do either. The plain loop is timed the same way (epochs after the
-    first). ``train_overhead_ratio`` = best steady Ray Train epoch (1 worker) ÷ best steady plain
-    epoch, equal work (the tokens per epoch are checked to be equal); ``*_median`` keys use the
-    medians. ``plain_stream_*`` is the same plain loop reading its batches from the single-process
+    first). The 1-worker Ray run and the plain loop alternate for ``rounds`` rounds (the local
+    Ray is stopped during the plain loop when the bench started it), so both get the same number
+    of timed epochs and the same drift of the machine's load. ``train_overhead_ratio`` = best
+    steady Ray Train epoch (1 worker) ÷ best steady plain epoch over all rounds, equal work (the
+    tokens per epoch are checked to be equal); ``*_median`` keys use the medians, and
+    ``train_overhead_ratio_round_min``/``_max`` the spread of the per-round ratios. ``plain_stream_*`` is the same plain loop reading its batches from the single-process
     data path inside the timed epoch (what a plain script without a data loader would pay).
 (b) ``data_wait_fraction``: what the trainer itself reports (time waiting for the next batch ÷
     epoch time, summed over ranks) in the steady epochs of the 1-worker run.
@@ -39,6 +42,7 @@ Keys in ``bench.json`` are flat and numeric; ``SUMMARY.md`` has the tables.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,7 +52,7 @@ import shutil
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -383,10 +387,16 @@ def plain_loop(
     return out
 
 
-def _rates(run: Mapping[str, Any]) -> dict[str, float]:
-    """Best and median steady-state epoch time and tokens/s of one run."""
-    secs = steady(run["epoch_s"])
-    toks = steady(run["tokens"])
+def pooled(runs: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """The steady epochs (each run's first left out) of several runs, in one list per key."""
+    keys = ("epoch_s", "tokens", "wait", "steps")
+    return {k: [v for run in runs for v in steady(run[k])] for k in keys}
+
+
+def _rates(run: Mapping[str, Any], skip: int = 1) -> dict[str, float]:
+    """Best and median epoch time and tokens/s of one run's epochs after the first ``skip``."""
+    secs = steady(run["epoch_s"], skip)
+    toks = steady(run["tokens"], skip)
     best = int(np.argmin(secs))
     return {
         "epoch_s": secs[best],
@@ -394,8 +404,8 @@ def _rates(run: Mapping[str, Any]) -> dict[str, float]:
         "tokens_per_s": toks[best] / secs[best],
         "tokens_per_s_median": statistics.median(t / s for t, s in zip(toks, secs, strict=True)),
         "tokens_per_epoch": statistics.median(toks),
-        "data_wait_fraction": statistics.mean(steady(run["wait"])),
-        "steps_per_epoch": statistics.median(steady(run["steps"])),
+        "data_wait_fraction": statistics.mean(steady(run["wait"], skip)),
+        "steps_per_epoch": statistics.median(steady(run["steps"], skip)),
     }
 
 
@@ -428,6 +438,19 @@ def _start_ray(num_cpus: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _ray_session(num_cpus: int) -> Iterator[None]:
+    """A local Ray for the block: started here and shut down after, unless one was running."""
+    started = _start_ray(num_cpus)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
 def _prepare_out(out: str) -> None:
     os.makedirs(out, exist_ok=True)
     runs = os.path.join(out, "runs")
@@ -451,7 +474,8 @@ def run_throughput_bench(
     size: str = "small",
     batch_size: int = 32,
     max_seq_len: int = 128,
-    epochs: int = 3,
+    epochs: int = 5,
+    rounds: int = 3,
     zero_stages: Sequence[int] = (0, 1, 2),
     one_worker_stage: int = 0,
     threads: int = 1,
@@ -473,6 +497,10 @@ def run_throughput_bench(
         size: model preset of the training runs (``tiny``, ``small``, ...).
         batch_size, max_seq_len: data settings of the training runs.
         epochs: epochs per training run (>= 2: the first is the warm-up, left out).
+        rounds: 1-worker Ray runs, each followed by a plain loop (same epochs), with the local
+            Ray stopped in between (when the bench started it): the two paths alternate, so
+            a drift of the machine's load reaches both, and both get the same number of timed
+            epochs, ``rounds * (epochs - 1)``.
         zero_stages: ZeRO stages of the 2-worker runs (memory and 2-worker throughput); the
             2-worker throughput keys come from the first.
         one_worker_stage: ZeRO stage of the 1-worker run (0: nothing to shard on one rank).
@@ -499,6 +527,8 @@ def run_throughput_bench(
 
     if epochs < 2:
         raise EhrsurvError(f"--epochs must be >= 2 (the first epoch is the warm-up), got {epochs}")
+    if rounds < 1:
+        raise EhrsurvError(f"--rounds must be >= 1, got {rounds}")
     stages = list(dict.fromkeys(int(s) for s in zero_stages))
     if not stages or any(s not in (0, 1, 2) for s in stages + [one_worker_stage]):
         raise EhrsurvError(
@@ -528,34 +558,35 @@ def run_throughput_bench(
     )
     runs_dir = os.path.join(out, "runs")
     # 2 workers x their CPUs + 1 CPU for Ray Data (as the launcher reserves)
-    started = _start_ray(max(os.cpu_count() or 1, 2 * threads + 1))
+    num_cpus = max(os.cpu_count() or 1, 2 * threads + 1)
+    ray1: list[dict[str, Any]] = []
+    plain: list[dict[str, Any]] = []
+    for r in range(rounds):
+        with _ray_session(num_cpus):
+            note(f"Ray Train, 1 worker, ZeRO-{one_worker_stage} (round {r + 1}/{rounds})")
+            ray1.append(
+                ray_run(
+                    settings,
+                    1,
+                    one_worker_stage,
+                    os.path.join(runs_dir, f"w1_zero{one_worker_stage}_r{r}"),
+                )
+            )
+        note(f"plain loop (round {r + 1}/{rounds})")
+        plain.append(plain_loop(settings, ray1[0]["vocab_path"], threads=threads))
+    vocab_path = ray1[0]["vocab_path"]
     ray_runs: dict[str, dict[str, Any]] = {}
-    try:
-        note(f"Ray Train, 1 worker, ZeRO-{one_worker_stage}")
-        ray_runs["1w"] = ray_run(
-            settings, 1, one_worker_stage, os.path.join(runs_dir, f"w1_zero{one_worker_stage}")
-        )
-        vocab_path = ray_runs["1w"]["vocab_path"]
-        # The plain loop before and after the Ray runs: the machine's load drifts.
-        note("plain loop (1/2)")
-        plain = [plain_loop(settings, vocab_path, threads=threads)]
+    with _ray_session(num_cpus):
         for s in stages:
             note(f"Ray Train, 2 workers, ZeRO-{s}")
             ray_runs[f"2w_zero{s}"] = ray_run(settings, 2, s, os.path.join(runs_dir, f"w2_zero{s}"))
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    note("plain loop (2/2) and streamed")
-    plain.append(plain_loop(settings, vocab_path, threads=threads))
+    note("plain loop, streamed")
     stream = plain_loop(settings, vocab_path, stream=True, threads=threads)
 
-    # Steady epochs of both plain runs pooled (each run's first epoch is a warm-up).
-    plain_all = {k: [plain[0][k][0], *steady(plain[0][k]), *steady(plain[1][k])] for k in plain[0]}
-    r1 = _rates(ray_runs["1w"])
+    # Steady epochs of every round pooled: as many for the Ray runs as for the plain loops.
+    r1 = _rates(pooled(ray1), skip=0)
     r2 = _rates(ray_runs[f"2w_zero{stages[0]}"])
-    rp = _rates(plain_all)
+    rp = _rates(pooled(plain), skip=0)
     rs = _rates(stream)
     if abs(r1["tokens_per_epoch"] - rp["tokens_per_epoch"]) > 0.5 or (
         r1["steps_per_epoch"] != rp["steps_per_epoch"]
@@ -565,6 +596,11 @@ def run_throughput_bench(
             f"{r1['tokens_per_epoch']:.0f} tokens in {r1['steps_per_epoch']} steps per epoch, "
             f"the plain loop {rp['tokens_per_epoch']:.0f} in {rp['steps_per_epoch']}"
         )
+    # Each round's own ratio (its Ray run against the plain loop right after it).
+    round_ratios = [
+        min(steady(a["epoch_s"])) / min(steady(b["epoch_s"]))
+        for a, b in zip(ray1, plain, strict=True)
+    ]
 
     note("attention kernels")
     if size not in ("tiny", "small", "medium", "large"):
@@ -617,10 +653,13 @@ def run_throughput_bench(
         "ray_2w_data_wait_fraction": r2["data_wait_fraction"],
         "plain_stream_data_wait_fraction": rs["data_wait_fraction"],
         "ray_1w_compute_s": r1["epoch_s"] * (1 - r1["data_wait_fraction"]),
-        "ray_1w_run_wall_s": ray_runs["1w"]["wall_s"],
+        "ray_1w_run_wall_s": statistics.median(run["wall_s"] for run in ray1),
+        "ray_1w_first_epoch_s": statistics.median(run["epoch_s"][0] for run in ray1),
+        "train_overhead_ratio_round_min": min(round_ratios),
+        "train_overhead_ratio_round_max": max(round_ratios),
         "tokens_per_epoch": r1["tokens_per_epoch"],
         "steps_per_epoch": r1["steps_per_epoch"],
-        "plain_loss_epoch_last": plain[1]["loss"][-1],
+        "plain_loss_epoch_last": plain[-1]["loss"][-1],
     }
     for s in stages:
         run = ray_runs[f"2w_zero{s}"]
@@ -642,8 +681,9 @@ def run_throughput_bench(
             "batch_size": batch_size,
             "max_seq_len": max_seq_len,
             "epochs": epochs,
-            "steady_epochs_ray": epochs - 1,
-            "steady_epochs_plain": 2 * (epochs - 1),
+            "rounds": rounds,
+            "steady_epochs_ray": rounds * (epochs - 1),
+            "steady_epochs_plain": rounds * (epochs - 1),
             "one_worker_zero_stage": one_worker_stage,
             "two_worker_zero_stage": stages[0],
             "torch_threads": threads,
@@ -689,7 +729,8 @@ def summary(r: Mapping[str, Any], cohort: str, size: str, stages: Sequence[int])
         "one epoch (waiting for batches + forward + backward + optimizer step), for every epoch "
         "after the first. Ray start-up, the vocabulary scan, DeepSpeed initialisation and op "
         "compile, the first epoch, validation and checkpointing are left out. Best epoch "
-        "reported, medians in brackets.",
+        "reported, medians in brackets. The 1-worker Ray run and the plain loop alternate "
+        f"for {r['rounds']} round(s), {r['steady_epochs_ray']} timed epochs each in all.",
         "",
         "## Training throughput",
         "",
@@ -711,7 +752,10 @@ def summary(r: Mapping[str, Any], cohort: str, size: str, stages: Sequence[int])
         "",
         f"- `train_overhead_ratio` (Ray Train 1 worker ÷ plain, equal work): "
         f"**{r['train_overhead_ratio']:.2f}** (medians: {r['train_overhead_ratio_median']:.2f}; "
-        "target ≤ 1.10)",
+        f"single rounds: {r['train_overhead_ratio_round_min']:.2f} to "
+        f"{r['train_overhead_ratio_round_max']:.2f}; target ≤ 1.10)",
+        f"- the first (warm-up) epoch of a 1-worker run: {r['ray_1w_first_epoch_s']:.2f} s "
+        "(median of the rounds; Ray Data's first execution and allocator warm-up)",
         f"- `data_wait_fraction` (1 worker, as the trainer reports it): "
         f"**{r['data_wait_fraction']:.3f}** (target < 0.10); the 1-worker epoch without its "
         f"data wait: {r['ray_1w_compute_s']:.3f} s",
@@ -779,6 +823,7 @@ __all__ = [
     "WorkerMemory",
     "model_state_bytes_per_rank",
     "plain_loop",
+    "pooled",
     "ray_run",
     "run_throughput_bench",
     "steady",

@@ -83,6 +83,7 @@ _OWNED_DS_KEYS = (
     "train_micro_batch_size_per_gpu",
     "gradient_accumulation_steps",
     "gradient_clipping",
+    "managed_gradient_accumulation",  # our clipping relies on backward-time all-reduce
     "bf16",
     "fp16",
     "optimizer",
@@ -630,12 +631,29 @@ class DeepSpeedEngine(Engine):
         model.to(device)
         optimizer, scheduler = optimizer_and_scheduler(model, cfg, total_steps)
         super().__init__(cfg, device, precision, optimizer, scheduler)
+        ds_config = deepspeed_config(cfg, precision)
+        # fp32 without ZeRO: DeepSpeed clips with a Python loop of one norm per parameter plus
+        # an all-reduce of the (already identical) norm: 8% of a CPU step of the small model
+        # (profile in docs/benchmarks.md). Its gradients are all-reduced in backward at the
+        # boundary (managed accumulation, owned here), so torch's clip in _step sees the same
+        # gradients and computes the same norm; ZeRO and bf16 keep DeepSpeed's own clipping.
+        self._own_clip: float | None = (
+            cfg.grad_clip if cfg.zero_stage == 0 and precision == "fp32" else None
+        )
+        if self._own_clip is not None:
+            ds_config["gradient_clipping"] = 0.0
         self._ds, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
             lr_scheduler=scheduler,
-            config=deepspeed_config(cfg, precision),
+            config=ds_config,
         )
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        if cfg.zero_stage == 0 and precision == "fp32" and self.world_size == 1:
+            # All-reducing one rank's gradients flattens, copies and unflattens every one of
+            # them for nothing (7% of a CPU step). With ZeRO the "all-reduce" also moves the
+            # gradients into the optimizer's partitions, and bf16 into fp32 buffers: kept.
+            self._ds.enable_backward_allreduce = False
 
     @property
     def module(self) -> nn.Module:
@@ -653,6 +671,8 @@ class DeepSpeedEngine(Engine):
 
     def _step(self) -> bool:
         boundary = bool(self._ds.is_gradient_accumulation_boundary())
+        if boundary and self._own_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self._params, self._own_clip)
         self._ds.step()
         return boundary
 

@@ -324,7 +324,11 @@ def run_training(
                 S.TRAIN_SPLIT: _dataset(pipe, S.TRAIN_SPLIT, spec.data.cache),
                 S.TUNING_SPLIT: _dataset(pipe, S.TUNING_SPLIT, spec.data.cache),
             },
-            dataset_config=DataConfig(datasets_to_split=[S.TRAIN_SPLIT]),
+            # One worker reads the whole train split: Ray's split coordinator actor (and its
+            # per-epoch start-up barrier) would only hand every block to that one worker.
+            dataset_config=DataConfig(
+                datasets_to_split=[S.TRAIN_SPLIT] if spec.train.num_workers > 1 else []
+            ),
         )
 
     import ray.train

@@ -24,19 +24,7 @@ class _Failure:
         self.exc = exc
 
 
-def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
-    """Yield ``items`` in order, produced up to ``depth`` ahead by a background thread.
-
-    An exception in the producer is re-raised in the consumer at the point it occurred in the
-    sequence. Closing the generator early (``break``, garbage collection) stops the producer
-    after at most one more item. ``depth <= 0`` iterates inline.
-    """
-    if depth <= 0:
-        yield from items
-        return
-    q: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
+def _produce(items: Iterable[object], q: queue.Queue[object], stop: threading.Event) -> None:
     def put(item: object) -> bool:
         while not stop.is_set():
             try:
@@ -46,26 +34,71 @@ def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
                 continue
         return False
 
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-        except BaseException as e:  # handed to the consumer, raised there
-            put(_Failure(e))
-            return
-        put(_END)
-
-    t = threading.Thread(target=produce, name="ehrsurv-prefetch", daemon=True)
-    t.start()
     try:
-        while True:
-            item = q.get()
-            if item is _END:
+        for item in items:
+            if not put(item):
                 return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        t.join(timeout=5)
+    except BaseException as e:  # handed to the consumer, raised there
+        put(_Failure(e))
+        return
+    put(_END)
+
+
+class Prefetch(Iterator[T]):
+    """``items`` in order, produced up to ``depth`` ahead by a thread that starts at once.
+
+    Starting at construction (not at the first ``next``) lets a caller begin the next epoch's
+    batches before it needs them, e.g. while it validates. An exception in the producer is
+    re-raised in the consumer at the point it occurred in the sequence. :meth:`close` (also
+    called when the consumer reaches the end, or on garbage collection) stops the producer
+    after at most one more item.
+    """
+
+    def __init__(self, items: Iterable[T], depth: int) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self._q: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        # The thread holds the queue and the flag, not this object, so an abandoned Prefetch
+        # is collected and its __del__ stops the thread.
+        self._t = threading.Thread(
+            target=_produce,
+            args=(items, self._q, self._stop),
+            name="ehrsurv-prefetch",
+            daemon=True,
+        )
+        self._t.start()
+
+    def __iter__(self) -> Prefetch[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._done:
+            raise StopIteration
+        item = self._q.get()
+        if item is _END:
+            self.close()
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self.close()
+            raise item.exc
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the producer (it finishes the item in hand, then exits) and wait for it."""
+        self._done = True
+        self._stop.set()
+        if self._t.is_alive() and self._t is not threading.current_thread():
+            self._t.join(timeout=5)
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """``items`` produced up to ``depth`` ahead by a background thread (:class:`Prefetch`);
+    ``depth <= 0`` iterates inline."""
+    if depth <= 0:
+        return iter(items)
+    return Prefetch(items, depth)

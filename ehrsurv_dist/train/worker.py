@@ -138,22 +138,33 @@ def train_func(config: dict[str, Any]) -> None:
     scaling = spec.finetune.lora_alpha / spec.finetune.lora_rank
     fault_after = config.get("fault_after_epoch") if ckpt is None else None
     progress = config.get("progress")  # the driver's progress actor (train/progress.py)
+
+    def epoch_batches(epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        # With prefetching on, a thread starts reading and collating at once (Prefetch).
+        return prefetch(iter_shard_batches(train_shard, bspec, epoch), spec.data.prefetch_batches)
+
+    upcoming: tuple[int, Iterator[dict[str, np.ndarray]]] | None = None
     while state.epoch < spec.train.epochs and not state.should_stop(spec.train.patience):
         epoch = state.epoch
         # Dropout etc. draw from a stream keyed by (seed, epoch, rank): a resumed run replays
         # exactly what an uninterrupted one would have drawn, with no RNG state to save.
         torch.manual_seed((spec.seed * 1_000_003 + epoch * 1_009 + rank) % (2**63))
+        batches = upcoming[1] if upcoming is not None and upcoming[0] == epoch else None
         res = train_epoch(
             engine,
             task,
-            synchronized(
-                prefetch(iter_shard_batches(train_shard, bspec, epoch), spec.data.prefetch_batches),
-                ecfg.grad_accum,
-            ),
+            synchronized(batches if batches is not None else epoch_batches(epoch), ecfg.grad_accum),
             device,
             epoch,
             on_step=step_reporter(progress, epoch, world) if progress and rank == 0 else None,
         )
+        # The next epoch's first batches are read and collated while this one is validated and
+        # checkpointed, instead of at the start of the next epoch (its Ray Data start-up was
+        # most of the trainer's data wait). Batches depend only on (seed, epoch), so this
+        # changes no number. Dropped unused if early stopping ends the run.
+        upcoming = None
+        if epoch + 1 < spec.train.epochs and spec.data.prefetch_batches > 0:
+            upcoming = (epoch + 1, epoch_batches(epoch + 1))
         t_val = time.perf_counter()
         metrics: dict[str, Any] = {"epoch": epoch, "lr": engine.lr}
         if mode == "finetune":
@@ -225,3 +236,7 @@ def train_func(config: dict[str, Any]) -> None:
         if fault_after is not None and epoch == fault_after and rank == world - 1:
             # fault injection for the recovery tests (EHRSURV_FAULT_AFTER_EPOCH, see launch.py)
             raise RuntimeError(f"injected fault after epoch {epoch} on rank {rank}")
+    if upcoming is not None:  # early stopping: the prepared epoch never runs
+        close = getattr(upcoming[1], "close", None)
+        if close is not None:
+            close()

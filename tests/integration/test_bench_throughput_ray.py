@@ -27,6 +27,7 @@ def test_bench_throughput_writes_every_key(tmp_path: Path, ray_local: None) -> N
         batch_size=16,
         max_seq_len=64,
         epochs=2,
+        rounds=1,
         zero_stages=[1],
         attention_len=32,
         attention_repeats=1,

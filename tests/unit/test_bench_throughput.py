@@ -7,7 +7,7 @@ import torch
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.bench import attention as A
-from ehrsurv_dist.bench.throughput import RssRise, model_state_bytes_per_rank, steady
+from ehrsurv_dist.bench.throughput import RssRise, model_state_bytes_per_rank, pooled, steady
 from ehrsurv_dist.models import builders as B
 from ehrsurv_dist.models.behrt import build_attention_mask
 
@@ -100,6 +100,26 @@ def test_model_state_bytes_per_rank() -> None:
 def test_steady_skips_the_warmup_epoch() -> None:
     assert steady([5.0, 1.0, 2.0]) == [1.0, 2.0]
     assert steady([5.0]) == [5.0]
+
+
+def test_pooled_takes_the_steady_epochs_of_every_run() -> None:
+    runs = [
+        {
+            "epoch_s": [9.0, 1.0, 2.0],
+            "tokens": [5.0, 6.0, 7.0],
+            "wait": [0.9, 0.1, 0.2],
+            "steps": [3, 3, 3],
+        },
+        {"epoch_s": [8.0, 3.0], "tokens": [5.0, 8.0], "wait": [0.8, 0.3], "steps": [3, 3]},
+    ]
+    p = pooled(runs)
+    # each run's warm-up epoch (9.0, 8.0) is left out; the rest are kept in order
+    assert p == {
+        "epoch_s": [1.0, 2.0, 3.0],
+        "tokens": [6.0, 7.0, 8.0],
+        "wait": [0.1, 0.2, 0.3],
+        "steps": [3, 3, 3],
+    }
 
 
 def test_rss_rise_sees_an_allocation() -> None:

@@ -63,3 +63,41 @@ def test_prefetch_prepares_the_next_items_while_the_consumer_holds_one() -> None
     # while item 0 is in use (the training step), items 1 and 2 get collated
     assert ready.wait(timeout=10)
     assert list(it) == [1, 2, 3, 4, 5]
+
+
+def test_prefetch_starts_producing_before_the_first_next() -> None:
+    """The worker builds the next epoch's Prefetch before validating: it must fill meanwhile."""
+    produced = []
+    filled = threading.Event()
+
+    def gen() -> Iterator[int]:
+        for i in range(10):
+            produced.append(i)
+            if len(produced) == 3:
+                filled.set()
+            yield i
+
+    it = prefetch(gen(), 2)
+    assert filled.wait(timeout=10)  # nobody has called next() yet
+    assert list(it) == list(range(10))
+
+
+def test_an_abandoned_prefetch_stops_its_thread() -> None:
+    """A next epoch that never runs (early stopping): dropping the iterator ends the producer."""
+    import gc
+
+    def gen() -> Iterator[int]:
+        yield from range(10_000)
+
+    def alive() -> int:
+        return sum(t.name == "ehrsurv-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    before = alive()
+    it = prefetch(gen(), 2)
+    assert alive() == before + 1
+    del it
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while alive() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive() == before
