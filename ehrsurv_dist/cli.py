@@ -219,6 +219,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_trials(expand_trials(spec)))
         return EXIT_OK
+    if not args.out:
+        raise EhrsurvError("tune: --out is required (only --dry-run runs without it)")
     import ray
 
     started = not ray.is_initialized()
@@ -231,10 +233,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_job_args(p: argparse.ArgumentParser) -> None:
+def _add_job_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--config", help="job YAML (jobs/NAME.yaml); its values override the defaults")
     p.add_argument("--cohort", help="MEDS cohort directory or URI (overrides data.cohort)")
-    p.add_argument("--out", required=True, help="run directory: new, or the same run to resume it")
+    p.add_argument(
+        "--out",
+        required=out_required,
+        help="run directory: new, or the same run to resume it"
+        + ("" if out_required else " (required unless --dry-run)"),
+    )
     p.add_argument(
         "overrides",
         nargs="*",
@@ -660,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         "td-C vs trainable-parameters plot, best.yaml and the best model on held_out. "
         "Re-running the same command resumes the sweep. See docs/tuning.md.",
     )
-    _add_job_args(tu)
+    _add_job_args(tu, out_required=False)
     tu.add_argument("--init", help="pretrained run directory to initialise every trial from")
     tu.add_argument(
         "--dry-run", action="store_true", help="list the trials of the search space and exit"

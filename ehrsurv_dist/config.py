@@ -204,7 +204,8 @@ class DataConfig:
     prefetch_batches: int = option(
         4,
         "Batches a train worker buckets, pads and masks ahead in a background thread, "
-        "overlapping collation with the training step (>= 0; 0 = inline).",
+        "overlapping collation with the training step; the thread of the next epoch starts "
+        "while the current one is validated (>= 0; 0 = inline, no look-ahead).",
     )
     drop_bad_subjects: bool = option(
         False,

@@ -238,9 +238,14 @@ def test_results_files_and_best_yaml(tmp_path: Path) -> None:
 
 def test_cli_dry_run_lists_trials(capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(ROOT / "jobs" / "tune_losses.yaml")
-    assert cli.main(["tune", "--config", cfg, "--out", "unused", "--dry-run"]) == 0
+    assert cli.main(["tune", "--config", cfg, "--dry-run"]) == 0  # no --out needed to list
     out = capsys.readouterr().out
     assert out.startswith("16 trial(s):") and "t015_bidirectional" in out
+    # a real sweep without --out is refused on one line, before Ray starts
+    assert cli.main(["tune", "--config", cfg]) != 0
+    captured = capsys.readouterr()
+    assert "--out is required (only --dry-run runs without it)" in captured.err
+    assert "Traceback" not in captured.err
     rc = cli.main(["tune", "--config", cfg, "--out", "x", "--dry-run", "tune.num_samples=0"])
     assert rc != 0
     assert "tune.num_samples: must be >= 1" in capsys.readouterr().err
