@@ -155,10 +155,25 @@ def check_resume_checkpoints(out: str) -> None:
         log.warning("%s: %s", out, choice.warning())
 
 
+def quiet_ray_data_console() -> None:
+    """Keep Ray Data's INFO lines (execution plans and, without a terminal, a progress summary
+    every few seconds: ~300 lines for one small sweep) out of the console; they still go to
+    the session's ``logs/ray-data`` files, and warnings and errors still reach the console.
+    ``RAY_DATA_LOG_LEVEL`` / ``RAY_DATA_LOGGING_CONFIG`` users keep what they asked for."""
+    if os.environ.get("RAY_DATA_LOG_LEVEL") or os.environ.get("RAY_DATA_LOGGING_CONFIG"):
+        return
+    import ray.data  # noqa: F401  (configures the "ray.data" logger on import)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":  # the console handler
+            handler.setLevel(max(handler.level, logging.WARNING))
+
+
 def init_ray(spec: JobSpec) -> None:
     """Connect to ``ray.address`` / ``RAY_ADDRESS``, else start an in-process local Ray."""
     import ray
 
+    quiet_ray_data_console()
     if ray.is_initialized():
         return
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")

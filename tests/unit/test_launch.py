@@ -41,3 +41,21 @@ def test_run_dir_contract(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="not empty"):
         prepare_run_dir(str(other), spec, "finetune")
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_ray_data_info_lines_stay_off_the_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from ehrsurv_dist.train.launch import quiet_ray_data_console
+
+    monkeypatch.delenv("RAY_DATA_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
+    quiet_ray_data_console()
+    handlers = logging.getLogger("ray.data").handlers
+    console = [h for h in handlers if type(h).__name__ != "SessionFileHandler"]
+    files = [h for h in handlers if type(h).__name__ == "SessionFileHandler"]
+    assert console and files
+    # INFO (plans, progress summaries) is dropped on the console, warnings still pass ...
+    assert all(h.level > logging.INFO and h.level <= logging.WARNING for h in console)
+    # ... and the session's ray-data log file still gets everything
+    assert all(h.level <= logging.INFO for h in files)
