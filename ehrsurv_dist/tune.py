@@ -56,7 +56,6 @@ import numpy as np
 from ehrsurv_dist.config import (
     ConfigError,
     apply_overrides,
-    dump_yaml,
     load_config,
     option,
     require,
@@ -64,7 +63,7 @@ from ehrsurv_dist.config import (
     to_dict,
 )
 from ehrsurv_dist.data import io
-from ehrsurv_dist.errors import EhrsurvError, OutputError
+from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -584,26 +583,9 @@ def prepare_sweep_dir(out: str, spec: TuneJobSpec) -> bool:
     Raises:
         OutputError: ``out`` holds another sweep or other files, or is not writable.
     """
-    cfg = os.path.join(out, "config.yaml")
-    if os.path.exists(cfg):
-        try:
-            old = load_config(TuneJobSpec, cfg)
-        except ConfigError as e:
-            raise OutputError(f"{out} holds a sweep whose config cannot be read: {e}") from None
-        if old != spec:
-            raise OutputError(
-                f"{out} already holds another sweep (different config); choose a new --out, "
-                "or re-run with the same config to resume it"
-            )
-        return True
-    if os.path.isdir(out) and os.listdir(out):
-        raise OutputError(f"{out} is not empty and holds no sweep; choose a new --out")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot write to {out}: {e.strerror or e}") from None
-    dump_yaml(spec, cfg)
-    return False
+    from ehrsurv_dist.train.launch import claim_output_dir
+
+    return claim_output_dir(out, TuneJobSpec, spec, "sweep")
 
 
 def run_sweep(spec: TuneJobSpec, out: str, *, progress: bool = True) -> SweepResult:

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,30 +50,36 @@ class RunResult:
     export: str
 
 
-def prepare_run_dir(out: str, spec: JobSpec, mode: str) -> bool:
-    """Create ``out`` or check that it holds this same run (then it resumes); True = resume.
+def claim_output_dir(
+    out: str,
+    schema: type[Any],
+    spec: Any,
+    what: str,
+    *,
+    differs: str = "different config",
+    same: Callable[[], bool] = lambda: True,
+) -> bool:
+    """Create ``out`` for a new ``what`` (run, sweep), or check that it holds this same one, which
+    then resumes; True = resume. Its ``config.yaml`` (``spec`` of ``schema``) is its identity.
 
     Raises:
-        OutputError: ``out`` holds another run, other files, is not writable, or its
-            filesystem has less than ``train.min_free_gb`` free.
+        OutputError: ``out`` holds another ``what`` (a different config, or ``same()`` false),
+            an unreadable config, other files, or is not writable.
     """
-    check_free_space(out, spec.train.min_free_gb)
     cfg_path = os.path.join(out, "config.yaml")
     if os.path.exists(cfg_path):
         try:
-            old = load_config(JobSpec, cfg_path)
+            old = load_config(schema, cfg_path)
         except ConfigError as e:
-            raise OutputError(f"{out} holds a run whose config cannot be read: {e}") from None
-        mode_file = os.path.join(out, "MODE")
-        old_mode = open(mode_file).read().strip() if os.path.exists(mode_file) else "?"
-        if old != spec or old_mode != mode:
+            raise OutputError(f"{out} holds a {what} whose config cannot be read: {e}") from None
+        if old != spec or not same():
             raise OutputError(
-                f"{out} already holds another run (different config or mode); "
+                f"{out} already holds another {what} ({differs}); "
                 "choose a new --out, or re-run with the same config to resume it"
             )
         return True
     if os.path.isdir(out) and os.listdir(out):
-        raise OutputError(f"{out} is not empty and holds no run; choose a new --out")
+        raise OutputError(f"{out} is not empty and holds no {what}; choose a new --out")
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write-probe")
@@ -83,7 +89,28 @@ def prepare_run_dir(out: str, spec: JobSpec, mode: str) -> bool:
     except OSError as e:
         raise OutputError(f"cannot write to {out}: {e.strerror or e}") from None
     dump_yaml(spec, cfg_path)
-    io.write_text_atomic(mode + "\n", os.path.join(out, "MODE"))
+    return False
+
+
+def prepare_run_dir(out: str, spec: JobSpec, mode: str) -> bool:
+    """Create ``out`` or check that it holds this same run (then it resumes); True = resume.
+
+    Raises:
+        OutputError: ``out`` holds another run, other files, is not writable, or its
+            filesystem has less than ``train.min_free_gb`` free.
+    """
+    check_free_space(out, spec.train.min_free_gb)
+    mode_file = os.path.join(out, "MODE")
+
+    def same_mode() -> bool:
+        old_mode = open(mode_file).read().strip() if os.path.exists(mode_file) else "?"
+        return old_mode == mode
+
+    if claim_output_dir(
+        out, JobSpec, spec, "run", differs="different config or mode", same=same_mode
+    ):
+        return True
+    io.write_text_atomic(mode + "\n", mode_file)
     return False
 
 

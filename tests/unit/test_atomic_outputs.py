@@ -44,7 +44,7 @@ ATOMIC_MARKERS = ("os.replace(", "atomic_path(")
 REVIEWED = {
     ("train/worker.py", "train_func"): "writes into a TemporaryDirectory that Ray uploads; the "
     "per-rank MANIFEST (written last, atomically) and Ray's registration commit it",
-    ("train/launch.py", "prepare_run_dir"): "a write probe, removed at once",
+    ("train/launch.py", "claim_output_dir"): "a write probe, removed at once",
     ("bench/throughput.py", "_prepare_out"): "a write probe, removed at once",
     ("testing.py", "write_cohort"): "builds input cohorts for tests, not a command output",
     ("tune.py", "after_worker_group_start"): "an internal append-only record of placement "
