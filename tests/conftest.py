@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -20,3 +22,31 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def make_untrained_run() -> Callable[[str, str, Sequence[Any]], Any]:
+    """``make(cohort, out, overrides) -> spec``: a finetune run directory (config.yaml, MODE,
+    vocab.json, the export) with untrained weights, for the tests of evaluate/predict that need
+    a run but not training."""
+
+    def make(cohort: str, out: str, overrides: Sequence[Any]) -> Any:
+        from ehrsurv_dist.config import load_config
+        from ehrsurv_dist.data.pipeline import IngestPipeline
+        from ehrsurv_dist.jobspec import JobSpec
+        from ehrsurv_dist.train import modeling
+        from ehrsurv_dist.train.launch import EXPORT, prepare_run_dir
+
+        spec = load_config(JobSpec, None, [*overrides, ("data.cohort", cohort)])
+        prepare_run_dir(out, spec, "finetune")
+        fit = IngestPipeline(cohort, spec.data, seed=spec.seed).fit(
+            vocab_path=os.path.join(out, "vocab.json")
+        )
+        model = modeling.build_model(spec, fit.vocab.size, "finetune")
+        cfg = modeling.model_config(spec, fit.vocab.size)
+        modeling.save_export(
+            os.path.join(out, EXPORT), model.state_dict(), cfg, spec, "finetune", fit.vocab.hash
+        )
+        return spec
+
+    return make

@@ -34,6 +34,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -87,25 +88,10 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def run_dir(smoke: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def run_dir(smoke: str, tmp_path_factory: pytest.TempPathFactory, make_untrained_run: Any) -> str:
     """A finetune run directory (config.yaml, MODE, vocab.json, the export), untrained weights."""
-    from ehrsurv_dist.config import load_config
-    from ehrsurv_dist.data.pipeline import IngestPipeline
-    from ehrsurv_dist.jobspec import JobSpec
-    from ehrsurv_dist.train import modeling
-    from ehrsurv_dist.train.launch import EXPORT, prepare_run_dir
-
     out = str(tmp_path_factory.mktemp("bad_inputs") / "run")
-    spec = load_config(JobSpec, None, [*TINY, ("data.cohort", smoke)])
-    prepare_run_dir(out, spec, "finetune")
-    fit = IngestPipeline(smoke, spec.data, seed=spec.seed).fit(
-        vocab_path=os.path.join(out, "vocab.json")
-    )
-    model = modeling.build_model(spec, fit.vocab.size, "finetune")
-    cfg = modeling.model_config(spec, fit.vocab.size)
-    modeling.save_export(
-        os.path.join(out, EXPORT), model.state_dict(), cfg, spec, "finetune", fit.vocab.hash
-    )
+    make_untrained_run(smoke, out, TINY)
     return out
 
 

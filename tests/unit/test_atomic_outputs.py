@@ -16,6 +16,7 @@ import ast
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -184,17 +185,12 @@ def test_interrupted_plot_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_interrupted_predict_leaves_no_predictions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_untrained_run: Any
 ) -> None:
     """``predict`` killed while writing its Parquet: no file at --out (single-process path)."""
     from ehrsurv_dist import schema as S
-    from ehrsurv_dist.config import load_config
-    from ehrsurv_dist.data.pipeline import IngestPipeline
     from ehrsurv_dist.evaluate import predict_cohort
-    from ehrsurv_dist.jobspec import JobSpec
     from ehrsurv_dist.testing import write_cohort
-    from ehrsurv_dist.train import modeling
-    from ehrsurv_dist.train.launch import EXPORT, prepare_run_dir
 
     rows = []
     for s in range(1, 9):
@@ -203,22 +199,7 @@ def test_interrupted_predict_leaves_no_predictions(
         tmp_path / "c", rows, [(s, s % 2 == 0, "2020-06-01") for s in range(1, 9)]
     )
     run = str(tmp_path / "run")
-    spec = load_config(
-        JobSpec, None, ["model.size=tiny", "train.min_free_gb=0", ("data.cohort", cohort)]
-    )
-    prepare_run_dir(run, spec, "finetune")
-    fit = IngestPipeline(cohort, spec.data, seed=spec.seed).fit(
-        vocab_path=os.path.join(run, "vocab.json")
-    )
-    model = modeling.build_model(spec, fit.vocab.size, "finetune")
-    modeling.save_export(
-        os.path.join(run, EXPORT),
-        model.state_dict(),
-        modeling.model_config(spec, fit.vocab.size),
-        spec,
-        "finetune",
-        fit.vocab.hash,
-    )
+    make_untrained_run(cohort, run, ["model.size=tiny", "train.min_free_gb=0"])
     out_dir = tmp_path / "pred"
     out_dir.mkdir()
     real = pq.write_table

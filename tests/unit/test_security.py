@@ -12,9 +12,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -250,30 +250,14 @@ PREDICTION_COLUMNS = {
 }
 
 
-def test_predict_output_carries_no_input_codes(tmp_path: Path) -> None:
+def test_predict_output_carries_no_input_codes(tmp_path: Path, make_untrained_run: Any) -> None:
     """``predict`` (single-process path) on a cohort of distinctive codes: the file holds the
     contract's columns only, and none of the cohort's codes or dates appear in it."""
-    from ehrsurv_dist.config import load_config
-    from ehrsurv_dist.data.pipeline import IngestPipeline
     from ehrsurv_dist.evaluate import predict_cohort
-    from ehrsurv_dist.jobspec import JobSpec
-    from ehrsurv_dist.train import modeling
-    from ehrsurv_dist.train.launch import EXPORT, prepare_run_dir
 
     cohort, secrets = _distinctive_cohort(tmp_path / "c")
     run = str(tmp_path / "run")
-    spec = load_config(
-        JobSpec, None, ["model.size=tiny", "train.min_free_gb=0", ("data.cohort", cohort)]
-    )
-    prepare_run_dir(run, spec, "finetune")
-    fit = IngestPipeline(cohort, spec.data, seed=spec.seed).fit(
-        vocab_path=os.path.join(run, "vocab.json")
-    )
-    model = modeling.build_model(spec, fit.vocab.size, "finetune")
-    cfg = modeling.model_config(spec, fit.vocab.size)
-    modeling.save_export(
-        os.path.join(run, EXPORT), model.state_dict(), cfg, spec, "finetune", fit.vocab.hash
-    )
+    make_untrained_run(cohort, run, ["model.size=tiny", "train.min_free_gb=0"])
     out = tmp_path / "pred.parquet"
     assert predict_cohort(run, cohort, str(out), use_ray=False).subjects == 12
     t = pq.read_table(out)
