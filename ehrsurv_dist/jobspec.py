@@ -121,6 +121,13 @@ class TrainSpec:
         "Refuse to start (or resume) when the run directory's filesystem has less free space "
         "than this, in GB (0 = no check): checkpoints must not fail half-way for lack of disk.",
     )
+    step_log: str | None = option(
+        None,
+        "JSON-lines file to which every worker appends, after each epoch, the wall time of each "
+        'training step: {"epoch", "rank", "step_seconds": [...]} (null = off). Written on the '
+        "node where the worker runs; a relative path is taken from where the job is launched. "
+        "For finding slow steps (stalls, stragglers) and for `ehrsurv bench throughput`.",
+    )
     engine: EngineConfig = section(EngineConfig, "Optimiser, schedule, precision and backend.")
 
     def __post_init__(self) -> None:

@@ -411,7 +411,8 @@ def run_training(
 
 
 def _absolute_paths(spec: JobSpec) -> JobSpec:
-    """``data.cohort``, ``data.outcomes`` and ``finetune.init`` as absolute paths (URIs kept)."""
+    """``data.cohort``, ``data.outcomes``, ``finetune.init`` and ``train.step_log`` as absolute
+    paths (URIs kept)."""
 
     def absolute(p: str | None) -> str | None:
         return p if not p or "://" in p else os.path.abspath(p)
@@ -420,7 +421,8 @@ def _absolute_paths(spec: JobSpec) -> JobSpec:
         spec.data, cohort=absolute(spec.data.cohort) or "", outcomes=absolute(spec.data.outcomes)
     )
     ft = dataclasses.replace(spec.finetune, init=absolute(spec.finetune.init))
-    return dataclasses.replace(spec, data=data, finetune=ft)
+    tr = dataclasses.replace(spec.train, step_log=absolute(spec.train.step_log))
+    return dataclasses.replace(spec, data=data, finetune=ft, train=tr)
 
 
 def _dataset(pipe: Any, split: str, cache: bool) -> Any:

@@ -8,7 +8,9 @@ whole (unsharded) validation split, so metrics are over the whole split.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -55,6 +57,7 @@ class EpochResult:
     steps: int
     seconds: float
     data_wait_seconds: float
+    step_seconds: list[float] = field(default_factory=list)
 
     @property
     def data_wait_fraction(self) -> float:
@@ -72,7 +75,8 @@ def train_epoch(
     """One pass over ``batches``: forward, loss, backward, step. Returns this rank's stats.
 
     ``data_wait_seconds`` is the time spent waiting for the next batch: what ingest costs
-    the trainer.
+    the trainer. ``step_seconds`` holds the wall time of every step (waiting for its batch
+    included), in order.
     """
     engine.train()
     t_start = time.perf_counter()
@@ -80,6 +84,7 @@ def train_epoch(
     total = 0.0
     comps: dict[str, float] = {}
     n_batches = subjects = tokens = 0
+    step_seconds: list[float] = []
     it = iter(batches)
     while True:
         t0 = time.perf_counter()
@@ -104,6 +109,7 @@ def train_epoch(
             tokens += int(np.asarray(batch[S.CODE_MASK]).sum())
         if on_step is not None:
             on_step(subjects)
+        step_seconds.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - t_start
     n = max(n_batches, 1)
     return EpochResult(
@@ -114,7 +120,36 @@ def train_epoch(
         steps=n_batches,
         seconds=seconds,
         data_wait_seconds=wait,
+        step_seconds=step_seconds,
     )
+
+
+def append_step_log(path: str, epoch: int, rank: int, step_seconds: list[float]) -> None:
+    """Append one epoch's per-step wall times of one rank to the JSON-lines file ``path``.
+
+    One line ``{"epoch", "rank", "step_seconds"}``, written by a single ``write`` on a file
+    opened for appending, so lines of ranks sharing a file do not interleave. The file is on
+    the node where the rank runs (``train.step_log``).
+    """
+    line = json.dumps({"epoch": epoch, "rank": rank, "step_seconds": step_seconds}) + "\n"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_step_log(path: str, rank: int = 0) -> dict[int, list[float]]:
+    """The per-step wall times of ``rank`` by epoch, from a file of :func:`append_step_log`
+    (an epoch logged twice, e.g. re-run after a resume, keeps its last line)."""
+    out: dict[int, list[float]] = {}
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["rank"] == rank:
+                out[int(rec["epoch"])] = [float(x) for x in rec["step_seconds"]]
+    return out
 
 
 def synchronized(batches: Iterable[Batch], group: int = 1) -> Iterator[Batch]:

@@ -12,6 +12,7 @@ import pytest
 
 from ehrsurv_dist.bench.throughput import REQUIRED_KEYS, run_throughput_bench
 from ehrsurv_dist.data.synthetic import synthesize
+from ehrsurv_dist.train.loop import read_step_log
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,15 @@ def test_bench_throughput_writes_every_key(tmp_path: Path, ray_local: None) -> N
     assert saved["flat_hier_attention_ops_ratio_seed"] == pytest.approx(
         (6 * 4) ** 2 / (6 * 4**2 + 6**2)
     )
+    # one round, one steady epoch: its step floor is that epoch's steps, inside its wall time
+    assert 0 < saved["ray_1w_step_floor_epoch_s"] <= saved["ray_1w_epoch_s"]
+    assert 0 < saved["plain_step_floor_epoch_s"] <= saved["plain_epoch_s"]
+    # every rank of the 2-worker run logged every epoch's steps, the same number on each
+    log = os.path.join(out, "runs", "w2_zero1", "step_log.jsonl")
+    ranks = [read_step_log(log, rank=r) for r in (0, 1)]
+    assert sorted(ranks[0]) == sorted(ranks[1]) == [0, 1]
+    for epoch in (0, 1):
+        assert len(ranks[0][epoch]) == len(ranks[1][epoch]) > 0
     text = open(os.path.join(out, "SUMMARY.md")).read()
     assert "train_overhead_ratio" in text and "ZeRO" in text
 

@@ -7,7 +7,13 @@ import torch
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.bench import attention as A
-from ehrsurv_dist.bench.throughput import RssRise, model_state_bytes_per_rank, pooled, steady
+from ehrsurv_dist.bench.throughput import (
+    RssRise,
+    model_state_bytes_per_rank,
+    pooled,
+    steady,
+    step_floor,
+)
 from ehrsurv_dist.models import builders as B
 from ehrsurv_dist.models.behrt import build_attention_mask
 
@@ -120,6 +126,28 @@ def test_pooled_takes_the_steady_epochs_of_every_run() -> None:
         "wait": [0.1, 0.2, 0.3],
         "steps": [3, 3, 3],
     }
+
+
+def test_step_floor_takes_each_steps_fastest_round() -> None:
+    rounds = [
+        [[9.0, 9.0], [1.0, 5.0, 2.0], [4.0]],  # round 0: epochs 0 (warm-up), 1, 2
+        [[8.0, 8.0], [3.0, 1.0, 2.5], [3.0]],  # round 1
+        [[7.0, 7.0], [2.0, 4.0, 0.5], [6.0]],  # round 2
+    ]
+    # epoch 1: min(1,3,2) + min(5,1,4) + min(2,2.5,0.5) = 1 + 1 + 0.5; epoch 2: min(4,3,6)
+    assert step_floor(rounds) == [2.5, 3.0]
+    # the floor is never above any round's own epoch, and one round is its own floor
+    assert step_floor(rounds, skip=0)[0] == 7.0 + 7.0
+    assert step_floor(rounds[:1]) == [8.0, 4.0]
+
+
+def test_step_floor_refuses_rounds_that_did_different_work() -> None:
+    with pytest.raises(ValueError, match="differ in steps"):
+        step_floor([[[1.0], [1.0, 2.0]], [[1.0], [1.0]]])
+    with pytest.raises(ValueError, match="differ in epochs"):
+        step_floor([[[1.0], [1.0]], [[1.0]]])
+    with pytest.raises(ValueError, match="no rounds"):
+        step_floor([])
 
 
 def test_rss_rise_sees_an_allocation() -> None:

@@ -17,11 +17,17 @@ def test_local_paths_become_absolute_uris_stay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    spec = load_config(JobSpec, None, [("data.cohort", "c"), ("finetune.init", "runs/pre")])
+    spec = load_config(
+        JobSpec,
+        None,
+        [("data.cohort", "c"), ("finetune.init", "runs/pre"), ("train.step_log", "steps.jsonl")],
+    )
     a = _absolute_paths(spec)
     assert a.data.cohort == os.path.join(str(tmp_path), "c")
     assert a.finetune.init == os.path.join(str(tmp_path), "runs", "pre")
+    assert a.train.step_log == os.path.join(str(tmp_path), "steps.jsonl")
     assert a.data.outcomes is None
+    assert _absolute_paths(load_config(JobSpec, None, [])).train.step_log is None
     s3 = load_config(JobSpec, None, [("data.cohort", "s3://bucket/cohort")])
     assert _absolute_paths(s3).data.cohort == "s3://bucket/cohort"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,15 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.models import behrt_tiny, build_pretraining_model, build_survival_model
 from ehrsurv_dist.models.builders import example_flat_batch
 from ehrsurv_dist.objectives import survival as L
-from ehrsurv_dist.train.loop import LoopState, Predictions, predict
+from ehrsurv_dist.train.engine import EngineConfig, build_engine
+from ehrsurv_dist.train.loop import (
+    LoopState,
+    Predictions,
+    append_step_log,
+    predict,
+    read_step_log,
+    train_epoch,
+)
 from ehrsurv_dist.train.tasks import PretrainTask, SurvivalTask
 
 VOCAB = 97
@@ -136,3 +145,26 @@ def test_synchronized_single_rank_keeps_whole_groups() -> None:
     batches = [{"i": np.array([i])} for i in range(7)]
     assert [int(b["i"][0]) for b in synchronized(batches, 1)] == list(range(7))
     assert [int(b["i"][0]) for b in synchronized(batches, 3)] == list(range(6))
+
+
+def test_train_epoch_times_every_step() -> None:
+    model = build_survival_model(behrt_tiny(VOCAB, 64))
+    engine = build_engine(model, EngineConfig(engine="torch", lr=1e-3), total_steps=3)
+    batches = [example_flat_batch(VOCAB, batch_size=2, seed=s) for s in range(3)]
+    res = train_epoch(engine, SurvivalTask(), batches, torch.device("cpu"), epoch=0)
+    assert res.steps == 3 and len(res.step_seconds) == 3
+    assert all(t > 0 for t in res.step_seconds)
+    # the steps are disjoint slices of the epoch (each includes its wait for the batch)
+    assert sum(res.step_seconds) <= res.seconds
+    assert sum(res.step_seconds) >= res.data_wait_seconds
+
+
+def test_step_log_round_trip_per_rank(tmp_path: Path) -> None:
+    path = str(tmp_path / "logs" / "steps.jsonl")
+    append_step_log(path, 0, 0, [0.5, 0.25])
+    append_step_log(path, 0, 1, [0.75])
+    append_step_log(path, 1, 0, [0.125])
+    append_step_log(path, 1, 0, [0.0625, 0.5])  # epoch 1 again (re-run after a resume)
+    assert read_step_log(path, rank=0) == {0: [0.5, 0.25], 1: [0.0625, 0.5]}
+    assert read_step_log(path, rank=1) == {0: [0.75]}
+    assert len(open(path).read().splitlines()) == 4
