@@ -36,6 +36,9 @@ load:
     epoch), ``train_overhead_ratio_median`` (median epochs), and
     ``train_overhead_ratio_round_min``/``_max`` (best epochs of each round on its own).
     Equal work is checked: the same steps in every epoch and the same tokens per epoch.
+    Where the difference goes: ``train_cpu_ratio`` (the training thread's CPU time per epoch,
+    ``time.thread_time``, Ray ÷ plain: the work itself) and ``*_off_cpu_fraction`` (the share
+    of the epoch in which that thread was not running: GIL, other threads and processes).
     ``plain_stream_*`` is the same plain loop reading its batches from the single-process
     data path inside the timed epoch (what a plain script without a data loader would pay).
 (b) ``data_wait_fraction``: what the trainer itself reports (time waiting for the next batch ÷
@@ -266,6 +269,7 @@ def ray_run(settings: TrainSettings, workers: int, zero_stage: int, out: str) ->
     Returns:
         ``epoch_s`` / ``tokens`` / ``wait`` per epoch (from the workers' reports), ``steps``,
         ``step_s`` (rank 0's wall time of every step, per epoch, from ``train.step_log``),
+        ``cpu_s`` (rank 0's training-thread CPU time per epoch, from the same log),
         the per-worker peak RSS (MB) and the run's wall time.
     """
     from ehrsurv_dist.train.launch import run_training
@@ -282,7 +286,8 @@ def ray_run(settings: TrainSettings, workers: int, zero_stage: int, out: str) ->
         raise RuntimeError(f"run {out} reported epochs {[h['epoch'] for h in hist]}")
     by_epoch = read_step_log(step_log, rank=0)
     return {
-        "step_s": [by_epoch[e] for e in range(settings.epochs)],
+        "step_s": [by_epoch[e]["step_seconds"] for e in range(settings.epochs)],
+        "cpu_s": [by_epoch[e]["cpu_seconds"] for e in range(settings.epochs)],
         "epoch_s": [float(h["epoch_seconds"]) for h in hist],
         # tokens_per_s = tokens of all ranks / slowest rank's epoch seconds
         "tokens": [float(h["tokens_per_s"]) * float(h["epoch_seconds"]) for h in hist],
@@ -325,8 +330,8 @@ def plain_loop(
 
     Returns:
         ``epoch_s``, ``tokens``, ``wait`` (data-wait fraction), ``steps``, ``step_s`` (the wall
-        time of every step, timed as :func:`~ehrsurv_dist.train.loop.train_epoch` does) per
-        epoch and the mean training loss per epoch.
+        time of every step, timed as :func:`~ehrsurv_dist.train.loop.train_epoch` does),
+        ``cpu_s`` (the loop thread's CPU time) per epoch and the mean training loss per epoch.
     """
     import torch
 
@@ -369,6 +374,7 @@ def plain_loop(
             "wait": [],
             "steps": [],
             "step_s": [],
+            "cpu_s": [],
             "loss": [],
         }
         for epoch in range(spec.train.epochs):
@@ -381,6 +387,7 @@ def plain_loop(
             steps = tokens = 0
             step_s: list[float] = []
             t_start = time.perf_counter()
+            cpu_start = time.thread_time()
             it = iter(batches)
             while True:
                 t0 = time.perf_counter()
@@ -401,6 +408,7 @@ def plain_loop(
                 tokens += int(np.asarray(batch[S.ATTENTION_MASK]).sum())
                 step_s.append(time.perf_counter() - t0)
             secs = time.perf_counter() - t_start
+            out["cpu_s"].append(time.thread_time() - cpu_start)
             out["epoch_s"].append(secs)
             out["tokens"].append(float(tokens))
             out["wait"].append(wait / secs if secs > 0 else 0.0)
@@ -443,6 +451,28 @@ def step_floor(rounds: Sequence[Sequence[Sequence[float]]], skip: int = 1) -> li
             raise ValueError(f"epoch {e}: rounds differ in steps: {sorted(lengths)}")
         floors.append(float(np.min(np.asarray([r[e] for r in rounds], dtype=float), axis=0).sum()))
     return floors
+
+
+def off_cpu_fraction(runs: Sequence[Mapping[str, Sequence[float]]], skip: int = 1) -> float:
+    """Share of the steady epochs' wall time in which the training thread was not running:
+    1 − Σ thread CPU time ÷ Σ wall time (``cpu_s`` and ``epoch_s`` of every run, each run's
+    first ``skip`` epochs left out). A loop that never waits is close to 0."""
+    cpu = sum(sum(steady(run["cpu_s"], skip)) for run in runs)
+    wall = sum(sum(steady(run["epoch_s"], skip)) for run in runs)
+    return 1.0 - cpu / wall if wall > 0 else math.nan
+
+
+def _write_step_log(path: str, run: Mapping[str, Any]) -> None:
+    """The plain loop's per-step times, in the format of ``train.step_log`` (rank 0)."""
+    from ehrsurv_dist.train.loop import EpochResult, append_step_log
+
+    if os.path.exists(path):
+        os.remove(path)
+    for epoch, (times, secs, cpu) in enumerate(
+        zip(run["step_s"], run["epoch_s"], run["cpu_s"], strict=True)
+    ):
+        res = EpochResult(0.0, {}, 0, 0, len(times), secs, 0.0, times, cpu)
+        append_step_log(path, epoch, 0, res)
 
 
 def _step_median_total(rounds: Sequence[Sequence[Sequence[float]]], skip: int = 1) -> float:
@@ -553,7 +583,8 @@ def run_throughput_bench(
 
     Args:
         out: output directory (created): ``bench.json``, ``SUMMARY.md``, and ``runs/`` with the
-            Ray runs (``cohort/`` too when the bench synthesises it).
+            Ray runs and every run's per-step times, ``step_log.jsonl`` (the plain loops' in
+            ``runs/plain_r{round}/``); ``cohort/`` too when the bench synthesises it.
         cohort: MEDS cohort; None synthesises ``subjects`` subjects (``synth --signal 3``).
         subjects: size of the synthesised cohort.
         size: model preset of the training runs (``tiny``, ``small``, ...).
@@ -636,6 +667,7 @@ def run_throughput_bench(
             )
         note(f"plain loop (round {r + 1}/{rounds})")
         plain.append(plain_loop(settings, ray1[0]["vocab_path"], threads=threads))
+        _write_step_log(os.path.join(runs_dir, f"plain_r{r}", "step_log.jsonl"), plain[-1])
     vocab_path = ray1[0]["vocab_path"]
     ray_runs: dict[str, dict[str, Any]] = {}
     with _ray_session(num_cpus):
@@ -665,6 +697,9 @@ def run_throughput_bench(
         raise RuntimeError(
             f"unequal work: steps per epoch {ray_steps} (Ray run) vs {plain_steps} (plain loop)"
         )
+    # The training thread's CPU time (its work) per epoch: per epoch the median over rounds.
+    ray_cpu = sum(np.median([steady(r["cpu_s"]) for r in ray1], axis=0))
+    plain_cpu = sum(np.median([steady(r["cpu_s"]) for r in plain], axis=0))
     ray_floor = step_floor([run["step_s"] for run in ray1])
     plain_floor = step_floor([run["step_s"] for run in plain])
     ray_step_median = _step_median_total([run["step_s"] for run in ray1])
@@ -709,6 +744,9 @@ def run_throughput_bench(
         "train_overhead_ratio_best_epoch": r1["epoch_s"] / rp["epoch_s"],
         "train_overhead_ratio_step_median": ray_step_median / plain_step_median,
         "ray_1w_step_floor_epoch_s": statistics.mean(ray_floor),
+        "train_cpu_ratio": ray_cpu / plain_cpu,
+        "ray_1w_off_cpu_fraction": off_cpu_fraction(ray1),
+        "plain_off_cpu_fraction": off_cpu_fraction(plain),
         "plain_step_floor_epoch_s": statistics.mean(plain_floor),
         "data_wait_fraction": r1["data_wait_fraction"],
         "ray_1w_tokens_per_s": r1["tokens_per_s"],
@@ -841,6 +879,13 @@ def summary(r: Mapping[str, Any], cohort: str, size: str, stages: Sequence[int])
         f"{r['train_overhead_ratio_median']:.2f}; best epochs of single rounds: "
         f"{r['train_overhead_ratio_round_min']:.2f} to "
         f"{r['train_overhead_ratio_round_max']:.2f}",
+        f"- where the Ray path's time goes: the training thread's CPU time per epoch, Ray ÷ "
+        f"plain, **{r['train_cpu_ratio']:.2f}** (the work itself: DeepSpeed's engine against "
+        f"plain torch, and what else that thread does); the share of the epoch in which the "
+        f"thread was not running, **{r['ray_1w_off_cpu_fraction']:.3f}** (Ray) against "
+        f"{r['plain_off_cpu_fraction']:.3f} (plain): waiting for the GIL while the worker's "
+        "batch-preparing and Ray threads hold it, for a CPU taken by Ray's other processes, or "
+        "for a batch",
         f"- the first (warm-up) epoch of a 1-worker run: {r['ray_1w_first_epoch_s']:.2f} s "
         "(median of the rounds; Ray Data's first execution and allocator warm-up)",
         f"- `data_wait_fraction` (1 worker, as the trainer reports it): "
@@ -914,6 +959,7 @@ __all__ = [
     "ray_run",
     "run_throughput_bench",
     "steady",
+    "off_cpu_fraction",
     "step_floor",
     "summary",
 ]

@@ -58,6 +58,9 @@ class EpochResult:
     seconds: float
     data_wait_seconds: float
     step_seconds: list[float] = field(default_factory=list)
+    # CPU time of the thread that ran the epoch: ``seconds - cpu_seconds`` is the time it was
+    # not running (waiting for a batch, for the GIL, or for a CPU).
+    cpu_seconds: float = 0.0
 
     @property
     def data_wait_fraction(self) -> float:
@@ -80,6 +83,7 @@ def train_epoch(
     """
     engine.train()
     t_start = time.perf_counter()
+    cpu_start = time.thread_time()
     wait = 0.0
     total = 0.0
     comps: dict[str, float] = {}
@@ -111,6 +115,7 @@ def train_epoch(
             on_step(subjects)
         step_seconds.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - t_start
+    cpu_seconds = time.thread_time() - cpu_start
     n = max(n_batches, 1)
     return EpochResult(
         loss=total / n,
@@ -121,34 +126,42 @@ def train_epoch(
         seconds=seconds,
         data_wait_seconds=wait,
         step_seconds=step_seconds,
+        cpu_seconds=cpu_seconds,
     )
 
 
-def append_step_log(path: str, epoch: int, rank: int, step_seconds: list[float]) -> None:
-    """Append one epoch's per-step wall times of one rank to the JSON-lines file ``path``.
+def append_step_log(path: str, epoch: int, rank: int, res: EpochResult) -> None:
+    """Append one epoch of one rank to the JSON-lines file ``path``: ``{"epoch", "rank",
+    "seconds", "cpu_seconds", "step_seconds"}`` (see :class:`EpochResult`).
 
-    One line ``{"epoch", "rank", "step_seconds"}``, written by a single ``write`` on a file
-    opened for appending, so lines of ranks sharing a file do not interleave. The file is on
-    the node where the rank runs (``train.step_log``).
+    One line, written by a single ``write`` on a file opened for appending, so lines of ranks
+    sharing a file do not interleave. The file is on the node where the rank runs
+    (``train.step_log``).
     """
-    line = json.dumps({"epoch": epoch, "rank": rank, "step_seconds": step_seconds}) + "\n"
+    rec = {
+        "epoch": epoch,
+        "rank": rank,
+        "seconds": res.seconds,
+        "cpu_seconds": res.cpu_seconds,
+        "step_seconds": res.step_seconds,
+    }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
+        os.write(fd, (json.dumps(rec) + "\n").encode())
     finally:
         os.close(fd)
 
 
-def read_step_log(path: str, rank: int = 0) -> dict[int, list[float]]:
-    """The per-step wall times of ``rank`` by epoch, from a file of :func:`append_step_log`
-    (an epoch logged twice, e.g. re-run after a resume, keeps its last line)."""
-    out: dict[int, list[float]] = {}
+def read_step_log(path: str, rank: int = 0) -> dict[int, dict[str, Any]]:
+    """The records of ``rank`` by epoch, from a file of :func:`append_step_log` (an epoch
+    logged twice, e.g. re-run after a resume, keeps its last line)."""
+    out: dict[int, dict[str, Any]] = {}
     with open(path) as f:
         for line in f:
             rec = json.loads(line)
             if rec["rank"] == rank:
-                out[int(rec["epoch"])] = [float(x) for x in rec["step_seconds"]]
+                out[int(rec["epoch"])] = rec
     return out
 
 

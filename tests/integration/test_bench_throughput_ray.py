@@ -59,7 +59,11 @@ def test_bench_throughput_writes_every_key(tmp_path: Path, ray_local: None) -> N
     ranks = [read_step_log(log, rank=r) for r in (0, 1)]
     assert sorted(ranks[0]) == sorted(ranks[1]) == [0, 1]
     for epoch in (0, 1):
-        assert len(ranks[0][epoch]) == len(ranks[1][epoch]) > 0
+        steps = [len(ranks[r][epoch]["step_seconds"]) for r in (0, 1)]
+        assert steps[0] == steps[1] > 0
+        assert all(0 < ranks[r][epoch]["cpu_seconds"] for r in (0, 1))
+    assert 0 <= saved["ray_1w_off_cpu_fraction"] < 1 and 0 <= saved["plain_off_cpu_fraction"] < 1
+    assert saved["train_cpu_ratio"] > 0
     text = open(os.path.join(out, "SUMMARY.md")).read()
     assert "train_overhead_ratio" in text and "ZeRO" in text
 

@@ -10,6 +10,7 @@ from ehrsurv_dist.bench import attention as A
 from ehrsurv_dist.bench.throughput import (
     RssRise,
     model_state_bytes_per_rank,
+    off_cpu_fraction,
     pooled,
     steady,
     step_floor,
@@ -148,6 +149,16 @@ def test_step_floor_refuses_rounds_that_did_different_work() -> None:
         step_floor([[[1.0], [1.0]], [[1.0]]])
     with pytest.raises(ValueError, match="no rounds"):
         step_floor([])
+
+
+def test_off_cpu_fraction_of_the_steady_epochs() -> None:
+    runs = [
+        {"epoch_s": [9.0, 1.0, 2.0], "cpu_s": [1.0, 0.9, 1.6]},
+        {"epoch_s": [9.0, 1.0], "cpu_s": [9.0, 1.0]},
+    ]
+    # steady: wall 1 + 2 + 1 = 4, CPU 0.9 + 1.6 + 1.0 = 3.5
+    assert off_cpu_fraction(runs) == pytest.approx(1 - 3.5 / 4)
+    assert off_cpu_fraction(runs[1:]) == 0.0
 
 
 def test_rss_rise_sees_an_allocation() -> None:

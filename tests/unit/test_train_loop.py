@@ -15,6 +15,7 @@ from ehrsurv_dist.models.builders import example_flat_batch
 from ehrsurv_dist.objectives import survival as L
 from ehrsurv_dist.train.engine import EngineConfig, build_engine
 from ehrsurv_dist.train.loop import (
+    EpochResult,
     LoopState,
     Predictions,
     append_step_log,
@@ -157,14 +158,21 @@ def test_train_epoch_times_every_step() -> None:
     # the steps are disjoint slices of the epoch (each includes its wait for the batch)
     assert sum(res.step_seconds) <= res.seconds
     assert sum(res.step_seconds) >= res.data_wait_seconds
+    # the loop thread's CPU time: positive, and it cannot run longer than the wall clock
+    assert 0 < res.cpu_seconds <= res.seconds * 1.01
 
 
 def test_step_log_round_trip_per_rank(tmp_path: Path) -> None:
+    def res(steps: list[float]) -> EpochResult:
+        return EpochResult(0.0, {}, 0, 0, len(steps), sum(steps) + 0.5, 0.0, steps, 0.25)
+
     path = str(tmp_path / "logs" / "steps.jsonl")
-    append_step_log(path, 0, 0, [0.5, 0.25])
-    append_step_log(path, 0, 1, [0.75])
-    append_step_log(path, 1, 0, [0.125])
-    append_step_log(path, 1, 0, [0.0625, 0.5])  # epoch 1 again (re-run after a resume)
-    assert read_step_log(path, rank=0) == {0: [0.5, 0.25], 1: [0.0625, 0.5]}
-    assert read_step_log(path, rank=1) == {0: [0.75]}
+    append_step_log(path, 0, 0, res([0.5, 0.25]))
+    append_step_log(path, 0, 1, res([0.75]))
+    append_step_log(path, 1, 0, res([0.125]))
+    append_step_log(path, 1, 0, res([0.0625, 0.5]))  # epoch 1 again (re-run after a resume)
+    r0, r1 = read_step_log(path, rank=0), read_step_log(path, rank=1)
+    assert {e: r["step_seconds"] for e, r in r0.items()} == {0: [0.5, 0.25], 1: [0.0625, 0.5]}
+    assert {e: r["step_seconds"] for e, r in r1.items()} == {0: [0.75]}
+    assert r0[0]["seconds"] == 1.25 and r0[0]["cpu_seconds"] == 0.25
     assert len(open(path).read().splitlines()) == 4
