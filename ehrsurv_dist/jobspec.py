@@ -123,10 +123,12 @@ class TrainSpec:
     )
     step_log: str | None = option(
         None,
-        "JSON-lines file to which every worker appends, after each epoch, the wall time of each "
-        'training step: {"epoch", "rank", "step_seconds": [...]} (null = off). Written on the '
-        "node where the worker runs; a relative path is taken from where the job is launched. "
-        "For finding slow steps (stalls, stragglers) and for `ehrsurv bench throughput`.",
+        "JSON-lines file to which every worker appends, after each epoch, one line: "
+        '{"epoch", "rank", "seconds", "cpu_seconds", "step_seconds": [...]} (the epoch\'s wall '
+        "time, its training thread's CPU time, and the wall time of every step; null = off). "
+        "Written on the node where the worker runs; a relative path is taken from where the "
+        "job is launched. For finding slow steps (stalls, stragglers) and a loop that waits, "
+        "and for `ehrsurv bench throughput`.",
     )
     engine: EngineConfig = section(EngineConfig, "Optimiser, schedule, precision and backend.")
 

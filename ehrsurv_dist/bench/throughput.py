@@ -30,7 +30,7 @@ load:
     weights at a given (epoch, step), on both sides, so a step's minimum over rounds is that
     work's cost with the machine's interruptions mostly left out, and a cost the Ray path adds
     to every step stays in it. On a shared machine whose speed drifts by a third within minutes
-    this is the estimate that repeats; the others are reported next to it:
+    whole epochs are poor samples; the other estimates are reported next to it:
     ``train_overhead_ratio_step_median`` (median over rounds per step, summed: includes
     interruptions), ``train_overhead_ratio_best_epoch`` (best steady epoch ÷ best steady
     epoch), ``train_overhead_ratio_median`` (median epochs), and
@@ -954,12 +954,12 @@ __all__ = [
     "TrainSettings",
     "WorkerMemory",
     "model_state_bytes_per_rank",
+    "off_cpu_fraction",
     "plain_loop",
     "pooled",
     "ray_run",
     "run_throughput_bench",
     "steady",
-    "off_cpu_fraction",
     "step_floor",
     "summary",
 ]
