@@ -58,6 +58,46 @@ def _postfix(state: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+class _BarView:
+    """Draws the workers' latest state (``ProgressSink.get``) on a ``tqdm`` bar.
+
+    The bar's clock starts at the first report, not when the bar is made: Ray start-up, the
+    worker group and the first batches would otherwise count as training time and show a rate
+    and an ETA far off for the whole first epoch. Epochs already done when the first report
+    comes (a resumed run) count as the bar's ``initial``, not as progress made at that rate.
+    """
+
+    def __init__(self, bar: Any, epochs: int, per_epoch: int) -> None:
+        self.bar, self.epochs, self.per_epoch = bar, epochs, per_epoch
+        self.total = epochs * per_epoch
+        self.started = False
+        self.last_done: Any = None
+
+    def show(self, state: dict[str, Any]) -> None:
+        bar = self.bar
+        if not state:  # no report yet: the workers are starting
+            return
+        epoch = int(state.get("epoch", 0))
+        done = min(int(state.get("subjects", 0)), self.per_epoch)
+        if state.get("epoch_done") == epoch:
+            done = self.per_epoch
+        n = min(self.total, epoch * self.per_epoch + done)
+        if not self.started:
+            self.started = True
+            bar.reset(total=self.total)  # restarts the clock and the rate's averages
+            bar.initial = min(self.total, epoch * self.per_epoch)
+            bar.n = bar.last_print_n = bar.initial
+        bar.set_description(f"epoch {min(epoch + 1, self.epochs)}/{self.epochs}", False)
+        bar.set_postfix_str(_postfix(state), refresh=False)
+        if state.get("epoch_done") != self.last_done:  # one line per epoch even in a log
+            self.last_done = state.get("epoch_done")
+            if n > bar.n:
+                bar.update(n - bar.n)
+            bar.refresh()
+        elif n > bar.n:
+            bar.update(n - bar.n)  # redraws at most every mininterval
+
+
 class DriverProgress:
     """Context manager: the sink actor plus the polling thread and its bar.
 
@@ -97,37 +137,24 @@ class DriverProgress:
         import ray
         from tqdm import tqdm
 
-        total = self.epochs * self.per_epoch
         # In a log file (e.g. `ray job logs`) redraw rarely instead of a stream of \r updates.
         tty = sys.stderr.isatty()
         with tqdm(
-            total=total,
+            total=self.epochs * self.per_epoch,
             unit="subj",
             desc="train",
             file=sys.stderr,
             mininterval=0.1 if tty else 30.0,
             leave=True,
         ) as bar:
-            last_done: Any = None
+            view = _BarView(bar, self.epochs, self.per_epoch)
             while True:
                 stopping = self._stop.wait(self.interval_s)
                 try:
                     state = ray.get(self.sink.get.remote(), timeout=5)
                 except Exception:  # the actor or Ray went away: stop drawing, never fail the run
                     return
-                epoch = int(state.get("epoch", 0))
-                done = min(int(state.get("subjects", 0)), self.per_epoch)
-                if state.get("epoch_done") == epoch:
-                    done = self.per_epoch
-                bar.set_description(f"epoch {min(epoch + 1, self.epochs)}/{self.epochs}", False)
-                bar.set_postfix_str(_postfix(state), refresh=False)
-                n = min(total, epoch * self.per_epoch + done)
-                if state.get("epoch_done") != last_done:  # one line per epoch even in a log
-                    last_done = state.get("epoch_done")
-                    bar.n = n
-                    bar.refresh()
-                elif n > bar.n:
-                    bar.update(n - bar.n)  # redraws at most every mininterval
+                view.show(state)
                 if stopping:
                     return
 
