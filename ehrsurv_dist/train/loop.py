@@ -147,8 +147,10 @@ def append_step_log(path: str, epoch: int, rank: int, res: EpochResult) -> None:
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    data = (json.dumps(rec) + "\n").encode()
     try:
-        os.write(fd, (json.dumps(rec) + "\n").encode())
+        while data:  # a regular file takes it in one write unless the disk is full
+            data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
 
