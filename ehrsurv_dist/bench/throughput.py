@@ -407,8 +407,8 @@ def plain_loop(
                 steps += 1
                 tokens += int(np.asarray(batch[S.ATTENTION_MASK]).sum())
                 step_s.append(time.perf_counter() - t0)
+            out["cpu_s"].append(time.thread_time() - cpu_start)  # CPU interval inside the wall one
             secs = time.perf_counter() - t_start
-            out["cpu_s"].append(time.thread_time() - cpu_start)
             out["epoch_s"].append(secs)
             out["tokens"].append(float(tokens))
             out["wait"].append(wait / secs if secs > 0 else 0.0)

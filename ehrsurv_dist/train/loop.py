@@ -114,8 +114,8 @@ def train_epoch(
         if on_step is not None:
             on_step(subjects)
         step_seconds.append(time.perf_counter() - t0)
+    cpu_seconds = time.thread_time() - cpu_start  # read first: CPU interval inside the wall one
     seconds = time.perf_counter() - t_start
-    cpu_seconds = time.thread_time() - cpu_start
     n = max(n_batches, 1)
     return EpochResult(
         loss=total / n,

@@ -159,7 +159,7 @@ def test_train_epoch_times_every_step() -> None:
     assert sum(res.step_seconds) <= res.seconds
     assert sum(res.step_seconds) >= res.data_wait_seconds
     # the loop thread's CPU time: positive, and it cannot run longer than the wall clock
-    assert 0 < res.cpu_seconds <= res.seconds * 1.01
+    assert 0 < res.cpu_seconds <= res.seconds
 
 
 def test_step_log_round_trip_per_rank(tmp_path: Path) -> None:
