@@ -464,15 +464,12 @@ def off_cpu_fraction(runs: Sequence[Mapping[str, Sequence[float]]], skip: int = 
 
 def _write_step_log(path: str, run: Mapping[str, Any]) -> None:
     """The plain loop's per-step times, in the format of ``train.step_log`` (rank 0)."""
-    from ehrsurv_dist.train.loop import EpochResult, append_step_log
+    from ehrsurv_dist.train.loop import append_step_log
 
-    if os.path.exists(path):
-        os.remove(path)
     for epoch, (times, secs, cpu) in enumerate(
         zip(run["step_s"], run["epoch_s"], run["cpu_s"], strict=True)
     ):
-        res = EpochResult(0.0, {}, 0, 0, len(times), secs, 0.0, times, cpu)
-        append_step_log(path, epoch, 0, res)
+        append_step_log(path, epoch, 0, seconds=secs, cpu_seconds=cpu, step_seconds=times)
 
 
 def _step_median_total(rounds: Sequence[Sequence[Sequence[float]]], skip: int = 1) -> float:

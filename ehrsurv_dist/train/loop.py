@@ -130,9 +130,17 @@ def train_epoch(
     )
 
 
-def append_step_log(path: str, epoch: int, rank: int, res: EpochResult) -> None:
+def append_step_log(
+    path: str,
+    epoch: int,
+    rank: int,
+    *,
+    seconds: float,
+    cpu_seconds: float,
+    step_seconds: list[float],
+) -> None:
     """Append one epoch of one rank to the JSON-lines file ``path``: ``{"epoch", "rank",
-    "seconds", "cpu_seconds", "step_seconds"}`` (see :class:`EpochResult`).
+    "seconds", "cpu_seconds", "step_seconds"}`` (the fields of :class:`EpochResult`).
 
     One line, written by a single ``write`` on a file opened for appending, so lines of ranks
     sharing a file do not interleave. The file is on the node where the rank runs
@@ -141,9 +149,9 @@ def append_step_log(path: str, epoch: int, rank: int, res: EpochResult) -> None:
     rec = {
         "epoch": epoch,
         "rank": rank,
-        "seconds": res.seconds,
-        "cpu_seconds": res.cpu_seconds,
-        "step_seconds": res.step_seconds,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "step_seconds": step_seconds,
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -160,7 +160,14 @@ def train_func(config: dict[str, Any]) -> None:
             on_step=step_reporter(progress, epoch, world) if progress and rank == 0 else None,
         )
         if spec.train.step_log:
-            append_step_log(spec.train.step_log, epoch, rank, res)
+            append_step_log(
+                spec.train.step_log,
+                epoch,
+                rank,
+                seconds=res.seconds,
+                cpu_seconds=res.cpu_seconds,
+                step_seconds=res.step_seconds,
+            )
         # The next epoch's first batches are read and collated while this one is validated and
         # checkpointed, instead of at the start of the next epoch (its Ray Data start-up was
         # most of the trainer's data wait). Batches depend only on (seed, epoch), so this

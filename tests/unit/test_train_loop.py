@@ -15,7 +15,6 @@ from ehrsurv_dist.models.builders import example_flat_batch
 from ehrsurv_dist.objectives import survival as L
 from ehrsurv_dist.train.engine import EngineConfig, build_engine
 from ehrsurv_dist.train.loop import (
-    EpochResult,
     LoopState,
     Predictions,
     append_step_log,
@@ -163,14 +162,16 @@ def test_train_epoch_times_every_step() -> None:
 
 
 def test_step_log_round_trip_per_rank(tmp_path: Path) -> None:
-    def res(steps: list[float]) -> EpochResult:
-        return EpochResult(0.0, {}, 0, 0, len(steps), sum(steps) + 0.5, 0.0, steps, 0.25)
+    def log(epoch: int, rank: int, steps: list[float]) -> None:
+        append_step_log(
+            path, epoch, rank, seconds=sum(steps) + 0.5, cpu_seconds=0.25, step_seconds=steps
+        )
 
     path = str(tmp_path / "logs" / "steps.jsonl")
-    append_step_log(path, 0, 0, res([0.5, 0.25]))
-    append_step_log(path, 0, 1, res([0.75]))
-    append_step_log(path, 1, 0, res([0.125]))
-    append_step_log(path, 1, 0, res([0.0625, 0.5]))  # epoch 1 again (re-run after a resume)
+    log(0, 0, [0.5, 0.25])
+    log(0, 1, [0.75])
+    log(1, 0, [0.125])
+    log(1, 0, [0.0625, 0.5])  # epoch 1 again (re-run after a resume)
     r0, r1 = read_step_log(path, rank=0), read_step_log(path, rank=1)
     assert {e: r["step_seconds"] for e, r in r0.items()} == {0: [0.5, 0.25], 1: [0.0625, 0.5]}
     assert {e: r["step_seconds"] for e, r in r1.items()} == {0: [0.75]}
