@@ -426,6 +426,28 @@ def pooled(runs: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[floa
     return {k: [v for run in runs for v in steady(run[k])] for k in keys}
 
 
+def _per_step(
+    rounds: Sequence[Sequence[Sequence[float]]], stat: Callable[..., Any], skip: int
+) -> list[float]:
+    """Per epoch after the first ``skip``: Σ over its steps of ``stat`` over the rounds.
+
+    Raises:
+        ValueError: no rounds, or rounds that differ in epochs or in steps within an epoch.
+    """
+    if not rounds:
+        raise ValueError("no rounds")
+    n_epochs = len(rounds[0])
+    if any(len(r) != n_epochs for r in rounds):
+        raise ValueError(f"rounds differ in epochs: {[len(r) for r in rounds]}")
+    totals = []
+    for e in range(skip, n_epochs):
+        lengths = {len(r[e]) for r in rounds}
+        if len(lengths) != 1:
+            raise ValueError(f"epoch {e}: rounds differ in steps: {sorted(lengths)}")
+        totals.append(float(stat(np.asarray([r[e] for r in rounds], dtype=float), axis=0).sum()))
+    return totals
+
+
 def step_floor(rounds: Sequence[Sequence[Sequence[float]]], skip: int = 1) -> list[float]:
     """Per epoch after the first ``skip``: the sum over its steps of each step's fastest time.
 
@@ -439,18 +461,7 @@ def step_floor(rounds: Sequence[Sequence[Sequence[float]]], skip: int = 1) -> li
     Raises:
         ValueError: no rounds, or rounds that differ in epochs or in steps within an epoch.
     """
-    if not rounds:
-        raise ValueError("no rounds")
-    n_epochs = len(rounds[0])
-    if any(len(r) != n_epochs for r in rounds):
-        raise ValueError(f"rounds differ in epochs: {[len(r) for r in rounds]}")
-    floors = []
-    for e in range(skip, n_epochs):
-        lengths = {len(r[e]) for r in rounds}
-        if len(lengths) != 1:
-            raise ValueError(f"epoch {e}: rounds differ in steps: {sorted(lengths)}")
-        floors.append(float(np.min(np.asarray([r[e] for r in rounds], dtype=float), axis=0).sum()))
-    return floors
+    return _per_step(rounds, np.min, skip)
 
 
 def off_cpu_fraction(runs: Sequence[Mapping[str, Sequence[float]]], skip: int = 1) -> float:
@@ -470,16 +481,6 @@ def _write_step_log(path: str, run: Mapping[str, Any]) -> None:
         zip(run["step_s"], run["epoch_s"], run["cpu_s"], strict=True)
     ):
         append_step_log(path, epoch, 0, seconds=secs, cpu_seconds=cpu, step_seconds=times)
-
-
-def _step_median_total(rounds: Sequence[Sequence[Sequence[float]]], skip: int = 1) -> float:
-    """Sum over the steady epochs' steps of each step's median time over the rounds."""
-    return float(
-        sum(
-            np.median(np.asarray([r[e] for r in rounds], dtype=float), axis=0).sum()
-            for e in range(skip, len(rounds[0]))
-        )
-    )
 
 
 def _rates(run: Mapping[str, Any], skip: int = 1) -> dict[str, float]:
@@ -679,28 +680,23 @@ def run_throughput_bench(
     r2 = _rates(ray_runs[f"2w_zero{stages[0]}"])
     rp = _rates(pooled(plain), skip=0)
     rs = _rates(stream)
-    if abs(r1["tokens_per_epoch"] - rp["tokens_per_epoch"]) > 0.5 or (
-        r1["steps_per_epoch"] != rp["steps_per_epoch"]
-    ):
-        raise RuntimeError(
-            "unequal work: the Ray run trained "
-            f"{r1['tokens_per_epoch']:.0f} tokens in {r1['steps_per_epoch']} steps per epoch, "
-            f"the plain loop {rp['tokens_per_epoch']:.0f} in {rp['steps_per_epoch']}"
-        )
-    # Equal work step by step: the same number of steps in every epoch on both sides.
+    # Equal work: the same tokens per epoch, and the same steps in every epoch (the step
+    # floors compare step by step; step_floor checks the rounds of each side among themselves).
     ray_steps = [len(x) for x in ray1[0]["step_s"]]
     plain_steps = [len(x) for x in plain[0]["step_s"]]
-    if ray_steps != plain_steps:
+    if abs(r1["tokens_per_epoch"] - rp["tokens_per_epoch"]) > 0.5 or ray_steps != plain_steps:
         raise RuntimeError(
-            f"unequal work: steps per epoch {ray_steps} (Ray run) vs {plain_steps} (plain loop)"
+            "unequal work: the Ray run trained "
+            f"{r1['tokens_per_epoch']:.0f} tokens per epoch in {ray_steps} steps per epoch, "
+            f"the plain loop {rp['tokens_per_epoch']:.0f} in {plain_steps}"
         )
     # The training thread's CPU time (its work) per epoch: per epoch the median over rounds.
     ray_cpu = sum(np.median([steady(r["cpu_s"]) for r in ray1], axis=0))
     plain_cpu = sum(np.median([steady(r["cpu_s"]) for r in plain], axis=0))
     ray_floor = step_floor([run["step_s"] for run in ray1])
     plain_floor = step_floor([run["step_s"] for run in plain])
-    ray_step_median = _step_median_total([run["step_s"] for run in ray1])
-    plain_step_median = _step_median_total([run["step_s"] for run in plain])
+    ray_step_median = sum(_per_step([run["step_s"] for run in ray1], np.median, 1))
+    plain_step_median = sum(_per_step([run["step_s"] for run in plain], np.median, 1))
     # Each round's own ratio (its Ray run against the plain loop right after it).
     round_ratios = [
         min(steady(a["epoch_s"])) / min(steady(b["epoch_s"]))
