@@ -89,13 +89,11 @@ class _BarView:
             bar.n = bar.last_print_n = bar.initial
         bar.set_description(f"epoch {min(epoch + 1, self.epochs)}/{self.epochs}", False)
         bar.set_postfix_str(_postfix(state), refresh=False)
+        if n > bar.n:
+            bar.update(n - bar.n)  # redraws at most every mininterval
         if state.get("epoch_done") != self.last_done:  # one line per epoch even in a log
             self.last_done = state.get("epoch_done")
-            if n > bar.n:
-                bar.update(n - bar.n)
             bar.refresh()
-        elif n > bar.n:
-            bar.update(n - bar.n)  # redraws at most every mininterval
 
 
 class DriverProgress:
