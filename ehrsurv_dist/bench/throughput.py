@@ -38,7 +38,10 @@ load:
     Equal work is checked: the same steps in every epoch and the same tokens per epoch.
     Where the difference goes: ``train_cpu_ratio`` (the training thread's CPU time per epoch,
     ``time.thread_time``, Ray ÷ plain: the work itself) and ``*_off_cpu_fraction`` (the share
-    of the epoch in which that thread was not running: GIL, other threads and processes).
+    of the epoch in which that thread was not running: GIL, other threads and processes), and
+    that thread's context switches and minor page faults per epoch (``*_voluntary_switches_``
+    ``per_epoch``: it blocked, e.g. on the GIL; ``*_involuntary_…``: preempted;
+    ``*_page_faults_per_epoch``: memory the allocator had returned to the OS).
     ``plain_stream_*`` is the same plain loop reading its batches from the single-process
     data path inside the timed epoch (what a plain script without a data loader would pay).
 (b) ``data_wait_fraction``: what the trainer itself reports (time waiting for the next batch ÷
@@ -270,7 +273,8 @@ def ray_run(settings: TrainSettings, workers: int, zero_stage: int, out: str) ->
         ``epoch_s`` / ``tokens`` / ``wait`` per epoch (from the workers' reports), ``steps``,
         ``step_s`` (rank 0's wall time of every step, per epoch, from ``train.step_log``),
         ``cpu_s`` (rank 0's training-thread CPU time per epoch, from the same log),
-        the per-worker peak RSS (MB) and the run's wall time.
+        ``counters`` (that thread's [voluntary switches, involuntary switches, page faults]
+        per epoch, same log), the per-worker peak RSS (MB) and the run's wall time.
     """
     from ehrsurv_dist.train.launch import run_training
     from ehrsurv_dist.train.loop import read_step_log
@@ -288,6 +292,9 @@ def ray_run(settings: TrainSettings, workers: int, zero_stage: int, out: str) ->
     return {
         "step_s": [by_epoch[e]["step_seconds"] for e in range(settings.epochs)],
         "cpu_s": [by_epoch[e]["cpu_seconds"] for e in range(settings.epochs)],
+        "counters": [
+            [*by_epoch[e]["switches"], by_epoch[e]["page_faults"]] for e in range(settings.epochs)
+        ],
         "epoch_s": [float(h["epoch_seconds"]) for h in hist],
         # tokens_per_s = tokens of all ranks / slowest rank's epoch seconds
         "tokens": [float(h["tokens_per_s"]) * float(h["epoch_seconds"]) for h in hist],
@@ -331,7 +338,9 @@ def plain_loop(
     Returns:
         ``epoch_s``, ``tokens``, ``wait`` (data-wait fraction), ``steps``, ``step_s`` (the wall
         time of every step, timed as :func:`~ehrsurv_dist.train.loop.train_epoch` does),
-        ``cpu_s`` (the loop thread's CPU time) per epoch and the mean training loss per epoch.
+        ``cpu_s`` (the loop thread's CPU time), ``counters`` ([voluntary switches, involuntary
+        switches, page faults] of the loop thread) per epoch and the mean training loss per
+        epoch.
     """
     import torch
 
@@ -339,7 +348,7 @@ def plain_loop(
     from ehrsurv_dist.data.vocab import Vocabulary
     from ehrsurv_dist.train import modeling
     from ehrsurv_dist.train.engine import optimizer_and_scheduler
-    from ehrsurv_dist.train.loop import to_tensors
+    from ehrsurv_dist.train.loop import thread_counters, to_tensors
 
     spec = _spec(settings, 1, 0)
     vocab = Vocabulary.load(vocab_path)
@@ -375,6 +384,7 @@ def plain_loop(
             "steps": [],
             "step_s": [],
             "cpu_s": [],
+            "counters": [],
             "loss": [],
         }
         for epoch in range(spec.train.epochs):
@@ -388,6 +398,7 @@ def plain_loop(
             step_s: list[float] = []
             t_start = time.perf_counter()
             cpu_start = time.thread_time()
+            counters_start = thread_counters()
             it = iter(batches)
             while True:
                 t0 = time.perf_counter()
@@ -407,6 +418,9 @@ def plain_loop(
                 steps += 1
                 tokens += int(np.asarray(batch[S.ATTENTION_MASK]).sum())
                 step_s.append(time.perf_counter() - t0)
+            out["counters"].append(
+                [b - a for a, b in zip(counters_start, thread_counters(), strict=True)]
+            )
             out["cpu_s"].append(time.thread_time() - cpu_start)  # CPU interval inside the wall one
             secs = time.perf_counter() - t_start
             out["epoch_s"].append(secs)
@@ -477,10 +491,31 @@ def _write_step_log(path: str, run: Mapping[str, Any]) -> None:
     """The plain loop's per-step times, in the format of ``train.step_log`` (rank 0)."""
     from ehrsurv_dist.train.loop import append_step_log
 
-    for epoch, (times, secs, cpu) in enumerate(
-        zip(run["step_s"], run["epoch_s"], run["cpu_s"], strict=True)
+    for epoch, (times, secs, cpu, (vol, invol, faults)) in enumerate(
+        zip(run["step_s"], run["epoch_s"], run["cpu_s"], run["counters"], strict=True)
     ):
-        append_step_log(path, epoch, 0, seconds=secs, cpu_seconds=cpu, step_seconds=times)
+        append_step_log(
+            path,
+            epoch,
+            0,
+            seconds=secs,
+            cpu_seconds=cpu,
+            step_seconds=times,
+            switches=(vol, invol),
+            page_faults=faults,
+        )
+
+
+def counters_per_epoch(
+    runs: Sequence[Mapping[str, Any]], skip: int = 1
+) -> tuple[float, float, float]:
+    """Median over the steady epochs of every run of the training thread's (voluntary
+    switches, involuntary switches, page faults) per epoch (``counters`` of each run)."""
+    rows = [c for run in runs for c in steady(run["counters"], skip)]
+    if not rows:
+        raise ValueError("no epochs")
+    med = np.median(np.asarray(rows, dtype=float), axis=0)
+    return float(med[0]), float(med[1]), float(med[2])
 
 
 def _rates(run: Mapping[str, Any], skip: int = 1) -> dict[str, float]:
@@ -697,6 +732,8 @@ def run_throughput_bench(
     plain_floor = step_floor([run["step_s"] for run in plain])
     ray_step_median = sum(_per_step([run["step_s"] for run in ray1], np.median, 1))
     plain_step_median = sum(_per_step([run["step_s"] for run in plain], np.median, 1))
+    ray_counters = counters_per_epoch(ray1)
+    plain_counters = counters_per_epoch(plain)
     # Each round's own ratio (its Ray run against the plain loop right after it).
     round_ratios = [
         min(steady(a["epoch_s"])) / min(steady(b["epoch_s"]))
@@ -740,6 +777,12 @@ def run_throughput_bench(
         "train_cpu_ratio": ray_cpu / plain_cpu,
         "ray_1w_off_cpu_fraction": off_cpu_fraction(ray1),
         "plain_off_cpu_fraction": off_cpu_fraction(plain),
+        "ray_1w_voluntary_switches_per_epoch": ray_counters[0],
+        "ray_1w_involuntary_switches_per_epoch": ray_counters[1],
+        "ray_1w_page_faults_per_epoch": ray_counters[2],
+        "plain_voluntary_switches_per_epoch": plain_counters[0],
+        "plain_involuntary_switches_per_epoch": plain_counters[1],
+        "plain_page_faults_per_epoch": plain_counters[2],
         "plain_step_floor_epoch_s": statistics.mean(plain_floor),
         "data_wait_fraction": r1["data_wait_fraction"],
         "ray_1w_tokens_per_s": r1["tokens_per_s"],
@@ -879,6 +922,13 @@ def summary(r: Mapping[str, Any], cohort: str, size: str, stages: Sequence[int])
         f"{r['plain_off_cpu_fraction']:.3f} (plain): waiting for the GIL while the worker's "
         "batch-preparing and Ray threads hold it, for a CPU taken by Ray's other processes, or "
         "for a batch",
+        f"- the training thread's context switches per epoch, voluntary / involuntary: "
+        f"{r['ray_1w_voluntary_switches_per_epoch']:.0f} / "
+        f"{r['ray_1w_involuntary_switches_per_epoch']:.0f} (Ray) against "
+        f"{r['plain_voluntary_switches_per_epoch']:.0f} / "
+        f"{r['plain_involuntary_switches_per_epoch']:.0f} (plain); its page faults per epoch: "
+        f"{r['ray_1w_page_faults_per_epoch']:.0f} (Ray) against "
+        f"{r['plain_page_faults_per_epoch']:.0f} (plain)",
         f"- the first (warm-up) epoch of a 1-worker run: {r['ray_1w_first_epoch_s']:.2f} s "
         "(median of the rounds; Ray Data's first execution and allocator warm-up)",
         f"- `data_wait_fraction` (1 worker, as the trainer reports it): "
@@ -947,6 +997,7 @@ __all__ = [
     "TrainSettings",
     "WorkerMemory",
     "model_state_bytes_per_rank",
+    "counters_per_epoch",
     "off_cpu_fraction",
     "plain_loop",
     "pooled",

@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -61,10 +62,27 @@ class EpochResult:
     # CPU time of the thread that ran the epoch: ``seconds - cpu_seconds`` is the time it was
     # not running (waiting for a batch, for the GIL, or for a CPU).
     cpu_seconds: float = 0.0
+    # That thread's counters during the epoch (Linux; 0 elsewhere): context switches, voluntary
+    # (it blocked: a batch, the GIL, a lock) and involuntary (the kernel preempted it for
+    # another process or thread), and minor page faults (memory the allocator had given back).
+    voluntary_switches: int = 0
+    involuntary_switches: int = 0
+    page_faults: int = 0
 
     @property
     def data_wait_fraction(self) -> float:
         return self.data_wait_seconds / self.seconds if self.seconds > 0 else 0.0
+
+
+def thread_counters() -> tuple[int, int, int]:
+    """(voluntary context switches, involuntary ones, minor page faults) of the calling thread
+    so far; zeros where the OS does not count them per thread (``RUSAGE_THREAD`` is
+    Linux-only)."""
+    who = getattr(resource, "RUSAGE_THREAD", None)
+    if who is None:
+        return 0, 0, 0
+    ru = resource.getrusage(who)
+    return int(ru.ru_nvcsw), int(ru.ru_nivcsw), int(ru.ru_minflt)
 
 
 def train_epoch(
@@ -84,6 +102,7 @@ def train_epoch(
     engine.train()
     t_start = time.perf_counter()
     cpu_start = time.thread_time()
+    counters_start = thread_counters()
     wait = 0.0
     total = 0.0
     comps: dict[str, float] = {}
@@ -114,6 +133,7 @@ def train_epoch(
         if on_step is not None:
             on_step(subjects)
         step_seconds.append(time.perf_counter() - t0)
+    vol, invol, faults = (b - a for a, b in zip(counters_start, thread_counters(), strict=True))
     cpu_seconds = time.thread_time() - cpu_start  # read first: CPU interval inside the wall one
     seconds = time.perf_counter() - t_start
     n = max(n_batches, 1)
@@ -127,6 +147,9 @@ def train_epoch(
         data_wait_seconds=wait,
         step_seconds=step_seconds,
         cpu_seconds=cpu_seconds,
+        voluntary_switches=vol,
+        involuntary_switches=invol,
+        page_faults=faults,
     )
 
 
@@ -138,9 +161,12 @@ def append_step_log(
     seconds: float,
     cpu_seconds: float,
     step_seconds: list[float],
+    switches: tuple[int, int] = (0, 0),
+    page_faults: int = 0,
 ) -> None:
     """Append one epoch of one rank to the JSON-lines file ``path``: ``{"epoch", "rank",
-    "seconds", "cpu_seconds", "step_seconds"}`` (the fields of :class:`EpochResult`).
+    "seconds", "cpu_seconds", "step_seconds", "switches", "page_faults"}`` (the fields of
+    :class:`EpochResult`; ``switches`` = [voluntary, involuntary]).
 
     One line, written by a single ``write`` on a file opened for appending, so lines of ranks
     sharing a file do not interleave. The file is on the node where the rank runs
@@ -152,6 +178,8 @@ def append_step_log(
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "step_seconds": step_seconds,
+        "switches": list(switches),
+        "page_faults": page_faults,
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

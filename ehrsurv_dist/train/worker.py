@@ -167,6 +167,8 @@ def train_func(config: dict[str, Any]) -> None:
                 seconds=res.seconds,
                 cpu_seconds=res.cpu_seconds,
                 step_seconds=res.step_seconds,
+                switches=(res.voluntary_switches, res.involuntary_switches),
+                page_faults=res.page_faults,
             )
         # The next epoch's first batches are read and collated while this one is validated and
         # checkpointed, instead of at the start of the next epoch (its Ray Data start-up was

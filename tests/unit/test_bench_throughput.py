@@ -9,6 +9,7 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.bench import attention as A
 from ehrsurv_dist.bench.throughput import (
     RssRise,
+    counters_per_epoch,
     model_state_bytes_per_rank,
     off_cpu_fraction,
     pooled,
@@ -159,6 +160,16 @@ def test_off_cpu_fraction_of_the_steady_epochs() -> None:
     # steady: wall 1 + 2 + 1 = 4, CPU 0.9 + 1.6 + 1.0 = 3.5
     assert off_cpu_fraction(runs) == pytest.approx(1 - 3.5 / 4)
     assert off_cpu_fraction(runs[1:]) == 0.0
+
+
+def test_counters_per_epoch_is_the_median_of_the_steady_epochs() -> None:
+    runs = [
+        {"counters": [[900, 900, 900], [10, 100, 0], [30, 140, 5]]},
+        {"counters": [[900, 900, 900], [20, 120, 1]]},
+    ]
+    assert counters_per_epoch(runs) == (20.0, 120.0, 1.0)
+    with pytest.raises(ValueError, match="no epochs"):
+        counters_per_epoch([])
 
 
 def test_rss_rise_sees_an_allocation() -> None:

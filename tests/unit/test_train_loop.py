@@ -20,6 +20,7 @@ from ehrsurv_dist.train.loop import (
     append_step_log,
     predict,
     read_step_log,
+    thread_counters,
     train_epoch,
 )
 from ehrsurv_dist.train.tasks import PretrainTask, SurvivalTask
@@ -159,6 +160,21 @@ def test_train_epoch_times_every_step() -> None:
     assert sum(res.step_seconds) >= res.data_wait_seconds
     # the loop thread's CPU time: positive, and it cannot run longer than the wall clock
     assert 0 < res.cpu_seconds <= res.seconds
+    # its counters are per epoch, not since the thread started
+    before = thread_counters()
+    assert all(0 <= n <= b for n, b in zip(
+        (res.voluntary_switches, res.involuntary_switches, res.page_faults), before, strict=True
+    ))  # fmt: skip
+
+
+def test_thread_counters_count_this_threads_page_faults() -> None:
+    before = thread_counters()
+    # 64 MB: above any malloc mmap threshold, so fresh pages from the kernel, all written
+    buf = bytearray(64 << 20)
+    after = thread_counters()
+    del buf
+    assert after[2] - before[2] >= 4_000  # 16,384 pages of 4 KB
+    assert all(b >= a for a, b in zip(before, after, strict=True))
 
 
 def test_step_log_round_trip_per_rank(tmp_path: Path) -> None:
@@ -168,6 +184,10 @@ def test_step_log_round_trip_per_rank(tmp_path: Path) -> None:
         )
 
     path = str(tmp_path / "logs" / "steps.jsonl")
+    append_step_log(
+        path, 0, 2, seconds=1.0, cpu_seconds=0.5, step_seconds=[1.0], switches=(7, 3),
+        page_faults=11,
+    )  # fmt: skip
     log(0, 0, [0.5, 0.25])
     log(0, 1, [0.75])
     log(1, 0, [0.125])
@@ -176,4 +196,7 @@ def test_step_log_round_trip_per_rank(tmp_path: Path) -> None:
     assert {e: r["step_seconds"] for e, r in r0.items()} == {0: [0.5, 0.25], 1: [0.0625, 0.5]}
     assert {e: r["step_seconds"] for e, r in r1.items()} == {0: [0.75]}
     assert r0[0]["seconds"] == 1.25 and r0[0]["cpu_seconds"] == 0.25
-    assert len(open(path).read().splitlines()) == 4
+    assert len(open(path).read().splitlines()) == 5
+    r2 = read_step_log(path, rank=2)[0]
+    assert r2["switches"] == [7, 3] and r2["page_faults"] == 11
+    assert r0[0]["switches"] == [0, 0] and r0[0]["page_faults"] == 0
