@@ -201,6 +201,15 @@ class DataConfig:
         "one row per subject). false re-reads and re-encodes the Parquet files every epoch "
         "(for cohorts larger than the object store).",
     )
+    worker_cache_mb: float = option(
+        512.0,
+        "A train worker keeps the blocks of a split it reads whole every epoch (the train "
+        "split of a 1-worker run; the validation split in every run) after its first complete "
+        "read, up to this many MB per split, and collates later epochs from them, instead of "
+        "starting a Ray Data execution in the worker every epoch (>= 0; 0 = never keep). The "
+        "kept blocks are the object store's copies, pinned while kept. Needs data.cache; a "
+        "train split divided between workers is read through Ray Data every epoch.",
+    )
     prefetch_batches: int = option(
         4,
         "Batches a train worker buckets, pads and masks ahead in a background thread, "
@@ -225,6 +234,11 @@ class DataConfig:
             value = getattr(self, name)
             require(value > 0, name, f"must be > 0, got {value}")
         require(self.min_count >= 1, "min_count", f"must be >= 1, got {self.min_count}")
+        require(
+            self.worker_cache_mb >= 0,
+            "worker_cache_mb",
+            f"must be >= 0, got {self.worker_cache_mb}",
+        )
         require(
             self.prefetch_batches >= 0,
             "prefetch_batches",

@@ -88,7 +88,7 @@ def train_func(config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from ehrsurv_dist.data.pipeline import iter_shard_batches
+    from ehrsurv_dist.data.pipeline import KeptShard
 
     spec = load_config(JobSpec, base=config["spec"])
     mode: str = config["mode"]
@@ -134,15 +134,19 @@ def train_func(config: dict[str, Any]) -> None:
             extra = engine.load(d)
         state = LoopState.from_dict(extra["loop"])
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("tuning")
+    # Splits this rank reads whole every epoch are kept after their first complete read (not
+    # the train split of a multi-worker run: launch.py divides it between the workers anew
+    # every epoch). A lazy split (data.cache false) is re-read from Parquet every epoch.
+    keep = int(spec.data.worker_cache_mb * 2**20) if spec.data.cache else 0
+    train_shard = KeptShard(ray.train.get_dataset_shard("train"), keep if world == 1 else 0)
+    val_shard = KeptShard(ray.train.get_dataset_shard("tuning"), keep)
     scaling = spec.finetune.lora_alpha / spec.finetune.lora_rank
     fault_after = config.get("fault_after_epoch") if ckpt is None else None
     progress = config.get("progress")  # the driver's progress actor (train/progress.py)
 
     def epoch_batches(epoch: int) -> Iterator[dict[str, np.ndarray]]:
         # With prefetching on, a thread starts reading and collating at once (Prefetch).
-        return prefetch(iter_shard_batches(train_shard, bspec, epoch), spec.data.prefetch_batches)
+        return prefetch(train_shard.batches(bspec, epoch), spec.data.prefetch_batches)
 
     upcoming: tuple[int, Iterator[dict[str, np.ndarray]]] | None = None
     while state.epoch < spec.train.epochs and not state.should_stop(spec.train.patience):
@@ -181,9 +185,7 @@ def train_func(config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch, "lr": engine.lr}
         if mode == "finetune":
             # every rank reads the whole tuning split (it is not split), so no gather
-            preds = predict(
-                engine, engine.module, iter_shard_batches(val_shard, val_spec, 0), device
-            )
+            preds = predict(engine, engine.module, val_shard.batches(val_spec, 0), device)
             td = (
                 M.concordance_td(
                     M.hazard_table_from_csr(preds.values, preds.offsets),
@@ -197,9 +199,7 @@ def train_func(config: dict[str, Any]) -> None:
             metrics["val_subjects"] = int(len(preds.subject_id))
             score = td
         else:
-            vl = mean_loss(
-                engine, engine.module, task, iter_shard_batches(val_shard, val_spec, 0), device
-            )
+            vl = mean_loss(engine, engine.module, task, val_shard.batches(val_spec, 0), device)
             metrics["val_loss"] = vl
             score = -vl
         val_seconds = time.perf_counter() - t_val

@@ -21,7 +21,13 @@ from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data.cohort import load_cohort
 from ehrsurv_dist.data.collate import BatchStats
 from ehrsurv_dist.data.flatten import flatten, to_hierarchical
-from ehrsurv_dist.data.pipeline import IngestPipeline, iter_shard_batches, plan_units, task_groups
+from ehrsurv_dist.data.pipeline import (
+    IngestPipeline,
+    KeptShard,
+    iter_shard_batches,
+    plan_units,
+    task_groups,
+)
 from ehrsurv_dist.data.synthetic import synthesize
 from ehrsurv_dist.errors import CohortError
 from ehrsurv_dist.testing import write_cohort
@@ -155,6 +161,39 @@ def test_flat_ray_batches_are_bit_identical_to_single_process(ray_local: None, s
             np.int64(ft.last_visit[i] + 1).tobytes(),
         )
         assert got[int(sv.subject_id[i])] == exp
+
+
+def test_kept_shard_reads_through_ray_data_once(ray_local: None, smoke: str) -> None:
+    data = DataConfig(cohort=smoke, batch_size=16, max_seq_len=24, max_visits=10)
+    pipe = IngestPipeline(smoke, data, rows_per_unit=500, mlm=True, seed=3, check_batches=-1)
+    pipe.fit()
+    ds = pipe.dataset(S.TRAIN_SPLIT).materialize()  # as launch.py caches a split
+    spec = pipe.batch_spec()
+    kept = KeptShard(ds.iterator(), max_bytes=2**30)
+    too_big = KeptShard(ds.iterator(), max_bytes=1)  # every block is larger: never kept
+    off = KeptShard(ds.iterator(), max_bytes=0)
+    per_epoch = []
+    for epoch in (0, 1, 2):
+        ref = _collect(iter_shard_batches(ds.iterator(), spec, epoch))
+        for shard in (kept, too_big, off):
+            got = _collect(shard.batches(spec, epoch))
+            assert _batch_sets(got) == _batch_sets(ref)
+            assert _per_subject(got) == _per_subject(ref)  # tokens, MLM masks and labels
+        per_epoch.append(_per_subject(ref))
+    assert per_epoch[1] != per_epoch[2]  # kept blocks still give each epoch its own masks
+    assert kept.kept and kept.reads == 1  # epochs 1 and 2 came from the kept blocks
+    assert not too_big.kept and too_big.reads == 3
+    assert not off.kept and off.reads == 3
+    # a read that stops early keeps nothing: the next read goes through Ray Data again
+    partial = KeptShard(ds.iterator(), max_bytes=2**30)
+    it = partial.batches(spec, 0)
+    next(it)
+    del it
+    assert not partial.kept
+    assert _per_subject(_collect(partial.batches(spec, 0))) == per_epoch[0] and partial.kept
+    assert partial.reads == 2
+    with pytest.raises(ValueError, match="max_bytes"):
+        KeptShard(ds.iterator(), max_bytes=-1)
 
 
 def test_hierarchical_ray_equals_single_process(ray_local: None, smoke: str) -> None:
