@@ -181,3 +181,26 @@ def test_worker_failure_is_recovered(
     monkeypatch.setenv("EHRSURV_FAULT_AFTER_EPOCH", "0")
     res = run_training(spec, "finetune", out)
     _same_curve(res.history, uninterrupted)
+
+
+def test_one_worker_kept_blocks_resume_the_curve_of_ray_data_reads(
+    cohort: str, tmp_path: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 worker: the train and validation blocks kept after the first epoch
+    (data.worker_cache_mb) train exactly the curve of reading them through Ray Data every epoch
+    (data.worker_cache_mb=0), and a run that dies after epoch 1 and is re-launched (its blocks
+    read again, then kept again) continues that curve."""
+    from ehrsurv_dist.errors import EhrsurvError
+
+    common = ("train.num_workers=1", "train.epochs=3", "train.patience=0", "train.max_failures=0")
+    reference = run_training(
+        _spec(cohort, *common, "data.worker_cache_mb=0"), "finetune", str(tmp_path / "ray_data")
+    ).history
+    kept = _spec(cohort, *common)
+    assert kept.data.worker_cache_mb > 0 and kept.data.cache
+    out = str(tmp_path / "kept")
+    monkeypatch.setenv("EHRSURV_FAULT_AFTER_EPOCH", "1")
+    with pytest.raises(EhrsurvError, match="injected fault"):
+        run_training(kept, "finetune", out)
+    monkeypatch.delenv("EHRSURV_FAULT_AFTER_EPOCH")
+    _same_curve(run_training(kept, "finetune", out).history, reference)
