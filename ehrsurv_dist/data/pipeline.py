@@ -952,20 +952,23 @@ class IngestPipeline:
             dataset = self.dataset(
                 split, epoch if collate_on == "workers" else None, batch_size=batch_size
             )
-        blocks = dataset.iter_batches(
-            batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks
+        yield from batches_from_blocks(
+            shard_blocks(dataset, prefetch_blocks), self.batch_spec(batch_size), epoch, stats
         )
-        yield from batches_from_blocks(blocks, self.batch_spec(batch_size), epoch, stats)
+
+
+def shard_blocks(shard: Any, prefetch_blocks: int = 2) -> Iterator[pa.Table]:
+    """The blocks of a dataset or shard, whole, as Arrow tables (one Ray Data execution)."""
+    return shard.iter_batches(  # type: ignore[no-any-return]
+        batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks
+    )
 
 
 def iter_shard_batches(
     shard: Any, spec: BatchSpec, epoch: int, prefetch_blocks: int = 2
 ) -> Iterable[dict[str, np.ndarray]]:
     """Batches from a Ray Train dataset shard (``ray.train.get_dataset_shard``)."""
-    blocks = shard.iter_batches(
-        batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks
-    )
-    return batches_from_blocks(blocks, spec, epoch)
+    return batches_from_blocks(shard_blocks(shard, prefetch_blocks), spec, epoch)
 
 
 class KeptShard:
@@ -1011,9 +1014,7 @@ class KeptShard:
         self.reads += 1
         keep: list[pa.Table] | None = [] if self._max_bytes > 0 else None
         size = 0
-        for table in self._shard.iter_batches(
-            batch_size=None, batch_format="pyarrow", prefetch_batches=self._prefetch_blocks
-        ):
+        for table in shard_blocks(self._shard, self._prefetch_blocks):
             if keep is not None:
                 size += table.nbytes
                 if size <= self._max_bytes:
@@ -1043,6 +1044,7 @@ __all__ = [
     "plan_units",
     "read_unit",
     "scan_events",
+    "shard_blocks",
     "subject_split",
     "task_groups",
 ]

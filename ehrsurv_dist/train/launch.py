@@ -330,6 +330,9 @@ def run_training(
         raise
     train_subjects = fit.stats[S.TRAIN_SPLIT]["subjects"]
     bspec = pipe.batch_spec()
+    # One worker reads the whole train split: Ray's split coordinator actor (and its per-epoch
+    # start-up barrier) would only hand every block to that one worker.
+    divided = [S.TRAIN_SPLIT] if spec.train.num_workers > 1 else []
     config = {
         "spec": to_dict(spec),
         "mode": mode,
@@ -337,6 +340,9 @@ def run_training(
         "vocab_size": fit.vocab.size,
         "train_subjects": train_subjects,
         "init_export": init_export,
+        # Splits Ray Train divides between the workers (anew every epoch); the others every
+        # worker reads whole, so it may keep their blocks (worker.py).
+        "divided_splits": divided,
         # Fault injection for the recovery tests: the last rank raises after reporting this
         # epoch, once (not after a resume). Unset in normal use.
         "fault_after_epoch": _env_int("EHRSURV_FAULT_AFTER_EPOCH"),
@@ -366,11 +372,7 @@ def run_training(
                 S.TRAIN_SPLIT: _dataset(pipe, S.TRAIN_SPLIT, spec.data.cache),
                 S.TUNING_SPLIT: _dataset(pipe, S.TUNING_SPLIT, spec.data.cache),
             },
-            # One worker reads the whole train split: Ray's split coordinator actor (and its
-            # per-epoch start-up barrier) would only hand every block to that one worker.
-            dataset_config=DataConfig(
-                datasets_to_split=[S.TRAIN_SPLIT] if spec.train.num_workers > 1 else []
-            ),
+            dataset_config=DataConfig(datasets_to_split=divided),
         )
 
     import ray.train

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
 from ehrsurv_dist.jobspec import JobSpec
@@ -135,11 +136,16 @@ def train_func(config: dict[str, Any]) -> None:
         state = LoopState.from_dict(extra["loop"])
 
     # Splits this rank reads whole every epoch are kept after their first complete read (not
-    # the train split of a multi-worker run: launch.py divides it between the workers anew
-    # every epoch). A lazy split (data.cache false) is re-read from Parquet every epoch.
+    # one that launch.py has Ray divide between the workers anew every epoch). A lazy split
+    # (data.cache false) is re-read from Parquet every epoch.
     keep = int(spec.data.worker_cache_mb * 2**20) if spec.data.cache else 0
-    train_shard = KeptShard(ray.train.get_dataset_shard("train"), keep if world == 1 else 0)
-    val_shard = KeptShard(ray.train.get_dataset_shard("tuning"), keep)
+
+    def shard(split: str) -> KeptShard:
+        whole = split not in config["divided_splits"]
+        return KeptShard(ray.train.get_dataset_shard(split), keep if whole else 0)
+
+    train_shard = shard(S.TRAIN_SPLIT)
+    val_shard = shard(S.TUNING_SPLIT)
     scaling = spec.finetune.lora_alpha / spec.finetune.lora_rank
     fault_after = config.get("fault_after_epoch") if ckpt is None else None
     progress = config.get("progress")  # the driver's progress actor (train/progress.py)
