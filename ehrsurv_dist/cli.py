@@ -77,7 +77,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from ehrsurv_dist.data.io import write_json_atomic
+    from ehrsurv_dist.atomic import write_json as write_json_atomic
     from ehrsurv_dist.data.meds import validate_cohort
 
     rep = validate_cohort(
@@ -107,7 +107,7 @@ def _job_spec(args: argparse.Namespace) -> JobSpecT:
 def _cmd_train(args: argparse.Namespace, mode: str) -> int:
     import ray
 
-    from ehrsurv_dist.data.io import write_json_atomic
+    from ehrsurv_dist.atomic import write_json as write_json_atomic
     from ehrsurv_dist.metrics import plots
     from ehrsurv_dist.metrics.survival import jsonable
     from ehrsurv_dist.train.launch import run_training
@@ -163,7 +163,7 @@ def _f(x: Any) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ehrsurv_dist.data.io import write_json_atomic
+    from ehrsurv_dist.atomic import write_json as write_json_atomic
     from ehrsurv_dist.evaluate import evaluate_run
 
     res = evaluate_run(

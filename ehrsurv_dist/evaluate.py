@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import load_config
-from ehrsurv_dist.data import io
 from ehrsurv_dist.data.pipeline import IngestPipeline
 from ehrsurv_dist.data.visits import concat_ranges
 from ehrsurv_dist.data.vocab import Vocabulary
@@ -352,7 +352,7 @@ def _score_splits(
             risk_name=m["risk_score"],
         )
     if tables:
-        io.write_parquet_atomic(
+        atomic.write_parquet(
             pa.concat_tables(tables), os.path.join(run_dir, "predictions", "predictions.parquet")
         )
     return results
@@ -391,7 +391,7 @@ def predict_cohort(run_dir: str, cohort: str, out: str, *, use_ray: bool = True)
     f = spec.finetune
     ht = M.hazard_table_from_csr(p.values, p.offsets)
     risk = M.risk_scores(ht, kind=f.risk_score, k=f.risk_k, n=f.risk_n)
-    io.write_parquet_atomic(predictions_table(p, "all", risk), out)
+    atomic.write_parquet(predictions_table(p, "all", risk), out)
     trunc = "truncated_flat" if pipe.layout == "flat" else "truncated_hierarchical"
     report = PredictReport(
         subjects=len(p.subject_id),

@@ -53,6 +53,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist.config import (
     ConfigError,
     apply_overrides,
@@ -62,7 +63,6 @@ from ehrsurv_dist.config import (
     section,
     to_dict,
 )
-from ehrsurv_dist.data import io
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
 
@@ -613,7 +613,7 @@ def run_sweep(spec: TuneJobSpec, out: str, *, progress: bool = True) -> SweepRes
     trials = expand_trials(spec)
     specs = [trial_spec(base, t) for t in trials]
     prepare_sweep_dir(out, spec)
-    io.write_json_atomic([dataclasses.asdict(t) for t in trials], os.path.join(out, "trials.json"))
+    atomic.write_json([dataclasses.asdict(t) for t in trials], os.path.join(out, "trials.json"))
     root = os.path.join(out, TRIALS_DIR)
     os.makedirs(root, exist_ok=True)
 
@@ -878,7 +878,7 @@ def finish_sweep(
             res = evaluate_run(best_dir, splits=("tuning", "held_out"))
             held = jsonable(res["held_out"])
             _write_run_metrics(best_dir, best, res["tuning"], held)
-        io.write_json_atomic(
+        atomic.write_json(
             {"trial": best["trial"], "run_dir": best_dir, "held_out": held},
             os.path.join(out, "held_out.json"),
         )
@@ -924,7 +924,7 @@ def _write_run_metrics(
     }
     if held is not None:
         metrics["held_out"] = held
-    io.write_json_atomic(jsonable(metrics), os.path.join(run_dir, "metrics.json"))
+    atomic.write_json(jsonable(metrics), os.path.join(run_dir, "metrics.json"))
 
 
 COLUMNS = [
@@ -964,7 +964,7 @@ def write_results(out: str, rows: Sequence[Mapping[str, Any]], best: str | None 
     w.writeheader()
     for r in rows:
         w.writerow({k: "" if r.get(k) is None else r.get(k) for k in keys})
-    io.write_text_atomic(buf.getvalue(), os.path.join(out, "results.csv"))
+    atomic.write_text(buf.getvalue(), os.path.join(out, "results.csv"))
     md = [
         "# Sweep results",
         "",
@@ -975,8 +975,8 @@ def write_results(out: str, rows: Sequence[Mapping[str, Any]], best: str | None 
         markdown_table(rows, best),
         "",
     ]
-    io.write_text_atomic("\n".join(md), os.path.join(out, "results.md"))
-    io.write_json_atomic({"best": best, "trials": list(rows)}, os.path.join(out, "results.json"))
+    atomic.write_text("\n".join(md), os.path.join(out, "results.md"))
+    atomic.write_json({"best": best, "trials": list(rows)}, os.path.join(out, "results.json"))
     plot_tdc_vs_params(rows, os.path.join(out, "plots", "tdc_vs_params.png"))
 
 
@@ -984,8 +984,6 @@ def plot_tdc_vs_params(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     """Validation td-C against trainable parameters (log scale), one colour per strategy."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from ehrsurv_dist.metrics.plots import _save_atomic
 
     fig = Figure(figsize=(6.5, 4.2))
     FigureCanvasAgg(fig)
@@ -1006,7 +1004,7 @@ def plot_tdc_vs_params(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")
     fig.tight_layout()
-    _save_atomic(fig, path, 110)
+    atomic.write_png(fig, path, 110)
 
 
 def write_best_yaml(spec: JobSpec, path: str, out: str, row: Mapping[str, Any]) -> None:
@@ -1023,7 +1021,7 @@ def write_best_yaml(spec: JobSpec, path: str, out: str, row: Mapping[str, Any]) 
 
     text = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
     text += yaml.safe_dump(diff, sort_keys=False, default_flow_style=False)
-    io.write_text_atomic(text, path)
+    atomic.write_text(text, path)
 
 
 def _diff(value: Mapping[str, Any], default: Mapping[str, Any]) -> dict[str, Any]:

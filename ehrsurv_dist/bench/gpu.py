@@ -40,8 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data import io
 from ehrsurv_dist.models import builders as B
 from ehrsurv_dist.models.config import BEHRTConfig
 
@@ -261,10 +261,8 @@ def run_gpu_bench(
     res["peak_bf16_tflops"] = float(peak) if peak else 0.0
     res["cuda"] = float(cuda)
     os.makedirs(out, exist_ok=True)
-    io.write_json_atomic(res, os.path.join(out, "bench.json"))
-    io.write_text_atomic(
-        _summary(res, sizes, name, cuda, zero_stage), os.path.join(out, "SUMMARY.md")
-    )
+    atomic.write_json(res, os.path.join(out, "bench.json"))
+    atomic.write_text(_summary(res, sizes, name, cuda, zero_stage), os.path.join(out, "SUMMARY.md"))
     return res
 
 

@@ -46,8 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist.config import DataConfig
-from ehrsurv_dist.data import io
 from ehrsurv_dist.data.collate import BatchStats
 from ehrsurv_dist.data.meds import data_files
 from ehrsurv_dist.data.pipeline import READ_COLUMNS, IngestPipeline
@@ -391,8 +391,8 @@ def run_ingest_bench(
         "ray_median_s": med["ray"],
         "ray_1cpu_median_s": statistics.median(t_1["ray"]),
     }
-    io.write_json_atomic(res, os.path.join(out, "bench.json"))
-    io.write_text_atomic(_summary(cohort, res, pipe), os.path.join(out, "SUMMARY.md"))
+    atomic.write_json(res, os.path.join(out, "bench.json"))
+    atomic.write_text(_summary(cohort, res, pipe), os.path.join(out, "SUMMARY.md"))
     return res
 
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data import io
 
 Overrides = tuple[str, ...]
 
@@ -164,7 +164,7 @@ def run_row(
         "length_only_auc": (held.get("length_only") or {}).get("auc_length_event"),
         "truncated_c_index_td": (held.get("leakage") or {}).get("random_truncation_c_index_td"),
     }
-    io.write_json_atomic(entry, os.path.join(run, "bench_row.json"))
+    atomic.write_json(entry, os.path.join(run, "bench_row.json"))
     return entry
 
 
@@ -220,8 +220,6 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 def _plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     from matplotlib.figure import Figure
 
-    from ehrsurv_dist.metrics.plots import _save_atomic
-
     fig = Figure(figsize=(8, 0.45 * len(rows) + 1.5))
     ax = fig.add_subplot()
     y = np.arange(len(rows))[::-1]
@@ -239,7 +237,7 @@ def _plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     ax.set_xlabel("held-out td-C (95% bootstrap interval)")
     ax.set_title(title)
     fig.tight_layout()
-    _save_atomic(fig, path, 100)
+    atomic.write_png(fig, path, 100)
 
 
 def run_bench(
@@ -333,7 +331,7 @@ def run_bench(
                 flat[f"{r['name']}_{k}_lo"], flat[f"{r['name']}_{k}_hi"] = v
     with open(os.path.join(cohort, "synth_report.json")) as f:
         rep = json.load(f)
-    io.write_json_atomic(flat, os.path.join(out, "bench.json"))
+    atomic.write_json(flat, os.path.join(out, "bench.json"))
     title = "Model comparison" if kind == "models" else "Loss comparison"
     _plot(results, os.path.join(out, "plots", f"{kind}_c_index_td.png"), title)
     text = "\n".join(
@@ -354,5 +352,5 @@ def run_bench(
             "",
         ]
     )
-    io.write_text_atomic(text, os.path.join(out, "SUMMARY.md"))
+    atomic.write_text(text, os.path.join(out, "SUMMARY.md"))
     return flat

@@ -75,8 +75,8 @@ from typing import Any
 
 import numpy as np
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data import io
 from ehrsurv_dist.errors import EhrsurvError, OutputError
 
 REQUIRED_KEYS = (
@@ -844,8 +844,8 @@ def run_throughput_bench(
             "bench_wall_s": time.perf_counter() - t_bench,
         }
     )
-    io.write_json_atomic(res, os.path.join(out, "bench.json"))
-    io.write_text_atomic(summary(res, cohort, size, stages), os.path.join(out, "SUMMARY.md"))
+    atomic.write_json(res, os.path.join(out, "bench.json"))
+    atomic.write_text(summary(res, cohort, size, stages), os.path.join(out, "SUMMARY.md"))
     return res
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data import io
 from ehrsurv_dist.data.meds import (
     CohortReport,
     data_files,
@@ -103,6 +103,6 @@ def load_cohort(
     if rej.num_rows:
         log.warning("dropped %d subject(s); reasons are in the rejects file", rej.num_rows)
         if rejects_path is not None:
-            io.write_parquet_atomic(rej, rejects_path)
+            atomic.write_parquet(rej, rejects_path)
     split = subject_splits(cohort, visits.subject_id, split_seed)
     return Cohort(visits=visits, split=split, rejects=rej, report=report)

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data import io
@@ -761,7 +762,7 @@ class IngestPipeline:
         if rejects.num_rows:
             log.warning("dropped %d subject(s); reasons are in the rejects file", rejects.num_rows)
             if rejects_path is not None:
-                io.write_parquet_atomic(rejects, rejects_path)
+                atomic.write_parquet(rejects, rejects_path)
         if vocab_path is not None:
             vocab.save(vocab_path)
         self.vocab = vocab

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.stats import spearmanr
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data import io
 from ehrsurv_dist.data.meds import data_files, read_outcomes
 from ehrsurv_dist.data.splits import subject_splits
 from ehrsurv_dist.metrics import survival as M
@@ -120,5 +120,5 @@ def format_synth_report(r: dict[str, Any]) -> str:
 
 def write_synth_report(cohort: str) -> dict[str, Any]:
     r = synth_report(cohort)
-    io.write_json_atomic(r, os.path.join(cohort, "synth_report.json"))
+    atomic.write_json(r, os.path.join(cohort, "synth_report.json"))
     return r

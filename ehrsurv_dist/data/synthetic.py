@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data import io
 from ehrsurv_dist.data.splits import hash_splits
 from ehrsurv_dist.errors import OutputError
 
@@ -585,13 +585,13 @@ def synthesize(
                 os.remove(truth_tmp)
 
     out_t = pa.concat_tables(outcomes)
-    io.write_parquet_atomic(out_t, os.path.join(out, S.OUTCOMES_FILE))
+    atomic.write_parquet(out_t, os.path.join(out, S.OUTCOMES_FILE))
     ids = np.asarray(out_t[S.SUBJECT_ID].to_numpy())
     splits = pa.table(
         {S.SUBJECT_ID: pa.array(ids), S.SPLIT: pa.array(hash_splits(ids).tolist(), pa.string())}
     )
     meds.SubjectSplitSchema.validate(splits)
-    io.write_parquet_atomic(splits, os.path.join(out, S.SUBJECT_SPLITS_PATH))
+    atomic.write_parquet(splits, os.path.join(out, S.SUBJECT_SPLITS_PATH))
     all_names = [*CODE_NAMES, "GENDER/F", "GENDER/M"]
     descs = [f"{_DESC[_CODE_KIND[i]]} code {CODE_NAMES[i]}" for i in range(len(CODE_NAMES))]
     codes_t = pa.table(
@@ -602,7 +602,7 @@ def synthesize(
         }
     )
     meds.CodeMetadataSchema.validate(codes_t)
-    io.write_parquet_atomic(codes_t, os.path.join(out, S.CODE_METADATA_PATH))
+    atomic.write_parquet(codes_t, os.path.join(out, S.CODE_METADATA_PATH))
     meta = {
         "dataset_name": f"ehrsurv-synth-{preset}",
         "dataset_version": f"seed{seed}-n{n_total}-signal{signal:g}-frailty{frailty:g}",
@@ -612,7 +612,7 @@ def synthesize(
         "created_at": _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None).isoformat(),
     }
     meds.DatasetMetadataSchema.validate(meta)
-    io.write_json_atomic(meta, os.path.join(out, S.DATASET_METADATA_PATH))
+    atomic.write_json(meta, os.path.join(out, S.DATASET_METADATA_PATH))
     return SynthResult(out, n_total, k_shards, rows, _time.perf_counter() - t0)
 
 

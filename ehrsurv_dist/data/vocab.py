@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data import io
 from ehrsurv_dist.errors import EhrsurvError
 
 VOCAB_FORMAT = "ehrsurv-vocab/1"
@@ -224,7 +224,7 @@ class Vocabulary:
 
     def save(self, path: str) -> None:
         """Write the vocabulary as JSON, atomically."""
-        io.write_json_atomic(self.to_dict(), path)
+        atomic.write_json(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str) -> Vocabulary:

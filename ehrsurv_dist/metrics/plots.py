@@ -9,7 +9,6 @@ sees a half-written PNG.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist.metrics.survival import (
     CalibrationResult,
     HazardsLike,
@@ -28,22 +28,6 @@ from ehrsurv_dist.metrics.survival import (
     _as_risk,
     as_hazard_table,
 )
-
-
-def _save_atomic(fig: Figure, path: str | os.PathLike[str], dpi: int) -> Path:
-    """Render ``fig`` to ``path`` as PNG via a temporary file in the same folder."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)  # attach the Agg canvas explicitly
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
 
 
 def plot_survival_curves(
@@ -104,7 +88,7 @@ def plot_survival_curves(
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Predicted survival (dotted: last hazard held after the last visit)")
     ax.legend(loc="lower left")
-    return _save_atomic(fig, path, dpi)
+    return Path(atomic.write_png(fig, path, dpi))
 
 
 def plot_calibration(
@@ -150,7 +134,7 @@ def plot_calibration(
     ax.set_ylabel("observed (Kaplan–Meier)")
     ax.set_title(f"Calibration at k={c['horizon']}, ECE={float(c['ece']):.3f}")
     ax.legend(loc="upper left")
-    return _save_atomic(fig, path, dpi)
+    return Path(atomic.write_png(fig, path, dpi))
 
 
 def plot_risk_vs_length(
@@ -209,7 +193,7 @@ def plot_risk_vs_length(
     ax.set_ylabel(risk_name)
     ax.set_title(f"{risk_name} vs sequence length (Spearman ρ = {rho:.3f})")
     ax.legend(loc="best")
-    return _save_atomic(fig, path, dpi)
+    return Path(atomic.write_png(fig, path, dpi))
 
 
 def km_by_risk_group(
@@ -290,7 +274,7 @@ def plot_km_by_risk_group(
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Kaplan–Meier by predicted {risk_name} group (dashed: mean predicted)")
     ax.legend(loc="best", fontsize=8)
-    return _save_atomic(fig, path, dpi)
+    return Path(atomic.write_png(fig, path, dpi))
 
 
 def plot_training_curves(
@@ -313,4 +297,4 @@ def plot_training_curves(
         ax2.axvline(best[-1]["epoch"], color="grey", linestyle=":", label="best")
         ax2.legend()
     fig.tight_layout()
-    return _save_atomic(fig, path, dpi)
+    return Path(atomic.write_png(fig, path, dpi))

@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import ConfigError, dump_yaml, load_config, to_dict
-from ehrsurv_dist.data import io
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError, OutputError
 from ehrsurv_dist.jobspec import JobSpec
@@ -110,7 +110,7 @@ def prepare_run_dir(out: str, spec: JobSpec, mode: str) -> bool:
         out, JobSpec, spec, "run", differs="different config or mode", same=same_mode
     ):
         return True
-    io.write_text_atomic(mode + "\n", mode_file)
+    atomic.write_text(mode + "\n", mode_file)
     return False
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ehrsurv_dist.data import io
+from ehrsurv_dist import atomic
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.models import builders as B
@@ -141,7 +141,7 @@ def save_export(
         "state_dict": {k: v.detach().to("cpu", torch.float32) for k, v in state_dict.items()},
         **(extra or {}),
     }
-    with io.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 

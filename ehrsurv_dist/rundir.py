@@ -1,0 +1,41 @@
+"""The layout of a run directory, in one place (every reader and writer takes names from here).
+
+::
+
+    RUN/
+      config.yaml              resolved job config (with the launch command as a header)
+      MODE                     pretrain | finetune: a run directory serves one mode
+      vocab.json               the vocabulary fitted on the train split
+      rejects.parquet          dropped subjects and the reason
+      metrics.json             per split metrics (+ "train" history)
+      checkpoints/best/model.pt   the exported best model
+      predictions/predictions.parquet
+      plots/*.png
+      ray/                     Ray Train's storage (checkpoints of every epoch, resume state)
+"""
+
+from __future__ import annotations
+
+import os
+
+from ehrsurv_dist.schema import REJECTS_FILE
+
+CONFIG = "config.yaml"
+MODE = "MODE"
+VOCAB = "vocab.json"
+REJECTS = REJECTS_FILE
+METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+EXPORT = os.path.join(CHECKPOINTS, "best", "model.pt")
+PREDICTIONS_DIR = "predictions"
+PREDICTIONS = os.path.join(PREDICTIONS_DIR, "predictions.parquet")
+PLOTS = "plots"
+RAY_DIR = "ray"
+
+# A new run's own files: removed again if the run fails before its first checkpoint.
+RUN_FILES = (CONFIG, MODE, VOCAB, REJECTS)
+
+
+def path(run_dir: str, name: str) -> str:
+    """``run_dir/name`` for a name of this module (``rundir.path(run, rundir.VOCAB)``)."""
+    return os.path.join(run_dir, name)
