@@ -57,6 +57,10 @@ NUM_SPECIAL_TOKENS = 3
 SPECIAL_TOKENS: tuple[str, str, str] = ("[PAD]", "[MASK]", "[UNK]")
 IGNORE_INDEX = -100  # label value ignored by token-level losses (MLM)
 
+# Scalar risk scores from a hazard sequence (DESIGN §4); one name, `risk_score`, from the job
+# file (`finetune.risk_score`) through the loss and the metrics.
+RISK_SCORES: tuple[str, str, str] = ("mean_hazard", "horizon", "first_n")
+
 
 # --- Batch fields -------------------------------------------------------------------------------
 @dataclass(frozen=True)
