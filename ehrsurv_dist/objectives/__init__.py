@@ -10,7 +10,6 @@ from ehrsurv_dist.objectives.pretraining import (
     NVPLoss,
     build_nvp_targets,
     joint_pretraining_loss,
-    mask_tokens,
     mlm_loss,
     nvp_loss,
 )
@@ -46,7 +45,6 @@ __all__ = [
     "hybrid_survival_loss",
     "joint_pretraining_loss",
     "logistic_ranking_loss",
-    "mask_tokens",
     "mlm_loss",
     "nvp_loss",
     "pairwise_ranking_loss",

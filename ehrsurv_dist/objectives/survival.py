@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehrsurv_dist.models.curves import RiskScore, check_tensor, risk_score
+from ehrsurv_dist.hazards import RiskScore, check_logits_mask, risk_score
+from ehrsurv_dist.tensors import check_tensor
 
 Reduction = Literal["mean", "sum", "none"]
 RankLoss = Literal["hinge", "logistic"]
@@ -80,12 +81,7 @@ def discrete_time_nll(
         ValueError: naming the argument with the wrong rank, dtype or shape, a ``last_visit``
             outside [0, V) or on a slot that is not a real visit, or an unknown ``reduction``.
     """
-    check_tensor(logits, "logits", ndim=2, floating=True)
-    check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
-    if visit_mask.shape != logits.shape:
-        raise ValueError(
-            f"visit_mask shape {tuple(visit_mask.shape)} != logits shape {tuple(logits.shape)}"
-        )
+    check_logits_mask(logits, visit_mask)
     B, V = logits.shape
     _check_labels(last_visit, event, B)
     if reduction not in REDUCTIONS:
@@ -179,7 +175,7 @@ def pairwise_ranking_loss(
 
     Args:
         risk: float [B], higher = earlier event (e.g.
-            :func:`~ehrsurv_dist.models.curves.risk_score`).
+            :func:`~ehrsurv_dist.hazards.risk_score`).
         last_visit: int64 [B].
         event: bool [B].
         margin: hinge margin.
@@ -273,7 +269,7 @@ def hybrid_survival_loss(
         lambda_nll, lambda_rank: weights.
         rank_loss: ``hinge`` or ``logistic``; margin, sigma, include_ties as the ranking losses.
         risk, horizon, first_n: the risk score for ranking
-            (:func:`~ehrsurv_dist.models.curves.risk_score`).
+            (:func:`~ehrsurv_dist.hazards.risk_score`).
 
     Returns:
         ``(total, {"nll", "rank", "total"})``; the dict holds detached scalars for logging.
@@ -366,12 +362,7 @@ def cox_log_risk(logits: Tensor, visit_mask: Tensor, first_n: int | None = None)
     Returns:
         float [B]; 0 for a subject without real visits.
     """
-    check_tensor(logits, "logits", ndim=2, floating=True)
-    check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
-    if visit_mask.shape != logits.shape:
-        raise ValueError(
-            f"visit_mask shape {tuple(visit_mask.shape)} != logits shape {tuple(logits.shape)}"
-        )
+    check_logits_mask(logits, visit_mask)
     logits = _upcast(logits)
     keep = visit_mask
     if first_n is not None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from ehrsurv_dist.models.curves import risk_score
+from ehrsurv_dist.hazards import risk_score
 from ehrsurv_dist.objectives import (
     CoxLoss,
     DiscreteTimeNLLLoss,
