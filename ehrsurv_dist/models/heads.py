@@ -211,17 +211,20 @@ class BEHRTPretraining(nn.Module):
         if self.nvp_head is not None:
             self.nvp_head.apply(init_weights)
 
-    def forward(
-        self,
-        codes: Tensor,
-        ages: Tensor,
-        visit_ids: Tensor,
-        attention_mask: Tensor,
-        num_visit_slots: int | None = None,
-    ) -> PretrainingOutput:
-        """Args: the flat batch fields (see :class:`~ehrsurv_dist.models.behrt.BEHRTEncoder`),
-        ``codes`` already MLM-masked. Returns: :class:`PretrainingOutput`."""
-        hidden = self.encoder(codes, ages, visit_ids, attention_mask)  # [B, L, D]
+    def forward(self, *, num_visit_slots: int | None = None, **inputs: Tensor) -> PretrainingOutput:
+        """MLM logits per token and next-visit logits per visit.
+
+        Args:
+            num_visit_slots: fixed V (default: dynamic, see :func:`aggregate_visits`).
+            **inputs: the ``input_fields`` by name, as
+                :meth:`~ehrsurv_dist.models.behrt.BEHRTEncoder.forward` reads them (the encoder
+                is the one place that spells them out); ``codes`` already MLM-masked.
+
+        Returns:
+            :class:`~ehrsurv_dist.outputs.PretrainingOutput`.
+        """
+        hidden = self.encoder(**inputs)  # [B, L, D]
+        visit_ids, attention_mask = inputs[VISIT_IDS], inputs[ATTENTION_MASK]
         visits, visit_mask = aggregate_visits(hidden, visit_ids, attention_mask, num_visit_slots)
         return PretrainingOutput(
             hidden_states=hidden,

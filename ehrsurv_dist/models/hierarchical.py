@@ -154,8 +154,21 @@ class HierarchicalEncoder(nn.Module):
         code_mask: Tensor,
         visit_mask: Tensor,
     ) -> Tensor:
-        """Args: the hierarchical batch fields (see :class:`HierarchicalBEHRTSurvival`).
-        Returns: [B, V, D], exactly 0 on padded visit slots."""
+        """Contextual visit states.
+
+        Args:
+            codes: int64 [B, V, C], PAD_ID on padding.
+            ages: float [B, V], years.
+            time_deltas: float [B, V], days since the previous visit (0 for the first).
+            code_mask: bool [B, V, C], True = real code.
+            visit_mask: bool [B, V], True = real visit slot (the visit validity source).
+
+        Returns:
+            [B, V, D], exactly 0 on padded visit slots.
+
+        Raises:
+            ValueError: on a malformed batch (see :func:`validate_hierarchical_inputs`).
+        """
         validate_hierarchical_inputs(
             codes,
             ages,
@@ -193,29 +206,19 @@ class HierarchicalBEHRTSurvival(nn.Module):
         self.head = HazardHead(cfg.hidden_dim, cfg.hazard_hidden_dim, cfg.head_dropout)
         self.head.apply(init_weights)
 
-    def forward(
-        self,
-        codes: Tensor,
-        ages: Tensor,
-        time_deltas: Tensor,
-        code_mask: Tensor,
-        visit_mask: Tensor,
-        return_visit_embeddings: bool = False,
-    ) -> SurvivalOutput:
+    def forward(self, *, return_visit_embeddings: bool = False, **inputs: Tensor) -> SurvivalOutput:
         """Per-visit hazard logits.
 
         Args:
-            codes: int64 [B, V, C], PAD_ID on padding.
-            ages: float [B, V], years.
-            time_deltas: float [B, V], days since the previous visit (0 for the first).
-            code_mask: bool [B, V, C], True = real code.
-            visit_mask: bool [B, V], True = real visit slot (the visit validity source).
             return_visit_embeddings: also return the [B, V, D] timeline states.
+            **inputs: the ``input_fields`` by name, as :meth:`HierarchicalEncoder.forward` reads
+                them (the encoder is the one place that spells them out).
 
         Returns:
             :class:`SurvivalOutput` with logits [B, V] and the input visit_mask.
         """
-        z = self.encoder(codes, ages, time_deltas, code_mask, visit_mask)  # [B, V, D]
+        z = self.encoder(**inputs)  # [B, V, D]
+        visit_mask = inputs[VISIT_MASK]
         return SurvivalOutput(
             logits=self.head(z, visit_mask),
             visit_mask=visit_mask,

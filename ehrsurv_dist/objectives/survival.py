@@ -11,7 +11,7 @@ Shape vocabulary: ``B`` batch, ``V`` visit slots.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -285,11 +285,24 @@ def hybrid_survival_loss(
     return total, {"nll": nll.detach(), "rank": rank.detach(), "total": total.detach()}
 
 
+class RankingOptions(TypedDict, total=False):
+    """The ranking keywords of :func:`hybrid_survival_loss`, whose signature holds the defaults."""
+
+    rank_loss: RankLoss
+    margin: float
+    sigma: float
+    include_ties: bool
+    risk: RiskScore
+    horizon: int | None
+    first_n: int | None
+
+
 class HybridSurvivalLoss(nn.Module):
     """Module wrapper of :func:`hybrid_survival_loss` with an optional λ_rank curriculum.
 
     With ``rank_warmup_epochs > 0``, call :meth:`set_epoch` at the start of every epoch:
     ``lambda_rank`` then follows :func:`curriculum_lambda_rank` up to ``lambda_rank_max``.
+    ``**ranking`` (:class:`RankingOptions`) is passed on to :func:`hybrid_survival_loss`.
     """
 
     def __init__(
@@ -298,25 +311,17 @@ class HybridSurvivalLoss(nn.Module):
         lambda_rank_max: float = 0.1,
         *,
         rank_warmup_epochs: int = 0,
-        rank_loss: RankLoss = "hinge",
-        margin: float = 0.1,
-        sigma: float = 0.1,
-        include_ties: bool = True,
-        risk: RiskScore = "mean_hazard",
-        horizon: int | None = None,
-        first_n: int | None = None,
+        **ranking: Unpack[RankingOptions],
     ) -> None:
         super().__init__()
+        rank_loss = ranking.get("rank_loss", "hinge")
         if rank_loss not in RANK_LOSSES:
             raise ValueError(f"rank_loss must be one of {RANK_LOSSES}, got {rank_loss!r}")
         self.lambda_nll = lambda_nll
         self.lambda_rank_max = lambda_rank_max
         self.rank_warmup_epochs = rank_warmup_epochs
         self.lambda_rank = curriculum_lambda_rank(0, lambda_rank_max, rank_warmup_epochs)
-        self.rank_loss: RankLoss = rank_loss
-        self.margin, self.sigma, self.include_ties = margin, sigma, include_ties
-        self.risk: RiskScore = risk
-        self.horizon, self.first_n = horizon, first_n
+        self.ranking = ranking
 
     def set_epoch(self, epoch: int) -> None:
         """Set ``lambda_rank`` for ``epoch`` (0-based) from the curriculum."""
@@ -334,13 +339,7 @@ class HybridSurvivalLoss(nn.Module):
             visit_mask,
             lambda_nll=self.lambda_nll,
             lambda_rank=self.lambda_rank,
-            rank_loss=self.rank_loss,
-            margin=self.margin,
-            sigma=self.sigma,
-            include_ties=self.include_ties,
-            risk=self.risk,
-            horizon=self.horizon,
-            first_n=self.first_n,
+            **self.ranking,
         )
 
 
