@@ -4,6 +4,7 @@ The public likelihood (DESIGN.md §5) is
 ``discrete_time_nll(logits, last_visit, event, visit_mask, reduction="mean")``.
 """
 
+from ehrsurv_dist.objectives.cox import CoxLoss, cox_log_risk, cox_partial_likelihood
 from ehrsurv_dist.objectives.pretraining import (
     JointPretrainingLoss,
     MLMLoss,
@@ -14,13 +15,10 @@ from ehrsurv_dist.objectives.pretraining import (
     nvp_loss,
 )
 from ehrsurv_dist.objectives.survival import (
-    CoxLoss,
     DiscreteTimeNLLLoss,
     HybridSurvivalLoss,
     PairwiseRankingLoss,
     comparable_pairs,
-    cox_log_risk,
-    cox_partial_likelihood,
     curriculum_lambda_rank,
     discrete_time_nll,
     hybrid_survival_loss,
