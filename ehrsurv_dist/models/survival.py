@@ -1,9 +1,10 @@
-"""Flat BEHRT survival model and the output contract shared by every survival model.
+"""Flat BEHRT survival model, and :func:`select_inputs` that feeds every model its batch fields.
 
 ``BEHRTSurvival``: encoder (B, L, D) -> per-visit aggregation (B, V, D) -> hazard head -> per-visit
 logits (B, V). The hierarchical BEHRT and the LSTM baseline return the same
-:class:`SurvivalOutput`, and each model names the batch fields it reads in ``input_fields``, so
-that one training and evaluation path serves all three (:func:`select_inputs`).
+:class:`~ehrsurv_dist.outputs.SurvivalOutput` (imported here for the training code), and each
+model names the batch fields it reads in ``input_fields``, so that one training and evaluation
+path serves all three (:func:`select_inputs`).
 
 Shape vocabulary: ``B`` batch, ``L`` tokens, ``V`` visit slots, ``D`` hidden.
 """
