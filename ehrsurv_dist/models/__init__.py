@@ -1,9 +1,18 @@
-"""Pure-torch models: flat BEHRT, hierarchical BEHRT, LSTM baseline, heads, LoRA, curves.
+"""Pure-torch models: flat BEHRT, hierarchical BEHRT, LSTM baseline, heads, LoRA.
 
 Every survival model returns :class:`SurvivalOutput` (per-visit hazard logits [B, V] and the visit
 mask [B, V]) and names the batch fields it reads in ``input_fields`` (see :func:`select_inputs`).
+The output contracts live in :mod:`ehrsurv_dist.outputs` and the survival curves and risk scores
+in :mod:`ehrsurv_dist.hazards` (shared with the objectives); both are re-exported here.
 """
 
+from ehrsurv_dist.hazards import (
+    hazards_from_logits,
+    last_real_visit,
+    log_survival,
+    risk_score,
+    survival_curve,
+)
 from ehrsurv_dist.models.behrt import (
     BEHRTEncoder,
     FeedForward,
@@ -30,15 +39,6 @@ from ehrsurv_dist.models.builders import (
     preset_parameter_table,
 )
 from ehrsurv_dist.models.config import BEHRTConfig, HierarchicalConfig, LoRAConfig, LSTMConfig
-from ehrsurv_dist.models.curves import (
-    hazards_from_logits,
-    last_real_visit,
-    log_survival,
-    risk_score,
-    risk_score_np,
-    survival_curve,
-    survival_curve_np,
-)
 from ehrsurv_dist.models.embeddings import BEHRTEmbeddings, BinnedEmbedding
 from ehrsurv_dist.models.heads import (
     AttentionVisitPooling,
@@ -46,7 +46,6 @@ from ehrsurv_dist.models.heads import (
     HazardHead,
     MLMHead,
     NVPHead,
-    PretrainingOutput,
     aggregate_visits,
     pool_patient,
 )
@@ -64,7 +63,8 @@ from ehrsurv_dist.models.lora import (
     unmerge_lora,
 )
 from ehrsurv_dist.models.lstm import LSTMSurvival
-from ehrsurv_dist.models.survival import BEHRTSurvival, SurvivalOutput, select_inputs
+from ehrsurv_dist.models.survival import BEHRTSurvival, select_inputs
+from ehrsurv_dist.outputs import PretrainingOutput, SurvivalOutput
 
 __all__ = [
     "AttentionVisitPooling",
@@ -118,11 +118,9 @@ __all__ = [
     "pool_patient",
     "preset_parameter_table",
     "risk_score",
-    "risk_score_np",
     "save_lora",
     "select_inputs",
     "survival_curve",
-    "survival_curve_np",
     "trainable_parameters",
     "unmerge_lora",
 ]

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ehrsurv_dist.models.config import ATTENTION_MODES, BEHRTConfig
-from ehrsurv_dist.models.curves import check_tensor
-from ehrsurv_dist.models.embeddings import BEHRTEmbeddings
+from ehrsurv_dist.models.embeddings import BEHRTEmbeddings, require_vocab_size
+from ehrsurv_dist.tensors import check_codes, check_shape, check_tensor
 
 
 def build_attention_mask(group_ids: Tensor, valid: Tensor, mode: str) -> Tensor:
@@ -121,11 +121,7 @@ def init_weights(module: nn.Module) -> None:
 
 
 def validate_flat_inputs(
-    codes: Tensor,
-    ages: Tensor,
-    visit_ids: Tensor,
-    attention_mask: Tensor,
-    vocab_size: int,
+    codes: Tensor, ages: Tensor, visit_ids: Tensor, attention_mask: Tensor, vocab_size: int
 ) -> None:
     """Check the flat batch contract of ``schema.FLAT_FIELDS``.
 
@@ -137,13 +133,10 @@ def validate_flat_inputs(
     check_tensor(visit_ids, "visit_ids", ndim=2, dtype=torch.int64)
     check_tensor(attention_mask, "attention_mask", ndim=2, dtype=torch.bool)
     for name, t in (("ages", ages), ("visit_ids", visit_ids), ("attention_mask", attention_mask)):
-        if t.shape != codes.shape:
-            raise ValueError(f"{name} shape {tuple(t.shape)} != codes shape {tuple(codes.shape)}")
-    if codes.numel() > 0:
-        if int(codes.min()) < 0 or int(codes.max()) >= vocab_size:
-            raise ValueError(f"codes must lie in [0, vocab_size={vocab_size})")
-        if int(visit_ids.min()) < 0:
-            raise ValueError("visit_ids must be >= 0")
+        check_shape(t, name, codes.shape, "codes shape")
+    check_codes(codes, vocab_size)
+    if codes.numel() > 0 and int(visit_ids.min()) < 0:
+        raise ValueError("visit_ids must be >= 0")
 
 
 class BEHRTEncoder(nn.Module):
@@ -151,10 +144,8 @@ class BEHRTEncoder(nn.Module):
 
     def __init__(self, cfg: BEHRTConfig) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ValueError("vocab_size must be set before building a model")
         self.cfg = cfg
-        self.vocab_size = cfg.vocab_size
+        self.vocab_size = require_vocab_size(cfg)
         self.attention = cfg.attention
         self.embeddings = BEHRTEmbeddings(cfg)
         self.blocks = nn.ModuleList(

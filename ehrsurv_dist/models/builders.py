@@ -231,9 +231,14 @@ def preset_parameter_table(vocab_size: int = 1000, lora_rank: int = 16) -> str:
 # --- tiny random batches for tests, benchmarks and docs -----------------------------------------
 
 
+Subject = tuple[list[list[int]], list[float], list[float], bool]  # visits, ages, gaps, event
+
+
 def _random_subjects(
-    batch_size: int, max_visits: int, max_codes: int, vocab_size: int, g: torch.Generator
-) -> list[tuple[list[list[int]], list[float], list[float], bool]]:
+    vocab_size: int, batch_size: int, max_visits: int, max_codes: int, seed: int
+) -> list[Subject]:
+    """The random subjects of both example layouts (a private generator seeded with ``seed``)."""
+    g = torch.Generator().manual_seed(seed)
     if vocab_size <= NUM_SPECIAL_TOKENS:
         raise ValueError(f"vocab_size must be > {NUM_SPECIAL_TOKENS}, got {vocab_size}")
     subjects = []
@@ -258,6 +263,16 @@ def _random_subjects(
     return subjects
 
 
+def _label_fields(subjects: list[Subject]) -> dict[str, Tensor]:
+    """``last_visit``, ``event`` and ``num_visits`` [B] of the example subjects."""
+    num_visits = torch.tensor([len(s[0]) for s in subjects], dtype=torch.int64)
+    return {
+        LAST_VISIT: num_visits - 1,
+        EVENT: torch.tensor([s[3] for s in subjects], dtype=torch.bool),
+        NUM_VISITS: num_visits,
+    }
+
+
 def example_flat_batch(
     vocab_size: int,
     batch_size: int = 13,
@@ -275,8 +290,7 @@ def example_flat_batch(
         seq_len: L (default: the longest subject); must cover the longest subject.
         seed: seed of the private generator (the global RNG is untouched).
     """
-    g = torch.Generator().manual_seed(seed)
-    subjects = _random_subjects(batch_size, max_visits, max_codes, vocab_size, g)
+    subjects = _random_subjects(vocab_size, batch_size, max_visits, max_codes, seed)
     lengths = [sum(len(v) for v in visits) for visits, _, _, _ in subjects]
     L = max(lengths) if seq_len is None else seq_len
     if L < max(lengths):
@@ -293,31 +307,23 @@ def example_flat_batch(
             visit_ids[b, i : i + len(visit)] = t
             mask[b, i : i + len(visit)] = True
             i += len(visit)
-    num_visits = torch.tensor([len(s[0]) for s in subjects], dtype=torch.int64)
     return {
         CODES: codes,
         AGES: ages,
         VISIT_IDS: visit_ids,
         ATTENTION_MASK: mask,
-        LAST_VISIT: num_visits - 1,
-        EVENT: torch.tensor([s[3] for s in subjects], dtype=torch.bool),
-        NUM_VISITS: num_visits,
+        **_label_fields(subjects),
     }
 
 
 def example_hierarchical_batch(
-    vocab_size: int,
-    batch_size: int = 13,
-    max_visits: int = 5,
-    max_codes: int = 4,
-    seed: int = 0,
+    vocab_size: int, batch_size: int = 13, max_visits: int = 5, max_codes: int = 4, seed: int = 0
 ) -> dict[str, Tensor]:
     """The same random subjects as :func:`example_flat_batch` (same seed), hierarchical layout.
 
     Returns the ``schema.HIERARCHICAL_FIELDS`` contract with V = max_visits, C = max_codes.
     """
-    g = torch.Generator().manual_seed(seed)
-    subjects = _random_subjects(batch_size, max_visits, max_codes, vocab_size, g)
+    subjects = _random_subjects(vocab_size, batch_size, max_visits, max_codes, seed)
     codes = torch.full((batch_size, max_visits, max_codes), PAD_ID, dtype=torch.int64)
     ages = torch.zeros(batch_size, max_visits, dtype=torch.float32)
     deltas = torch.zeros(batch_size, max_visits, dtype=torch.float32)
@@ -327,15 +333,13 @@ def example_hierarchical_batch(
             codes[b, t, : len(visit)] = torch.tensor(visit)
         ages[b, :n] = torch.tensor(visit_ages)
         deltas[b, :n] = torch.tensor(gaps)
-    num_visits = torch.tensor([len(s[0]) for s in subjects], dtype=torch.int64)
-    visit_mask = torch.arange(max_visits)[None, :] < num_visits[:, None]
+    labels = _label_fields(subjects)
+    visit_mask = torch.arange(max_visits)[None, :] < labels[NUM_VISITS][:, None]
     return {
         CODES: codes,
         AGES: ages,
         TIME_DELTAS: deltas,
         CODE_MASK: codes != PAD_ID,
         VISIT_MASK: visit_mask,
-        LAST_VISIT: num_visits - 1,
-        EVENT: torch.tensor([s[3] for s in subjects], dtype=torch.bool),
-        NUM_VISITS: num_visits,
+        **labels,
     }

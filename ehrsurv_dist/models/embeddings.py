@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ehrsurv_dist.models.config import BEHRTConfig
+from ehrsurv_dist.models.config import BEHRTConfig, HierarchicalConfig, LSTMConfig
 from ehrsurv_dist.schema import PAD_ID
 
 
@@ -61,6 +61,17 @@ def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
     return table
 
 
+def require_vocab_size(cfg: BEHRTConfig | HierarchicalConfig | LSTMConfig) -> int:
+    """``cfg.vocab_size``, which the data sets after the vocabulary is fitted.
+
+    Raises:
+        ValueError: if it is still None.
+    """
+    if cfg.vocab_size is None:
+        raise ValueError("vocab_size must be set before building a model")
+    return cfg.vocab_size
+
+
 class BEHRTEmbeddings(nn.Module):
     """Code + binned age + visit id + position, LayerNorm, dropout, optional projection.
 
@@ -70,12 +81,11 @@ class BEHRTEmbeddings(nn.Module):
 
     def __init__(self, cfg: BEHRTConfig) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ValueError("vocab_size must be set before building a model")
+        vocab_size = require_vocab_size(cfg)
         d = cfg.embedding_dim
         self.max_position = cfg.max_position
         self.max_visits = cfg.max_visits
-        self.code_embedding = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD_ID)
+        self.code_embedding = nn.Embedding(vocab_size, d, padding_idx=PAD_ID)
         self.age_embedding = BinnedEmbedding(cfg.max_age, cfg.age_bin_size, d)
         self.visit_embedding = nn.Embedding(cfg.max_visits, d)
         self.position_embedding: nn.Embedding | None

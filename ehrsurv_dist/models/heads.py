@@ -6,14 +6,13 @@
 - :class:`HazardHead`: per-visit hazard logit MLP (seed-spec §5.4), logits not probabilities.
 - :class:`MLMHead` / :class:`NVPHead`: ``Linear -> GELU -> LayerNorm -> Linear(|V|)``.
 - :class:`BEHRTPretraining`: encoder + MLM and next-visit heads, returns
-  :class:`PretrainingOutput`.
+  :class:`~ehrsurv_dist.outputs.PretrainingOutput`.
 
 Shape vocabulary: ``B`` batch, ``L`` tokens, ``V`` visit slots, ``D`` hidden, ``|V|`` vocabulary.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -22,34 +21,10 @@ from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import BEHRTEncoder, init_weights
 from ehrsurv_dist.models.config import BEHRTConfig
+from ehrsurv_dist.models.embeddings import require_vocab_size
+from ehrsurv_dist.outputs import PretrainingOutput
 from ehrsurv_dist.schema import AGES, ATTENTION_MASK, CODES, VISIT_IDS
-
-
-def visit_slots(
-    visit_ids: Tensor, attention_mask: Tensor, num_visit_slots: int | None = None
-) -> tuple[Tensor, int]:
-    """Visit index usable by ``scatter`` and the number of visit slots V.
-
-    Args:
-        visit_ids: int64 [B, L].
-        attention_mask: bool [B, L].
-        num_visit_slots: fixed V; default ``max real visit id + 1`` over the batch (dynamic).
-
-    Returns:
-        ``(index, V)``: int64 [B, L] with 0 on padding, and V.
-
-    Raises:
-        ValueError: if a real visit id is >= ``num_visit_slots``.
-    """
-    index = visit_ids.masked_fill(~attention_mask, 0)  # [B, L]
-    top = int(index.max()) + 1 if index.numel() > 0 else 1
-    if num_visit_slots is None:
-        return index, top
-    if top > num_visit_slots:
-        raise ValueError(
-            f"num_visit_slots={num_visit_slots} is too small: a real visit id is {top - 1}"
-        )
-    return index, num_visit_slots
+from ehrsurv_dist.tensors import visit_slots
 
 
 def aggregate_visits(
@@ -66,7 +41,7 @@ def aggregate_visits(
         hidden: float [B, L, D].
         visit_ids: int64 [B, L].
         attention_mask: bool [B, L].
-        num_visit_slots: fixed V (default: dynamic, see :func:`visit_slots`).
+        num_visit_slots: fixed V (default: dynamic, see :func:`~ehrsurv_dist.tensors.visit_slots`).
 
     Returns:
         ``(visits, visit_mask)``: float [B, V, D] (0 on empty slots) and bool [B, V].
@@ -202,23 +177,6 @@ class NVPHead(MLMHead):
     """Next-visit head: same structure as the MLM head, applied to visit states [B, V, D]."""
 
 
-@dataclass
-class PretrainingOutput:
-    """Outputs of :class:`BEHRTPretraining`.
-
-    Attributes:
-        hidden_states: [B, L, D] contextual token states (0 on padding).
-        mlm_logits: [B, L, |V|] or None when the MLM head is disabled.
-        nvp_logits: [B, V, |V|] or None; row t predicts the codes of visit t + 1.
-        visit_mask: bool [B, V], True = real visit slot.
-    """
-
-    hidden_states: Tensor
-    mlm_logits: Tensor | None
-    nvp_logits: Tensor | None
-    visit_mask: Tensor
-
-
 class BEHRTPretraining(nn.Module):
     """BEHRT encoder with an MLM head and a next-visit-prediction head (seed-spec §4).
 
@@ -232,8 +190,7 @@ class BEHRTPretraining(nn.Module):
 
     def __init__(self, cfg: BEHRTConfig, *, mlm: bool = True, nvp: bool = True) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ValueError("vocab_size must be set before building a model")
+        vocab_size = require_vocab_size(cfg)
         if not (mlm or nvp):
             raise ValueError("at least one of mlm and nvp must be True")
         if nvp and cfg.attention != "visit_causal":
@@ -243,10 +200,8 @@ class BEHRTPretraining(nn.Module):
             )
         self.encoder = BEHRTEncoder(cfg)
         tied = self.encoder.embeddings.code_embedding if cfg.tie_mlm_weights else None
-        self.mlm_head: MLMHead | None = (
-            MLMHead(cfg.hidden_dim, cfg.vocab_size, tied) if mlm else None
-        )
-        self.nvp_head: NVPHead | None = NVPHead(cfg.hidden_dim, cfg.vocab_size) if nvp else None
+        self.mlm_head: MLMHead | None = MLMHead(cfg.hidden_dim, vocab_size, tied) if mlm else None
+        self.nvp_head: NVPHead | None = NVPHead(cfg.hidden_dim, vocab_size) if nvp else None
         if self.mlm_head is not None:
             init_weights(self.mlm_head.dense)
             if tied is None:
@@ -256,17 +211,20 @@ class BEHRTPretraining(nn.Module):
         if self.nvp_head is not None:
             self.nvp_head.apply(init_weights)
 
-    def forward(
-        self,
-        codes: Tensor,
-        ages: Tensor,
-        visit_ids: Tensor,
-        attention_mask: Tensor,
-        num_visit_slots: int | None = None,
-    ) -> PretrainingOutput:
-        """Args: the flat batch fields (see :class:`~ehrsurv_dist.models.behrt.BEHRTEncoder`),
-        ``codes`` already MLM-masked. Returns: :class:`PretrainingOutput`."""
-        hidden = self.encoder(codes, ages, visit_ids, attention_mask)  # [B, L, D]
+    def forward(self, *, num_visit_slots: int | None = None, **inputs: Tensor) -> PretrainingOutput:
+        """MLM logits per token and next-visit logits per visit.
+
+        Args:
+            num_visit_slots: fixed V (default: dynamic, see :func:`aggregate_visits`).
+            **inputs: the ``input_fields`` by name, as
+                :meth:`~ehrsurv_dist.models.behrt.BEHRTEncoder.forward` reads them (the encoder
+                is the one place that spells them out); ``codes`` already MLM-masked.
+
+        Returns:
+            :class:`~ehrsurv_dist.outputs.PretrainingOutput`.
+        """
+        hidden = self.encoder(**inputs)  # [B, L, D]
+        visit_ids, attention_mask = inputs[VISIT_IDS], inputs[ATTENTION_MASK]
         visits, visit_mask = aggregate_visits(hidden, visit_ids, attention_mask, num_visit_slots)
         return PretrainingOutput(
             hidden_states=hidden,

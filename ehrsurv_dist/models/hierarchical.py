@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import TransformerBlock, build_attention_mask, init_weights
 from ehrsurv_dist.models.config import HierarchicalConfig
-from ehrsurv_dist.models.curves import check_tensor
-from ehrsurv_dist.models.embeddings import BinnedEmbedding
+from ehrsurv_dist.models.embeddings import BinnedEmbedding, require_vocab_size
 from ehrsurv_dist.models.heads import HazardHead
-from ehrsurv_dist.models.survival import SurvivalOutput
+from ehrsurv_dist.outputs import SurvivalOutput
 from ehrsurv_dist.schema import AGES, CODE_MASK, CODES, PAD_ID, TIME_DELTAS, VISIT_MASK
+from ehrsurv_dist.tensors import check_codes, check_shape, check_tensor
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -113,18 +113,15 @@ def validate_hierarchical_inputs(
     check_tensor(time_deltas, "time_deltas", ndim=2, floating=True)
     check_tensor(code_mask, "code_mask", ndim=3, dtype=torch.bool)
     check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
-    B, V, C = codes.shape
-    if code_mask.shape != codes.shape:
-        raise ValueError(f"code_mask shape {tuple(code_mask.shape)} != codes shape {(B, V, C)}")
+    _, V, C = codes.shape
+    check_shape(code_mask, "code_mask", codes.shape, "codes shape")
     for name, t in (("ages", ages), ("time_deltas", time_deltas), ("visit_mask", visit_mask)):
-        if t.shape != (B, V):
-            raise ValueError(f"{name} shape {tuple(t.shape)} != (B, V) = {(B, V)}")
+        check_shape(t, name, codes.shape[:2], "(B, V) =")
     if V > max_visits:
         raise ValueError(f"codes has V={V} visit slots > max_visits={max_visits}")
     if C > max_codes_per_visit:
         raise ValueError(f"codes has C={C} code slots > max_codes_per_visit={max_codes_per_visit}")
-    if codes.numel() > 0 and (int(codes.min()) < 0 or int(codes.max()) >= vocab_size):
-        raise ValueError(f"codes must lie in [0, vocab_size={vocab_size})")
+    check_codes(codes, vocab_size)
 
 
 class HierarchicalEncoder(nn.Module):
@@ -132,13 +129,11 @@ class HierarchicalEncoder(nn.Module):
 
     def __init__(self, cfg: HierarchicalConfig) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ValueError("vocab_size must be set before building a model")
         self.cfg = cfg
-        self.vocab_size = cfg.vocab_size
+        self.vocab_size = require_vocab_size(cfg)
         d = cfg.hidden_dim
         self.code_embeddings = CodeEmbeddings(
-            cfg.vocab_size, d, cfg.max_codes_per_visit, cfg.dropout
+            self.vocab_size, d, cfg.max_codes_per_visit, cfg.dropout
         )
         self.visit_pooling: MaskedAttentionPooling | None = (
             MaskedAttentionPooling(d) if cfg.visit_pooling == "attention" else None
@@ -159,8 +154,21 @@ class HierarchicalEncoder(nn.Module):
         code_mask: Tensor,
         visit_mask: Tensor,
     ) -> Tensor:
-        """Args: the hierarchical batch fields (see :class:`HierarchicalBEHRTSurvival`).
-        Returns: [B, V, D], exactly 0 on padded visit slots."""
+        """Contextual visit states.
+
+        Args:
+            codes: int64 [B, V, C], PAD_ID on padding.
+            ages: float [B, V], years.
+            time_deltas: float [B, V], days since the previous visit (0 for the first).
+            code_mask: bool [B, V, C], True = real code.
+            visit_mask: bool [B, V], True = real visit slot (the visit validity source).
+
+        Returns:
+            [B, V, D], exactly 0 on padded visit slots.
+
+        Raises:
+            ValueError: on a malformed batch (see :func:`validate_hierarchical_inputs`).
+        """
         validate_hierarchical_inputs(
             codes,
             ages,
@@ -198,29 +206,19 @@ class HierarchicalBEHRTSurvival(nn.Module):
         self.head = HazardHead(cfg.hidden_dim, cfg.hazard_hidden_dim, cfg.head_dropout)
         self.head.apply(init_weights)
 
-    def forward(
-        self,
-        codes: Tensor,
-        ages: Tensor,
-        time_deltas: Tensor,
-        code_mask: Tensor,
-        visit_mask: Tensor,
-        return_visit_embeddings: bool = False,
-    ) -> SurvivalOutput:
+    def forward(self, *, return_visit_embeddings: bool = False, **inputs: Tensor) -> SurvivalOutput:
         """Per-visit hazard logits.
 
         Args:
-            codes: int64 [B, V, C], PAD_ID on padding.
-            ages: float [B, V], years.
-            time_deltas: float [B, V], days since the previous visit (0 for the first).
-            code_mask: bool [B, V, C], True = real code.
-            visit_mask: bool [B, V], True = real visit slot (the visit validity source).
             return_visit_embeddings: also return the [B, V, D] timeline states.
+            **inputs: the ``input_fields`` by name, as :meth:`HierarchicalEncoder.forward` reads
+                them (the encoder is the one place that spells them out).
 
         Returns:
             :class:`SurvivalOutput` with logits [B, V] and the input visit_mask.
         """
-        z = self.encoder(codes, ages, time_deltas, code_mask, visit_mask)  # [B, V, D]
+        z = self.encoder(**inputs)  # [B, V, D]
+        visit_mask = inputs[VISIT_MASK]
         return SurvivalOutput(
             logits=self.head(z, visit_mask),
             visit_mask=visit_mask,

@@ -17,8 +17,6 @@ heads).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ehrsurv_dist.atomic import write_torch
 from ehrsurv_dist.models.behrt import FeedForward, MultiHeadAttention
 from ehrsurv_dist.models.config import LoRAConfig
 
@@ -269,20 +268,12 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_lora(model: nn.Module, path: str | Path) -> None:
-    """Write :func:`lora_state_dict` to ``path`` with ``torch.save``, atomically (a temporary
-    file in the same folder, then a rename: a reader never sees half a file)."""
+    """Write :func:`lora_state_dict` to ``path`` with ``torch.save``, atomically (a reader never
+    sees half a file: :func:`ehrsurv_dist.atomic.write_torch`)."""
     state = lora_state_dict(model)
     if not state:
         raise ValueError("model has no LoRA adapters to save")
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_torch(state, path)
 
 
 def load_lora(model: nn.Module, source: str | Path | dict[str, Tensor]) -> None:

@@ -17,11 +17,12 @@ from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import init_weights
 from ehrsurv_dist.models.config import LSTMConfig
-from ehrsurv_dist.models.curves import check_tensor
+from ehrsurv_dist.models.embeddings import require_vocab_size
 from ehrsurv_dist.models.heads import HazardHead
 from ehrsurv_dist.models.hierarchical import masked_mean
-from ehrsurv_dist.models.survival import SurvivalOutput
+from ehrsurv_dist.outputs import SurvivalOutput
 from ehrsurv_dist.schema import CODE_MASK, CODES, PAD_ID, VISIT_MASK
+from ehrsurv_dist.tensors import check_codes, check_shape, check_tensor
 
 
 class LSTMSurvival(nn.Module):
@@ -31,11 +32,9 @@ class LSTMSurvival(nn.Module):
 
     def __init__(self, cfg: LSTMConfig) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ValueError("vocab_size must be set before building a model")
         self.cfg = cfg
-        self.vocab_size = cfg.vocab_size
-        self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.embedding_dim, padding_idx=PAD_ID)
+        self.vocab_size = require_vocab_size(cfg)
+        self.code_embedding = nn.Embedding(self.vocab_size, cfg.embedding_dim, padding_idx=PAD_ID)
         self.encoder = nn.LSTM(
             cfg.embedding_dim,
             cfg.hidden_dim,
@@ -72,16 +71,9 @@ class LSTMSurvival(nn.Module):
         check_tensor(codes, "codes", ndim=3, dtype=torch.int64)
         check_tensor(code_mask, "code_mask", ndim=3, dtype=torch.bool)
         check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
-        if code_mask.shape != codes.shape:
-            raise ValueError(
-                f"code_mask shape {tuple(code_mask.shape)} != codes shape {tuple(codes.shape)}"
-            )
-        if visit_mask.shape != codes.shape[:2]:
-            raise ValueError(
-                f"visit_mask shape {tuple(visit_mask.shape)} != (B, V) = {tuple(codes.shape[:2])}"
-            )
-        if codes.numel() > 0 and (int(codes.min()) < 0 or int(codes.max()) >= self.vocab_size):
-            raise ValueError(f"codes must lie in [0, vocab_size={self.vocab_size})")
+        check_shape(code_mask, "code_mask", codes.shape, "codes shape")
+        check_shape(visit_mask, "visit_mask", codes.shape[:2], "(B, V) =")
+        check_codes(codes, self.vocab_size)
         code_mask = code_mask & visit_mask[:, :, None]
         u = masked_mean(self.code_embedding(codes), code_mask)  # [B, V, E]
         z, _ = self.encoder(u)  # [B, V, D]

@@ -1,9 +1,10 @@
-"""Flat BEHRT survival model and the output contract shared by every survival model.
+"""Flat BEHRT survival model, and :func:`select_inputs` that feeds every model its batch fields.
 
 ``BEHRTSurvival``: encoder (B, L, D) -> per-visit aggregation (B, V, D) -> hazard head -> per-visit
 logits (B, V). The hierarchical BEHRT and the LSTM baseline return the same
-:class:`SurvivalOutput`, and each model names the batch fields it reads in ``input_fields``, so
-that one training and evaluation path serves all three (:func:`select_inputs`).
+:class:`~ehrsurv_dist.outputs.SurvivalOutput` (imported here for the training code), and each
+model names the batch fields it reads in ``input_fields``, so that one training and evaluation
+path serves all three (:func:`select_inputs`).
 
 Shape vocabulary: ``B`` batch, ``L`` tokens, ``V`` visit slots, ``D`` hidden.
 """
@@ -11,41 +12,15 @@ Shape vocabulary: ``B`` batch, ``L`` tokens, ``V`` visit slots, ``D`` hidden.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import BEHRTEncoder, init_weights
 from ehrsurv_dist.models.config import BEHRTConfig
-from ehrsurv_dist.models.curves import hazards_from_logits, survival_curve
 from ehrsurv_dist.models.heads import AttentionVisitPooling, HazardHead, aggregate_visits
+from ehrsurv_dist.outputs import SurvivalOutput
 from ehrsurv_dist.schema import AGES, ATTENTION_MASK, CODES, VISIT_IDS
-
-
-@dataclass
-class SurvivalOutput:
-    """Per-visit hazard logits of a discrete-time survival model.
-
-    Attributes:
-        logits: float [B, V]; ``h_t = sigmoid(logits[:, t])`` is the hazard of the interval
-            after visit t. Entries where ``visit_mask`` is False are 0 and meaningless.
-        visit_mask: bool [B, V], True = real visit slot.
-        visit_embeddings: float [B, V, D] visit states fed to the head, when requested.
-    """
-
-    logits: Tensor
-    visit_mask: Tensor
-    visit_embeddings: Tensor | None = None
-
-    @property
-    def hazards(self) -> Tensor:
-        """float [B, V]: ``sigmoid(logits)``, 0 on slots that are not real."""
-        return hazards_from_logits(self.logits, self.visit_mask)
-
-    def survival(self, num_steps: int | None = None) -> Tensor:
-        """float [B, K]: S(t) for t < K (last hazard held beyond the last real visit)."""
-        return survival_curve(self.logits, self.visit_mask, num_steps)
 
 
 def select_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -4,24 +4,21 @@ The public likelihood (DESIGN.md §5) is
 ``discrete_time_nll(logits, last_visit, event, visit_mask, reduction="mean")``.
 """
 
+from ehrsurv_dist.objectives.cox import CoxLoss, cox_log_risk, cox_partial_likelihood
 from ehrsurv_dist.objectives.pretraining import (
     JointPretrainingLoss,
     MLMLoss,
     NVPLoss,
     build_nvp_targets,
     joint_pretraining_loss,
-    mask_tokens,
     mlm_loss,
     nvp_loss,
 )
 from ehrsurv_dist.objectives.survival import (
-    CoxLoss,
     DiscreteTimeNLLLoss,
     HybridSurvivalLoss,
     PairwiseRankingLoss,
     comparable_pairs,
-    cox_log_risk,
-    cox_partial_likelihood,
     curriculum_lambda_rank,
     discrete_time_nll,
     hybrid_survival_loss,
@@ -46,7 +43,6 @@ __all__ = [
     "hybrid_survival_loss",
     "joint_pretraining_loss",
     "logistic_ranking_loss",
-    "mask_tokens",
     "mlm_loss",
     "nvp_loss",
     "pairwise_ranking_loss",

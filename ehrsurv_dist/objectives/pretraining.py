@@ -1,7 +1,8 @@
-"""Pretraining objectives: MLM masking and loss, next-visit targets and loss, joint weighting.
+"""Pretraining objectives: MLM loss, next-visit targets and loss, joint weighting.
 
-- :func:`mask_tokens`: BERT masking (select 15% of the real, non-special tokens; 80% -> [MASK],
-  10% -> a random non-special code, 10% unchanged); labels carry ``IGNORE_INDEX`` elsewhere.
+MLM masking happens in the data pipeline (:func:`ehrsurv_dist.data.masking.mlm_mask`): a batch
+arrives with masked ``codes`` and ``mlm_labels``.
+
 - :func:`build_nvp_targets`: from a flat batch, the multi-hot codes of visit t + 1 for every
   visit t, built with one ``scatter_add`` (no loop over subjects).
 - :func:`mlm_loss`, :func:`nvp_loss`, :func:`joint_pretraining_loss` and module wrappers.
@@ -15,61 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehrsurv_dist.models.curves import check_tensor
-from ehrsurv_dist.models.heads import PretrainingOutput, visit_slots
-from ehrsurv_dist.schema import IGNORE_INDEX, MASK_ID, NUM_SPECIAL_TOKENS
-
-
-def mask_tokens(
-    codes: Tensor,
-    attention_mask: Tensor,
-    vocab_size: int,
-    generator: torch.Generator | None = None,
-    prob: float = 0.15,
-) -> tuple[Tensor, Tensor]:
-    """BERT-style masking for MLM (seed-spec §4.1).
-
-    Only real tokens with a non-special code (>= ``NUM_SPECIAL_TOKENS``) can be selected: padding
-    is never masked and [UNK] is never a target. A selected token is replaced by ``MASK_ID`` with
-    probability 0.8, by a random code drawn uniformly from ``[NUM_SPECIAL_TOKENS, vocab_size)``
-    with probability 0.1, and kept with probability 0.1.
-
-    Args:
-        codes: int64 [B, L].
-        attention_mask: bool [B, L].
-        vocab_size: number of code ids including the special tokens.
-        generator: torch generator on ``codes.device`` (for reproducible masks).
-        prob: selection probability.
-
-    Returns:
-        ``(masked_codes, labels)``: int64 [B, L] each; ``labels`` is the original code at selected
-        positions and ``IGNORE_INDEX`` elsewhere.
-
-    Raises:
-        ValueError: malformed arguments, ``prob`` outside (0, 1) or a too small ``vocab_size``.
-    """
-    check_tensor(codes, "codes", ndim=2, dtype=torch.int64)
-    check_tensor(attention_mask, "attention_mask", ndim=2, dtype=torch.bool)
-    if attention_mask.shape != codes.shape:
-        raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} != codes shape "
-            f"{tuple(codes.shape)}"
-        )
-    if not 0.0 < prob < 1.0:
-        raise ValueError(f"prob must be in (0, 1), got {prob}")
-    if vocab_size <= NUM_SPECIAL_TOKENS:
-        raise ValueError(f"vocab_size must be > {NUM_SPECIAL_TOKENS}, got {vocab_size}")
-    dev = codes.device
-    draw = torch.rand(codes.shape, generator=generator, device=dev)  # selection
-    action = torch.rand(codes.shape, generator=generator, device=dev)  # 80/10/10
-    random_codes = torch.randint(
-        NUM_SPECIAL_TOKENS, vocab_size, codes.shape, generator=generator, device=dev
-    )
-    selected = attention_mask & (codes >= NUM_SPECIAL_TOKENS) & (draw < prob)
-    masked = torch.where(selected & (action < 0.8), torch.full_like(codes, MASK_ID), codes)
-    masked = torch.where(selected & (action >= 0.8) & (action < 0.9), random_codes, masked)
-    labels = torch.where(selected, codes, torch.full_like(codes, IGNORE_INDEX))
-    return masked, labels
+from ehrsurv_dist.outputs import PretrainingOutput
+from ehrsurv_dist.schema import IGNORE_INDEX, NUM_SPECIAL_TOKENS
+from ehrsurv_dist.tensors import check_codes, check_shape, check_tensor, visit_slots
 
 
 def build_nvp_targets(
@@ -99,10 +48,8 @@ def build_nvp_targets(
     check_tensor(visit_ids, "visit_ids", ndim=2, dtype=torch.int64)
     check_tensor(attention_mask, "attention_mask", ndim=2, dtype=torch.bool)
     for name, t in (("visit_ids", visit_ids), ("attention_mask", attention_mask)):
-        if t.shape != codes.shape:
-            raise ValueError(f"{name} shape {tuple(t.shape)} != codes shape {tuple(codes.shape)}")
-    if codes.numel() > 0 and (int(codes.min()) < 0 or int(codes.max()) >= vocab_size):
-        raise ValueError(f"codes must lie in [0, vocab_size={vocab_size})")
+        check_shape(t, name, codes.shape, "codes shape")
+    check_codes(codes, vocab_size)
     B = codes.shape[0]
     index, V = visit_slots(visit_ids, attention_mask, num_visit_slots)  # [B, L], pads -> visit 0
     flat = index * vocab_size + codes  # [B, L], position in the [V * |V|] grid
@@ -130,10 +77,7 @@ def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """
     check_tensor(logits, "logits", ndim=3, floating=True)
     check_tensor(labels, "labels", ndim=2, dtype=torch.int64)
-    if labels.shape != logits.shape[:2]:
-        raise ValueError(
-            f"labels shape {tuple(labels.shape)} != logits [B, L] {tuple(logits.shape[:2])}"
-        )
+    check_shape(labels, "labels", logits.shape[:2], "logits [B, L]")
     if not bool((labels != IGNORE_INDEX).any()):
         return logits.sum() * 0.0
     V = logits.shape[-1]
@@ -160,14 +104,8 @@ def nvp_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
     check_tensor(logits, "logits", ndim=3, floating=True)
     check_tensor(targets, "targets", ndim=3, floating=True)
     check_tensor(valid, "valid", ndim=2, dtype=torch.bool)
-    if targets.shape != logits.shape:
-        raise ValueError(
-            f"targets shape {tuple(targets.shape)} != logits shape {tuple(logits.shape)}"
-        )
-    if valid.shape != logits.shape[:2]:
-        raise ValueError(
-            f"valid shape {tuple(valid.shape)} != logits [B, V] {tuple(logits.shape[:2])}"
-        )
+    check_shape(targets, "targets", logits.shape, "logits shape")
+    check_shape(valid, "valid", logits.shape[:2], "logits [B, V]")
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     per_entry = F.binary_cross_entropy_with_logits(
@@ -219,7 +157,7 @@ class NVPLoss(nn.Module):
 
 
 class JointPretrainingLoss(nn.Module):
-    """Weighted MLM + NVP on a :class:`~ehrsurv_dist.models.heads.PretrainingOutput`."""
+    """Weighted MLM + NVP on a :class:`~ehrsurv_dist.outputs.PretrainingOutput`."""
 
     def __init__(self, mlm_weight: float = 1.0, nvp_weight: float = 1.0) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Survival losses: discrete-time NLL, pairwise ranking, hybrid, curriculum, Cox.
+"""Survival losses: discrete-time NLL, pairwise ranking, hybrid, curriculum (Cox: ``cox.py``).
 
 Each loss is a pure typed function that validates its arguments (``ValueError`` naming the
 argument), followed by a thin ``nn.Module`` wrapper. Labels follow ``schema``: ``last_visit`` =
@@ -11,44 +11,29 @@ Shape vocabulary: ``B`` batch, ``V`` visit slots.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehrsurv_dist.models.curves import RiskScore, check_tensor, risk_score
+from ehrsurv_dist.hazards import RiskScore, check_logits_mask, risk_score
+from ehrsurv_dist.objectives.common import (
+    Reduction,
+    check_labels,
+    check_reduction,
+    reduce_per_subject,
+    upcast,
+)
+from ehrsurv_dist.objectives.cox import (  # noqa: F401 - re-exported: train.tasks reads L.cox_*
+    CoxLoss,
+    cox_log_risk,
+    cox_partial_likelihood,
+)
+from ehrsurv_dist.tensors import check_tensor
 
-Reduction = Literal["mean", "sum", "none"]
 RankLoss = Literal["hinge", "logistic"]
-REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
 RANK_LOSSES: tuple[str, ...] = ("hinge", "logistic")
-
-
-def _check_labels(last_visit: Tensor, event: Tensor, batch_size: int) -> None:
-    check_tensor(last_visit, "last_visit", ndim=1, dtype=torch.int64)
-    check_tensor(event, "event", ndim=1, dtype=torch.bool)
-    if last_visit.shape[0] != batch_size:
-        raise ValueError(f"last_visit has {last_visit.shape[0]} entries, expected B={batch_size}")
-    if event.shape[0] != batch_size:
-        raise ValueError(f"event has {event.shape[0]} entries, expected B={batch_size}")
-    if batch_size > 0 and int(last_visit.min()) < 0:
-        raise ValueError("last_visit must be >= 0")
-
-
-def _upcast(x: Tensor) -> Tensor:
-    """float16/bfloat16 -> float32: sums of many log terms need the precision."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _reduce(per_subject: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return per_subject.mean()
-    if reduction == "sum":
-        return per_subject.sum()
-    if reduction == "none":
-        return per_subject
-    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 # --- discrete-time negative log-likelihood (DESIGN.md §2) ---------------------------------------
@@ -80,22 +65,16 @@ def discrete_time_nll(
         ValueError: naming the argument with the wrong rank, dtype or shape, a ``last_visit``
             outside [0, V) or on a slot that is not a real visit, or an unknown ``reduction``.
     """
-    check_tensor(logits, "logits", ndim=2, floating=True)
-    check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
-    if visit_mask.shape != logits.shape:
-        raise ValueError(
-            f"visit_mask shape {tuple(visit_mask.shape)} != logits shape {tuple(logits.shape)}"
-        )
+    check_logits_mask(logits, visit_mask)
     B, V = logits.shape
-    _check_labels(last_visit, event, B)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_labels(last_visit, event, B)
+    check_reduction(reduction)
     if B > 0:
         if int(last_visit.max()) >= V:
             raise ValueError(f"last_visit must be < V={V}, got max {int(last_visit.max())}")
         if not bool(visit_mask.gather(1, last_visit[:, None]).all()):
             raise ValueError("last_visit must point at a real visit (visit_mask[b, T_b] is False)")
-    logits = _upcast(logits)
+    logits = upcast(logits)
     t = torch.arange(V, device=logits.device)
     before = (t[None, :] < last_visit[:, None]) & visit_mask  # [B, V]
     at_event = (t[None, :] == last_visit[:, None]) & event[:, None]  # [B, V]
@@ -104,7 +83,7 @@ def discrete_time_nll(
     log_lik = torch.where(before, F.logsigmoid(-logits), zero).sum(1) + torch.where(
         at_event, F.logsigmoid(logits), zero
     ).sum(1)
-    return _reduce(-log_lik, reduction)
+    return reduce_per_subject(-log_lik, reduction)
 
 
 class DiscreteTimeNLLLoss(nn.Module):
@@ -112,8 +91,7 @@ class DiscreteTimeNLLLoss(nn.Module):
 
     def __init__(self, reduction: Reduction = "mean") -> None:
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        check_reduction(reduction)
         self.reduction: Reduction = reduction
 
     def forward(
@@ -136,7 +114,7 @@ def comparable_pairs(last_visit: Tensor, event: Tensor, include_ties: bool = Tru
         bool [B, B], entry [i, j].
     """
     check_tensor(last_visit, "last_visit", ndim=1)
-    _check_labels(last_visit, event, last_visit.shape[0])
+    check_labels(last_visit, event, last_visit.shape[0])
     Ti, Tj = last_visit[:, None], last_visit[None, :]
     later = Ti <= Tj if include_ties else Ti < Tj
     eye = torch.eye(last_visit.shape[0], dtype=torch.bool, device=last_visit.device)
@@ -152,8 +130,8 @@ def _pairwise(
     sigma: float | None,
 ) -> Tensor:
     check_tensor(risk, "risk", ndim=1, floating=True)
-    _check_labels(last_visit, event, risk.shape[0])
-    risk = _upcast(risk)
+    check_labels(last_visit, event, risk.shape[0])
+    risk = upcast(risk)
     comp = comparable_pairs(last_visit, event, include_ties)  # [B, B]
     gap = risk[None, :] - risk[:, None] + margin  # [i, j]: r_j - r_i + margin
     if sigma is None:
@@ -179,7 +157,7 @@ def pairwise_ranking_loss(
 
     Args:
         risk: float [B], higher = earlier event (e.g.
-            :func:`~ehrsurv_dist.models.curves.risk_score`).
+            :func:`~ehrsurv_dist.hazards.risk_score`).
         last_visit: int64 [B].
         event: bool [B].
         margin: hinge margin.
@@ -273,7 +251,7 @@ def hybrid_survival_loss(
         lambda_nll, lambda_rank: weights.
         rank_loss: ``hinge`` or ``logistic``; margin, sigma, include_ties as the ranking losses.
         risk, horizon, first_n: the risk score for ranking
-            (:func:`~ehrsurv_dist.models.curves.risk_score`).
+            (:func:`~ehrsurv_dist.hazards.risk_score`).
 
     Returns:
         ``(total, {"nll", "rank", "total"})``; the dict holds detached scalars for logging.
@@ -281,7 +259,7 @@ def hybrid_survival_loss(
     if rank_loss not in RANK_LOSSES:
         raise ValueError(f"rank_loss must be one of {RANK_LOSSES}, got {rank_loss!r}")
     nll = discrete_time_nll(logits, last_visit, event, visit_mask)
-    r = risk_score(_upcast(logits), visit_mask, risk, horizon=horizon, first_n=first_n)
+    r = risk_score(upcast(logits), visit_mask, risk, horizon=horizon, first_n=first_n)
     rank = _pairwise(
         r, last_visit, event, margin, include_ties, sigma if rank_loss == "logistic" else None
     )
@@ -289,11 +267,24 @@ def hybrid_survival_loss(
     return total, {"nll": nll.detach(), "rank": rank.detach(), "total": total.detach()}
 
 
+class RankingOptions(TypedDict, total=False):
+    """The ranking keywords of :func:`hybrid_survival_loss`, whose signature holds the defaults."""
+
+    rank_loss: RankLoss
+    margin: float
+    sigma: float
+    include_ties: bool
+    risk: RiskScore
+    horizon: int | None
+    first_n: int | None
+
+
 class HybridSurvivalLoss(nn.Module):
     """Module wrapper of :func:`hybrid_survival_loss` with an optional λ_rank curriculum.
 
     With ``rank_warmup_epochs > 0``, call :meth:`set_epoch` at the start of every epoch:
     ``lambda_rank`` then follows :func:`curriculum_lambda_rank` up to ``lambda_rank_max``.
+    ``**ranking`` (:class:`RankingOptions`) is passed on to :func:`hybrid_survival_loss`.
     """
 
     def __init__(
@@ -302,25 +293,17 @@ class HybridSurvivalLoss(nn.Module):
         lambda_rank_max: float = 0.1,
         *,
         rank_warmup_epochs: int = 0,
-        rank_loss: RankLoss = "hinge",
-        margin: float = 0.1,
-        sigma: float = 0.1,
-        include_ties: bool = True,
-        risk: RiskScore = "mean_hazard",
-        horizon: int | None = None,
-        first_n: int | None = None,
+        **ranking: Unpack[RankingOptions],
     ) -> None:
         super().__init__()
+        rank_loss = ranking.get("rank_loss", "hinge")
         if rank_loss not in RANK_LOSSES:
             raise ValueError(f"rank_loss must be one of {RANK_LOSSES}, got {rank_loss!r}")
         self.lambda_nll = lambda_nll
         self.lambda_rank_max = lambda_rank_max
         self.rank_warmup_epochs = rank_warmup_epochs
         self.lambda_rank = curriculum_lambda_rank(0, lambda_rank_max, rank_warmup_epochs)
-        self.rank_loss: RankLoss = rank_loss
-        self.margin, self.sigma, self.include_ties = margin, sigma, include_ties
-        self.risk: RiskScore = risk
-        self.horizon, self.first_n = horizon, first_n
+        self.ranking = ranking
 
     def set_epoch(self, epoch: int) -> None:
         """Set ``lambda_rank`` for ``epoch`` (0-based) from the curriculum."""
@@ -338,99 +321,5 @@ class HybridSurvivalLoss(nn.Module):
             visit_mask,
             lambda_nll=self.lambda_nll,
             lambda_rank=self.lambda_rank,
-            rank_loss=self.rank_loss,
-            margin=self.margin,
-            sigma=self.sigma,
-            include_ties=self.include_ties,
-            risk=self.risk,
-            horizon=self.horizon,
-            first_n=self.first_n,
+            **self.ranking,
         )
-
-
-# --- Cox partial likelihood ---------------------------------------------------------------------
-
-
-def cox_log_risk(logits: Tensor, visit_mask: Tensor, first_n: int | None = None) -> Tensor:
-    """Scalar log-risk for Cox from per-visit logits: the mean logit over real visits.
-
-    With ``first_n`` only the first n real visits count (a fixed window, free of the length bias
-    of a whole-history mean). The logit is the log-odds of the per-visit hazard, so under a
-    proportional-odds reading a subject-level shift of all logits is exactly this log-risk.
-
-    Args:
-        logits: float [B, V].
-        visit_mask: bool [B, V].
-        first_n: window size, or None for all real visits.
-
-    Returns:
-        float [B]; 0 for a subject without real visits.
-    """
-    check_tensor(logits, "logits", ndim=2, floating=True)
-    check_tensor(visit_mask, "visit_mask", ndim=2, dtype=torch.bool)
-    if visit_mask.shape != logits.shape:
-        raise ValueError(
-            f"visit_mask shape {tuple(visit_mask.shape)} != logits shape {tuple(logits.shape)}"
-        )
-    logits = _upcast(logits)
-    keep = visit_mask
-    if first_n is not None:
-        if first_n < 1:
-            raise ValueError(f"first_n must be >= 1, got {first_n}")
-        keep = keep & (visit_mask.long().cumsum(1) <= first_n)
-    total = torch.where(keep, logits, torch.zeros_like(logits)).sum(1)
-    return total / keep.sum(1).clamp(min=1).to(logits.dtype)
-
-
-def cox_partial_likelihood(
-    log_risk: Tensor,
-    last_visit: Tensor,
-    event: Tensor,
-    reduction: Reduction = "mean",
-) -> Tensor:
-    """Negative Cox partial log-likelihood with Breslow ties.
-
-    ``-sum_{i: event_i} [r_i - log sum_{j in R(i)} exp(r_j)]``, normalised by the number of events
-    (``mean``). Times follow DESIGN.md §4: an event at visit T happens at T + 0.5 and a censoring
-    at T, so the risk set of an event at T_i is every event with T_j >= T_i (Breslow: tied events
-    share their risk sets) and every censoring with T_j > T_i. (The seed also counted subjects
-    censored at T_i; they are not known to be event-free in the interval after visit T_i.)
-    Computed with a [B, B] risk-set mask and ``logsumexp``, O(B^2), exact for ties.
-
-    Args:
-        log_risk: float [B], unbounded (e.g. :func:`cox_log_risk`).
-        last_visit: int64 [B].
-        event: bool [B].
-        reduction: ``mean`` (over events), ``sum`` or ``none`` (float [B], 0 for censored).
-
-    Returns:
-        The loss; 0 (graph intact) without events.
-    """
-    check_tensor(log_risk, "log_risk", ndim=1, floating=True)
-    _check_labels(last_visit, event, log_risk.shape[0])
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    log_risk = _upcast(log_risk)
-    time = last_visit.to(log_risk.dtype) + 0.5 * event.to(log_risk.dtype)  # [B]
-    at_risk = time[None, :] >= time[:, None]  # [i, j]: j in R(i)
-    scores = log_risk[None, :].expand_as(at_risk).masked_fill(~at_risk, float("-inf"))
-    log_denominator = torch.logsumexp(scores, dim=1)  # [B]; R(i) contains i, so finite
-    per_subject = torch.where(event, log_denominator - log_risk, torch.zeros_like(log_risk))
-    if reduction == "mean":
-        return per_subject.sum() / event.sum().clamp(min=1).to(log_risk.dtype)
-    return _reduce(per_subject, reduction)
-
-
-class CoxLoss(nn.Module):
-    """Cox partial likelihood on :func:`cox_log_risk` of per-visit logits."""
-
-    def __init__(self, first_n: int | None = None, reduction: Reduction = "mean") -> None:
-        super().__init__()
-        self.first_n = first_n
-        self.reduction: Reduction = reduction
-
-    def forward(
-        self, logits: Tensor, last_visit: Tensor, event: Tensor, visit_mask: Tensor
-    ) -> Tensor:
-        r = cox_log_risk(logits, visit_mask, self.first_n)
-        return cox_partial_likelihood(r, last_visit, event, self.reduction)

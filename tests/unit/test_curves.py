@@ -1,23 +1,25 @@
-"""Hazards, survival curves and risk scores against naive per-subject loops (float64)."""
+"""Torch hazards, survival curves and risk scores against naive per-subject loops (float64) and
+against the numpy metrics (``metrics.survival_curves`` / ``metrics.risk_scores``)."""
 
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import numpy as np
 import pytest
 import torch
 
-from ehrsurv_dist.models.curves import (
+from ehrsurv_dist import schema
+from ehrsurv_dist.hazards import (
+    RiskScore,
     hazards_from_logits,
     last_real_visit,
     log_survival,
-    pad_ragged,
     risk_score,
-    risk_score_np,
     survival_curve,
-    survival_curve_np,
 )
+from ehrsurv_dist.metrics import risk_scores, survival_curves
 
 
 def _logits_and_mask(seed: int = 0, B: int = 13, V: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,32 +106,46 @@ def _naive_risk(logits, mask, method, horizon=None, first_n=None):  # type: igno
     [("mean_hazard", {}), ("first_n", {"first_n": 2}), ("horizon", {"horizon": 0}),
      ("horizon", {"horizon": 3}), ("horizon", {"horizon": 50})],
 )  # fmt: skip
-def test_risk_scores_match_naive_loop_and_numpy(method: str, kw: dict[str, int]) -> None:
+def test_risk_scores_match_naive_loop_and_metrics(method: str, kw: dict[str, int]) -> None:
     logits, mask = _logits_and_mask(seed=1)
     got = risk_score(logits, mask, method, **kw)  # type: ignore[arg-type]
     want = _naive_risk(logits, mask, method, **kw)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
-    h = hazards_from_logits(logits, mask).numpy()
+    # the numpy risk scores of the metrics, from hazards, on histories without holes
+    dense, last = _contiguous(logits, mask)
+    torch_side = risk_score(logits, dense, method, **kw)  # type: ignore[arg-type]
+    h = hazards_from_logits(logits, dense).numpy()
+    k, n = kw.get("horizon", 10), kw.get("first_n", 10)
+    numpy_side = risk_scores(h, last.numpy(), method, k=k, n=n)
+    np.testing.assert_allclose(numpy_side, torch_side.numpy(), atol=1e-12)
+
+
+def _contiguous(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A visit mask without holes and with >= 1 real visit per subject (the metrics' layout)."""
+    lengths = mask.sum(1).clamp(min=1)
+    last = lengths - 1
+    return torch.arange(logits.shape[1])[None, :] < lengths[:, None], last
+
+
+def test_survival_matches_metrics_survival_curves() -> None:
+    logits, mask = _logits_and_mask(seed=2)
+    dense, last = _contiguous(logits, mask)
+    h = hazards_from_logits(logits, dense).numpy()
     np.testing.assert_allclose(
-        risk_score_np(h, mask.numpy(), method, **kw),  # type: ignore[arg-type]
-        want.numpy(),
+        survival_curves(h, last.numpy(), horizon=10),
+        survival_curve(logits, dense, 10).numpy(),
         atol=1e-12,
     )
+    # a hazard of exactly 1 (logit +inf) gives S = 0 from there on, held beyond T
+    certain = torch.tensor([[math.inf, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(
+        survival_curve(certain, torch.ones(1, 2, dtype=torch.bool), 3),
+        torch.zeros(1, 3, dtype=torch.float64),
+    )
 
 
-def test_numpy_survival_matches_torch_and_pad_ragged() -> None:
-    logits, mask = _logits_and_mask(seed=2)
-    h = hazards_from_logits(logits, mask).numpy()
-    np.testing.assert_allclose(
-        survival_curve_np(h, mask.numpy(), 10), survival_curve(logits, mask, 10).numpy(), atol=1e-12
-    )
-    dense, m = pad_ragged([np.array([0.1, 0.2]), np.array([0.5]), np.array([])])
-    assert dense.shape == (3, 2)
-    assert m.tolist() == [[True, True], [True, False], [False, False]]
-    np.testing.assert_allclose(survival_curve_np(dense, m, 3)[1], [0.5, 0.25, 0.125])
-    np.testing.assert_allclose(
-        survival_curve_np(np.array([[1.0, 0.5]]), np.ones((1, 2), bool)), [[0.0, 0.0]]
-    )
+def test_risk_score_names_are_the_schema_ones() -> None:
+    assert get_args(RiskScore) == schema.RISK_SCORES
 
 
 def test_risk_score_errors_name_the_argument() -> None:
@@ -146,5 +162,3 @@ def test_risk_score_errors_name_the_argument() -> None:
         risk_score(logits.long(), mask)
     with pytest.raises(ValueError, match="visit_mask"):
         survival_curve(logits, mask[:, :-1])
-    with pytest.raises(ValueError, match="hazards"):
-        survival_curve_np(np.array([[1.5]]), np.array([[True]]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ehrsurv_dist.data.masking import mlm_mask
 from ehrsurv_dist.models import (
     BEHRTPretraining,
     HazardHead,
@@ -13,11 +14,8 @@ from ehrsurv_dist.models import (
     build_pretraining_model,
     example_flat_batch,
 )
-from ehrsurv_dist.objectives import (
-    JointPretrainingLoss,
-    build_nvp_targets,
-    mask_tokens,
-)
+from ehrsurv_dist.objectives import JointPretrainingLoss, build_nvp_targets
+from ehrsurv_dist.schema import IGNORE_INDEX
 
 VOCAB = 97
 
@@ -28,6 +26,20 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def _inputs(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: b[k] for k in BEHRTPretraining.input_fields}
+
+
+def _mlm_masked(b: dict[str, torch.Tensor], prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(masked codes, mlm_labels)`` [B, L] as the data pipeline masks the real tokens."""
+    real = b["attention_mask"]
+    B, L = real.shape
+    subject = torch.arange(B)[:, None].expand(B, L)[real].numpy()
+    position = torch.arange(L)[None, :].expand(B, L)[real].numpy()
+    codes, labels = mlm_mask(
+        b["codes"][real].numpy(), subject, position, VOCAB, seed=0, epoch=0, prob=prob
+    )
+    masked, full_labels = b["codes"].clone(), torch.full((B, L), IGNORE_INDEX)
+    masked[real], full_labels[real] = torch.from_numpy(codes), torch.from_numpy(labels)
+    return masked, full_labels
 
 
 def test_tied_mlm_head_shares_the_code_embedding() -> None:
@@ -94,8 +106,8 @@ def test_joint_pretraining_step_runs_and_weights() -> None:
     torch.manual_seed(0)
     model = build_pretraining_model(behrt_tiny(VOCAB, 64))
     b = _batch()
-    g = torch.Generator().manual_seed(0)
-    masked, labels = mask_tokens(b["codes"], b["attention_mask"], VOCAB, g, prob=0.3)
+    masked, labels = _mlm_masked(b, prob=0.3)
+    assert (labels != IGNORE_INDEX).any()
     targets, valid = build_nvp_targets(b["codes"], b["visit_ids"], b["attention_mask"], VOCAB)
     out = model(**dict(_inputs(b), codes=masked))
     total, parts = JointPretrainingLoss(mlm_weight=0.5, nvp_weight=2.0)(out, labels, targets, valid)

@@ -1,4 +1,7 @@
-"""MLM masking, NVP targets and the pretraining losses against naive loops."""
+"""NVP targets and the pretraining losses against naive loops.
+
+(MLM masking is the data pipeline's ``data.masking.mlm_mask``: tests/unit/test_masking.py checks
+its rates, that PAD/UNK are never selected, and its determinism.)"""
 
 from __future__ import annotations
 
@@ -10,53 +13,12 @@ from ehrsurv_dist.models import example_flat_batch
 from ehrsurv_dist.objectives import (
     build_nvp_targets,
     joint_pretraining_loss,
-    mask_tokens,
     mlm_loss,
     nvp_loss,
 )
-from ehrsurv_dist.schema import IGNORE_INDEX, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, UNK_ID
+from ehrsurv_dist.schema import IGNORE_INDEX, NUM_SPECIAL_TOKENS, UNK_ID
 
 VOCAB = 97
-
-
-def test_mask_tokens_rules_and_rates() -> None:
-    g = torch.Generator().manual_seed(0)
-    B, L = 200, 500
-    codes = torch.randint(NUM_SPECIAL_TOKENS, VOCAB, (B, L), generator=g)
-    codes[:, ::50] = UNK_ID  # [UNK] is a real token but never a target
-    mask = torch.arange(L)[None, :] < torch.randint(1, L + 1, (B,), generator=g)[:, None]
-    codes[~mask] = PAD_ID
-    masked, labels = mask_tokens(codes, mask, VOCAB, torch.Generator().manual_seed(1))
-    sel = labels != IGNORE_INDEX
-    assert not sel[~mask].any() and torch.equal(masked[~mask], codes[~mask])  # padding untouched
-    assert not sel[codes == UNK_ID].any()
-    assert torch.equal(labels[sel], codes[sel])
-    assert torch.equal(masked[~sel], codes[~sel])  # unselected tokens are never changed
-    eligible = mask & (codes >= NUM_SPECIAL_TOKENS)
-    rate = sel.sum().item() / eligible.sum().item()
-    assert abs(rate - 0.15) < 0.01
-    n = sel.sum().item()
-    to_mask = (masked[sel] == MASK_ID).sum().item() / n
-    kept = (masked[sel] == codes[sel]).sum().item() / n
-    assert abs(to_mask - 0.8) < 0.02 and 0.1 - 0.02 < kept < 0.1 + 0.02 + 0.01
-    replaced = masked[sel & (masked != MASK_ID) & (masked != codes)]
-    assert replaced.numel() > 0 and (replaced >= NUM_SPECIAL_TOKENS).all()
-    assert (replaced < VOCAB).all()
-    again = mask_tokens(codes, mask, VOCAB, torch.Generator().manual_seed(1))
-    assert torch.equal(again[0], masked) and torch.equal(again[1], labels)
-
-
-def test_mask_tokens_validation() -> None:
-    codes = torch.full((2, 3), 5)
-    m = torch.ones(2, 3, dtype=torch.bool)
-    with pytest.raises(ValueError, match="attention_mask"):
-        mask_tokens(codes, m.long(), VOCAB)
-    with pytest.raises(ValueError, match="codes"):
-        mask_tokens(codes.float(), m, VOCAB)
-    with pytest.raises(ValueError, match="prob"):
-        mask_tokens(codes, m, VOCAB, prob=1.0)
-    with pytest.raises(ValueError, match="vocab_size"):
-        mask_tokens(codes, m, 3)
 
 
 def test_nvp_targets_match_naive_loop() -> None:

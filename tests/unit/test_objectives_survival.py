@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from ehrsurv_dist.models.curves import risk_score
+from ehrsurv_dist.hazards import risk_score
 from ehrsurv_dist.objectives import (
     CoxLoss,
     DiscreteTimeNLLLoss,
@@ -230,6 +230,21 @@ def test_curriculum_schedule_and_module() -> None:
     total2, parts2 = loss(logits, last, event, mask)
     assert loss.lambda_rank == pytest.approx(0.2)
     assert total2.item() == pytest.approx((parts2["nll"] + 0.2 * parts2["rank"]).item())
+    # the ranking keywords reach hybrid_survival_loss unchanged
+    opts = {"rank_loss": "logistic", "margin": 0.05, "sigma": 0.2, "risk": "first_n", "first_n": 2}
+    module = HybridSurvivalLoss(0.7, 0.3, **opts)  # type: ignore[arg-type]
+    want, _ = hybrid_survival_loss(
+        logits,
+        last,
+        event,
+        mask,
+        lambda_nll=0.7,
+        lambda_rank=0.3,
+        **opts,  # type: ignore[arg-type]
+    )
+    assert module(logits, last, event, mask)[0].item() == want.item()
+    with pytest.raises(ValueError, match="rank_loss"):
+        HybridSurvivalLoss(rank_loss="square")  # type: ignore[arg-type]
 
 
 # --- Cox ----------------------------------------------------------------------------------------
