@@ -331,7 +331,7 @@ def _score_splits(
             "length_only": m.get("length_only"),
         }
         results[split] = M.jsonable(m)
-        risk = M.risk_scores(ht, kind=f.risk_score, k=f.risk_k, n=f.risk_n)
+        risk = M.risk_scores(ht, risk_score=f.risk_score, k=f.risk_k, n=f.risk_n)
         tables.append(predictions_table(p, split, risk))
         pdir = os.path.join(run_dir, "plots")
         os.makedirs(pdir, exist_ok=True)
@@ -390,7 +390,7 @@ def predict_cohort(run_dir: str, cohort: str, out: str, *, use_ray: bool = True)
         p = score(pipe, None)
     f = spec.finetune
     ht = M.hazard_table_from_csr(p.values, p.offsets)
-    risk = M.risk_scores(ht, kind=f.risk_score, k=f.risk_k, n=f.risk_n)
+    risk = M.risk_scores(ht, risk_score=f.risk_score, k=f.risk_k, n=f.risk_n)
     atomic.write_parquet(predictions_table(p, "all", risk), out)
     trunc = "truncated_flat" if pipe.layout == "flat" else "truncated_hierarchical"
     report = PredictReport(

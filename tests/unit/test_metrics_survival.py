@@ -462,7 +462,7 @@ def test_risk_scores_hand_example() -> None:
     # padded input, padding ignored
     padded = np.array([[0.1, 0.15, 0.2, 0.9], [0.4, 0.9, 0.9, 0.9]])
     np.testing.assert_allclose(risk_scores(padded, T, "mean_hazard"), [0.15, 0.4], atol=1e-12)
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="risk_score"):
         risk_scores(hz, T, "sum")
     with pytest.raises(ValueError, match="n: expected"):
         risk_scores(hz, T, "first_n", n=0)
@@ -589,7 +589,7 @@ def test_grouped_harrell_equals_sksurv(seed: int) -> None:
     """The fast path used above HARRELL_SKSURV_MAX_N is exactly sksurv's statistic."""
     from sksurv.metrics import concordance_index_censored
 
-    from ehrsurv_dist.metrics.survival import _harrell_grouped
+    from ehrsurv_dist.metrics.concordance import _harrell_grouped
 
     rng = np.random.default_rng(seed)
     n = 3000
