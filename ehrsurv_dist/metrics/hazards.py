@@ -230,12 +230,9 @@ def _from_sequence(
     if len(arrays) == 0:
         raise ValueError("hazards: empty sequence")
     for i, a in enumerate(arrays):
-        if a.ndim != 1:
-            raise ValueError(f"hazards: subject {i} has shape {a.shape}, expected 1-D")
-        if a.shape[0] == 0:
-            raise ValueError(f"hazards: subject {i} has no visit")
-        if a.dtype.kind not in "fiu":
-            raise ValueError(f"hazards: subject {i} has non-numeric dtype {a.dtype}")
+        problem = _row_problem(a)
+        if problem:
+            raise ValueError(f"hazards: subject {i} {problem}")
     lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int64, count=len(arrays))
     if last_visit is not None:
         lv = as_last_visit(last_visit, "last_visit", len(arrays))
@@ -247,6 +244,15 @@ def _from_sequence(
                 "(ragged hazards need exactly last_visit + 1 values)"
             )
     return np.concatenate(arrays).astype(np.float64, copy=False), lengths
+
+
+def _row_problem(a: npt.NDArray[Any]) -> str | None:
+    """What is wrong with one subject's hazards (None: a non-empty numeric 1-D array)."""
+    if a.ndim != 1:
+        return f"has shape {a.shape}, expected 1-D"
+    if a.shape[0] == 0:
+        return "has no visit"
+    return None if a.dtype.kind in "fiu" else f"has non-numeric dtype {a.dtype}"
 
 
 def hazard_table_from_csr(values: npt.ArrayLike, offsets: npt.ArrayLike) -> HazardTable:

@@ -18,19 +18,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ehrsurv_dist.metrics import brier
 from ehrsurv_dist.metrics.bootstrap import (
     percentile_interval,
     resampled_metrics,
     td_concordance_interval,
-)
-from ehrsurv_dist.metrics.brier import (
-    HorizonScores,
-    brier_scores,
-    default_horizons,
-    default_ibs_grid,
-    integrated_brier,
-    td_auc,
-    valid_horizon_range,
 )
 from ehrsurv_dist.metrics.calibration import CalibrationResult, calibration_at
 from ehrsurv_dist.metrics.concordance import (
@@ -46,7 +38,6 @@ from ehrsurv_dist.metrics.inputs import (
     FloatArray,
     IntArray,
     as_event,
-    as_whole_times,
     check_pair,
 )
 from ehrsurv_dist.metrics.risk import risk_score_name, risk_scores
@@ -136,7 +127,7 @@ def evaluate_split(
         out["c_index_td_ci"] = list(ci)
     ks = _horizons(split, horizons, warn)
     out.update(_horizon_scores(split, ks, warn))
-    grid = default_ibs_grid(split.last_visit, split.event, *split.train)
+    grid = brier.default_ibs_grid(split.last_visit, split.event, *split.train)
     out.update(_ibs(split, grid, warn))
     out["calibration"] = _calibration(split, ks, calibration_horizon, n_bins, warn)
     if n_boot > 0:
@@ -206,17 +197,15 @@ def _concordances(
 def _horizons(split: _Split, horizons: npt.ArrayLike | None, warn: list[str]) -> IntArray:
     """The whole horizons of Brier and td-AUC: the given ones inside the valid range (the
     others dropped with a warning), else the defaults."""
-    lo, hi = valid_horizon_range(split.last_visit, split.event, *split.train)
+    lo, hi = brier.valid_horizon_range(split.last_visit, split.event, *split.train)
     if horizons is None:
-        ks = default_horizons(split.last_visit, split.event, *split.train)
+        ks = brier.default_horizons(split.last_visit, split.event, *split.train)
     else:
-        ks = as_whole_times(horizons, "horizons")
-        dropped = ks[(ks < lo) | (ks > hi)]
+        ks, dropped = brier.split_by_range(horizons, lo, hi)
         if dropped.size:
             warn.append(
                 f"horizons {dropped.tolist()} dropped: outside the valid range [{lo}, {hi}]"
             )
-        ks = ks[(ks >= lo) & (ks <= hi)]
     if ks.size == 0 and split.n_events > 0:
         warn.append(f"no valid horizon (valid range [{lo}, {hi}]): no Brier score or td-AUC")
     return ks
@@ -227,10 +216,10 @@ def _horizon_scores(split: _Split, ks: IntArray, warn: list[str]) -> dict[str, d
     out: dict[str, dict[str, float]] = {"brier": {}, "td_auc": {}}
     if ks.size == 0:
         return out
-    metrics: dict[str, Callable[..., HorizonScores]] = {"brier": brier_scores, "td_auc": td_auc}
+    metrics = {"brier": brier.brier_scores, "td_auc": brier.td_auc}
     for name, fn in metrics.items():
         scores = _guarded(name, warn, fn, split.table, None, split.event, *split.train, ks)
-        if isinstance(scores, HorizonScores):
+        if isinstance(scores, brier.HorizonScores):
             out[name] = scores.as_dict()
     return out
 
@@ -240,7 +229,7 @@ def _ibs(split: _Split, grid: IntArray, warn: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"ibs_horizons": [int(grid[0]), int(grid[-1])] if grid.size else []}
     if grid.size >= 2 and split.n_events > 0:
         out["ibs"] = _guarded(
-            "ibs", warn, integrated_brier, split.table, None, split.event, *split.train, grid
+            "ibs", warn, brier.integrated_brier, split.table, None, split.event, *split.train, grid
         )
     else:
         out["ibs"] = math.nan
