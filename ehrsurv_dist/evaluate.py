@@ -3,8 +3,8 @@
 Batch inference runs on Ray Data: the split's compact blocks (one row per subject) stream from
 the ingest tasks into ``map_batches`` over a pool of actors that each hold the exported model
 (loaded once per actor from the run directory, which lives on storage every node reaches, as
-Ray Train's checkpoints require), collate the block into padded batches and return per-subject hazards as
-Arrow lists. The driver only gathers the per-subject results. ``use_ray=False`` runs the same
+Ray Train's checkpoints require), collate the block into padded batches and return per-subject
+hazards as Arrow lists. The driver only gathers the per-subject results. ``use_ray=False`` runs the same
 model over the single-process ingest path (same predictions; the tests compare them).
 
 Predictions Parquet (DESIGN.md §5): ``subject_id`` int64, ``split`` string, ``event`` bool,
