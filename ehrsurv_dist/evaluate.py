@@ -3,8 +3,8 @@
 Batch inference runs on Ray Data: the split's compact blocks (one row per subject) stream from
 the ingest tasks into ``map_batches`` over a pool of actors that each hold the exported model
 (loaded once per actor from the run directory, which lives on storage every node reaches, as
-Ray Train's checkpoints require), collate the block into padded batches and return per-subject hazards as
-Arrow lists. The driver only gathers the per-subject results. ``use_ray=False`` runs the same
+Ray Train's checkpoints require), collate the block into padded batches and return per-subject
+hazards as Arrow lists. The driver only gathers the per-subject results. ``use_ray=False`` runs the same
 model over the single-process ingest path (same predictions; the tests compare them).
 
 Predictions Parquet (DESIGN.md §5): ``subject_id`` int64, ``split`` string, ``event`` bool,
@@ -24,17 +24,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ehrsurv_dist import atomic
+from ehrsurv_dist import atomic, rundir
+from ehrsurv_dist import metrics as M
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import load_config
-from ehrsurv_dist.data.pipeline import IngestPipeline
-from ehrsurv_dist.data.visits import concat_ranges
+from ehrsurv_dist.data.collate import batches_from_blocks
+from ehrsurv_dist.data.pipeline import IngestPipeline, task_groups
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.metrics import survival as M
+from ehrsurv_dist.ragged import concat_ranges, offsets_of
 from ehrsurv_dist.train import modeling
-from ehrsurv_dist.train.launch import EXPORT
+from ehrsurv_dist.train.launch import init_ray
 from ehrsurv_dist.train.loop import Predictions, predict
 
 EVAL_SPLITS = (S.TUNING_SPLIT, S.HELD_OUT_SPLIT)
@@ -43,13 +44,14 @@ log = logging.getLogger(__name__)
 
 def load_run(run_dir: str) -> tuple[JobSpec, Vocabulary, dict[str, Any]]:
     """The run's resolved config, vocabulary (hash-checked) and exported model."""
-    cfg = os.path.join(run_dir, "config.yaml")
+    cfg = rundir.path(run_dir, rundir.CONFIG)
     if not os.path.exists(cfg):
-        raise EhrsurvError(f"{run_dir} is not a run directory (no config.yaml)")
+        raise EhrsurvError(f"{run_dir} is not a run directory (no {rundir.CONFIG})")
     spec = load_config(JobSpec, cfg)
-    export = modeling.load_export(os.path.join(run_dir, EXPORT))
-    vocab = Vocabulary.load(os.path.join(run_dir, "vocab.json"))
-    vocab.check_hash(export["vocab_hash"], source=os.path.join(run_dir, EXPORT))
+    export_path = rundir.path(run_dir, rundir.EXPORT)
+    export = modeling.load_export(export_path)
+    vocab = Vocabulary.load(rundir.path(run_dir, rundir.VOCAB))
+    vocab.check_hash(export["vocab_hash"], source=export_path)
     if export["mode"] != "finetune":
         raise EhrsurvError(f"{run_dir} is a {export['mode']} run: evaluate needs a finetune run")
     return spec, vocab, export
@@ -117,17 +119,13 @@ class ModelScorer:
     """
 
     def __init__(self, export_path: str, batch_spec: Any, device: str = "cpu") -> None:
-        from ehrsurv_dist.train import modeling as _modeling
-
         self.device = torch.device(device)
-        export = _modeling.load_export(export_path)
-        self.model = _modeling.model_from_export(export).to(self.device)
+        export = modeling.load_export(export_path)
+        self.model = modeling.model_from_export(export).to(self.device)
         self.model.eval()
         self.spec = batch_spec
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        from ehrsurv_dist.data.collate import batches_from_blocks
-
         batches = batches_from_blocks([block], self.spec, 0)
         return _to_arrow(predict(self.model, self.model, batches, self.device))
 
@@ -135,7 +133,7 @@ class ModelScorer:
 def num_scorers(spec: JobSpec) -> int:
     """Actors of the scoring pool: ``eval.actors``, else the cluster's CPUs less one for the
     ingest tasks (GPUs: one actor per GPU)."""
-    import ray
+    import ray  # Ray at the edge: importing this module (use_ray=False) must not import Ray
 
     if spec.eval.actors:
         return spec.eval.actors
@@ -156,10 +154,8 @@ def predict_split_ray(
         pipe: the ingest pipeline, vocabulary set.
         split: split name, or None for every subject.
     """
-    import ray
+    import ray  # Ray at the edge (see num_scorers)
     import ray.data
-
-    from ehrsurv_dist.data.pipeline import task_groups
 
     use_gpu = spec.train.use_gpu
     # no more actors than the ingest tasks that feed them (the map is fused into the actors)
@@ -183,6 +179,13 @@ def predict_split_ray(
 
 
 def predictions_table(p: Predictions, split: str, risk: np.ndarray) -> pa.Table:
+    """The predictions Parquet rows of one split (columns in the module doc; no input codes).
+
+    Args:
+        p: the split's predictions (N subjects).
+        split: the split name written in every row.
+        risk: float [N] scalar risk scores.
+    """
     table = M.hazard_table_from_csr(p.values, p.offsets)
     surv = np.exp(table.log_survival_flat).astype(np.float32)
     off = pa.array(p.offsets.astype(np.int32))
@@ -208,11 +211,9 @@ def truncated(p: Predictions, seed: int = 0) -> tuple[M.HazardTable, np.ndarray,
     """
     rng = np.random.default_rng(seed)
     u = (rng.random(len(p.last_visit)) * (p.last_visit + 1)).astype(np.int64)  # 0..T
-    starts = p.offsets[:-1]
-    vals = p.values[concat_ranges(starts, u + 1)]
-    off = np.concatenate([[0], np.cumsum(u + 1)])
+    vals = p.values[concat_ranges(p.offsets[:-1], u + 1)]  # the first u + 1 hazards of each
     ev = p.event & (u == p.last_visit)
-    return M.hazard_table_from_csr(vals, off), u, ev
+    return M.hazard_table_from_csr(vals, offsets_of(u + 1)), u, ev
 
 
 class _Scoring:
@@ -224,7 +225,7 @@ class _Scoring:
 
     def __init__(self, spec: JobSpec, run_dir: str, export: dict[str, Any], use_ray: bool) -> None:
         self.spec, self.export, self.use_ray = spec, export, use_ray
-        self.export_path = os.path.join(run_dir, EXPORT)
+        self.export_path = rundir.path(run_dir, rundir.EXPORT)
         self.model: torch.nn.Module | None = None
         self.started = False
 
@@ -232,9 +233,7 @@ class _Scoring:
         if not self.use_ray:
             self.model = modeling.model_from_export(self.export)
             return self
-        import ray
-
-        from ehrsurv_dist.train.launch import init_ray
+        import ray  # Ray at the edge (see num_scorers)
 
         self.started = not ray.is_initialized()
         init_ray(self.spec)
@@ -242,7 +241,7 @@ class _Scoring:
 
     def __exit__(self, *exc: Any) -> None:
         if self.started:
-            import ray
+            import ray  # Ray at the edge (see num_scorers)
 
             ray.shutdown()
 
@@ -300,9 +299,7 @@ def _score_splits(
     preds: dict[str, Predictions],
     n_boot: int | None,
 ) -> dict[str, Any]:
-    from ehrsurv_dist.metrics import plots
-
-    f = spec.finetune
+    """Metrics of every split (JSON-ready), plus the predictions Parquet and the plots."""
     results: dict[str, Any] = {}
     tables = []
     for split, p in preds.items():
@@ -310,52 +307,79 @@ def _score_splits(
             results[split] = {"n_subjects": 0, "warnings": [f"split {split} is empty"]}
             continue
         ht = M.hazard_table_from_csr(p.values, p.offsets)
-        m = M.evaluate_split(
-            ht,
-            p.last_visit,
-            p.event,
-            train[0],
-            train[1],
-            risk_score=f.risk_score,
-            horizons=spec.eval.horizons,
-            n_boot=spec.eval.n_boot if n_boot is None else n_boot,
-            risk_k=f.risk_k,
-            risk_n=f.risk_n,
-            seed=spec.seed,
-            calibration_horizon=spec.eval.calibration_horizon,
-        )
-        tt, tu, tev = truncated(p, spec.seed)
-        m["leakage"] = {
-            "random_truncation_c_index_td": M.concordance_td(tt, tu, tev),
-            "full_history_c_index_td": m.get("c_index_td"),
-            "length_only": m.get("length_only"),
-        }
+        m = _split_metrics(spec, ht, p, train, n_boot)
         results[split] = M.jsonable(m)
-        risk = M.risk_scores(ht, kind=f.risk_score, k=f.risk_k, n=f.risk_n)
+        risk = _risk(spec, ht)
         tables.append(predictions_table(p, split, risk))
-        pdir = os.path.join(run_dir, "plots")
-        os.makedirs(pdir, exist_ok=True)
-        plots.plot_risk_vs_length(
-            risk, p.last_visit, os.path.join(pdir, f"risk_vs_length_{split}.png"), event=p.event
-        )
-        if m.get("calibration"):
-            plots.plot_calibration(m["calibration"], os.path.join(pdir, f"calibration_{split}.png"))
-        plots.plot_survival_curves(
-            ht, p.last_visit, os.path.join(pdir, f"survival_{split}.png"), event=p.event
-        )
-        plots.plot_km_by_risk_group(
-            ht,
-            risk,
-            p.last_visit,
-            p.event,
-            os.path.join(pdir, f"km_risk_tertiles_{split}.png"),
-            risk_name=m["risk_score"],
-        )
+        _plot_split(rundir.path(run_dir, rundir.PLOTS), split, p, ht, risk, m)
     if tables:
-        atomic.write_parquet(
-            pa.concat_tables(tables), os.path.join(run_dir, "predictions", "predictions.parquet")
-        )
+        atomic.write_parquet(pa.concat_tables(tables), rundir.path(run_dir, rundir.PREDICTIONS))
     return results
+
+
+def _risk(spec: JobSpec, ht: M.HazardTable) -> np.ndarray:
+    """float64 [N]: the run's scalar risk score (``finetune.risk_score``) of every subject."""
+    f = spec.finetune
+    return M.risk_scores(ht, risk_score=f.risk_score, k=f.risk_k, n=f.risk_n)
+
+
+def _split_metrics(
+    spec: JobSpec,
+    ht: M.HazardTable,
+    p: Predictions,
+    train: tuple[np.ndarray, np.ndarray],
+    n_boot: int | None,
+) -> dict[str, Any]:
+    """``evaluate_split`` of one split with the run's settings, plus the leakage diagnostics."""
+    f = spec.finetune
+    m = M.evaluate_split(
+        ht,
+        p.last_visit,
+        p.event,
+        train[0],
+        train[1],
+        risk_score=f.risk_score,
+        horizons=spec.eval.horizons,
+        n_boot=spec.eval.n_boot if n_boot is None else n_boot,
+        risk_k=f.risk_k,
+        risk_n=f.risk_n,
+        seed=spec.seed,
+        calibration_horizon=spec.eval.calibration_horizon,
+    )
+    tt, tu, tev = truncated(p, spec.seed)
+    m["leakage"] = {
+        "random_truncation_c_index_td": M.concordance_td(tt, tu, tev),
+        "full_history_c_index_td": m.get("c_index_td"),
+        "length_only": m.get("length_only"),
+    }
+    return m
+
+
+def _plot_split(
+    pdir: str, split: str, p: Predictions, ht: M.HazardTable, risk: np.ndarray, m: dict[str, Any]
+) -> None:
+    """The split's diagnostic plots in ``pdir``: risk against length, calibration, survival
+    curves and Kaplan–Meier curves by risk tertile."""
+    # matplotlib is imported only when a run is scored, not by `predict` or by importing this module
+    from ehrsurv_dist.metrics import plots
+
+    os.makedirs(pdir, exist_ok=True)
+    plots.plot_risk_vs_length(
+        risk, p.last_visit, os.path.join(pdir, f"risk_vs_length_{split}.png"), event=p.event
+    )
+    if m.get("calibration"):
+        plots.plot_calibration(m["calibration"], os.path.join(pdir, f"calibration_{split}.png"))
+    plots.plot_survival_curves(
+        ht, p.last_visit, os.path.join(pdir, f"survival_{split}.png"), event=p.event
+    )
+    plots.plot_km_by_risk_group(
+        ht,
+        risk,
+        p.last_visit,
+        p.event,
+        os.path.join(pdir, f"km_risk_tertiles_{split}.png"),
+        risk_name=m["risk_score"],
+    )
 
 
 @dataclasses.dataclass
@@ -388,9 +412,7 @@ def predict_cohort(run_dir: str, cohort: str, out: str, *, use_ray: bool = True)
     with _Scoring(spec, run_dir, export, use_ray) as score:
         stats = pipe.fit(vocab, use_ray=use_ray).stats
         p = score(pipe, None)
-    f = spec.finetune
-    ht = M.hazard_table_from_csr(p.values, p.offsets)
-    risk = M.risk_scores(ht, kind=f.risk_score, k=f.risk_k, n=f.risk_n)
+    risk = _risk(spec, M.hazard_table_from_csr(p.values, p.offsets))
     atomic.write_parquet(predictions_table(p, "all", risk), out)
     trunc = "truncated_flat" if pipe.layout == "flat" else "truncated_hierarchical"
     report = PredictReport(

@@ -31,8 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from ehrsurv_dist import atomic
+from ehrsurv_dist import atomic, rundir
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.config import load_config
+from ehrsurv_dist.data.synth_report import write_synth_report
+from ehrsurv_dist.data.synthetic import synthesize
+from ehrsurv_dist.data.vocab import Vocabulary
+from ehrsurv_dist.evaluate import evaluate_run
+from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.train.launch import run_training
+from ehrsurv_dist.tune import count_parameters
 
 Overrides = tuple[str, ...]
 
@@ -116,13 +124,6 @@ def run_row(
     n_boot: int,
 ) -> dict[str, Any]:
     """Train and evaluate one row (or reuse its finished result); returns its table entry."""
-    from ehrsurv_dist.config import load_config
-    from ehrsurv_dist.data.vocab import Vocabulary
-    from ehrsurv_dist.evaluate import evaluate_run
-    from ehrsurv_dist.jobspec import JobSpec
-    from ehrsurv_dist.train.launch import run_training
-    from ehrsurv_dist.tune import count_parameters
-
     run = os.path.join(out, "runs", row.name)
     done = _run_dir_done(run)
     if done is not None:
@@ -138,7 +139,7 @@ def run_row(
     train_s = time.perf_counter() - t0
     m = evaluate_run(run, splits=(S.TRAIN_SPLIT, S.TUNING_SPLIT, S.HELD_OUT_SPLIT), n_boot=n_boot)
     wall = time.perf_counter() - t0
-    vocab_size = Vocabulary.load(os.path.join(run, "vocab.json")).size
+    vocab_size = Vocabulary.load(rundir.path(run, rundir.VOCAB)).size
     trainable, total = count_parameters(spec, vocab_size)
     held, tun, tr = m[S.HELD_OUT_SPLIT], m[S.TUNING_SPLIT], m[S.TRAIN_SPLIT]
     cal = held.get("calibration") or {}
@@ -268,58 +269,86 @@ def run_bench(
         only: run just these row names.
         note: progress messages.
     """
-    import ray
-
-    from ehrsurv_dist.config import load_config
-    from ehrsurv_dist.data.synthetic import synthesize
-    from ehrsurv_dist.jobspec import JobSpec
-    from ehrsurv_dist.train.launch import run_training
+    import ray  # Ray at the edge: the rows share one local cluster, shut down at the end
 
     os.makedirs(out, exist_ok=True)
     if cohort is None:
-        cohort = os.path.join(out, "cohort")
-        if not os.path.exists(os.path.join(cohort, "synth_report.json")):
-            note(f"synthesising the {preset} cohort (signal {signal:g}) in {cohort}")
-            synthesize(cohort, preset, seed=seed, subjects=subjects, signal=signal)
-            from ehrsurv_dist.data.synth_report import write_synth_report
-
-            write_synth_report(cohort)
+        cohort = _synthetic_cohort(out, preset, seed, subjects, signal, note)
     cohort = os.path.abspath(cohort)
-    rows = model_rows() if kind == "models" else loss_rows()
-    if only:
-        unknown = set(only) - {r.name for r in rows}
-        if unknown:
-            raise ValueError(f"unknown rows {sorted(unknown)}; known: {[r.name for r in rows]}")
-        rows = [r for r in rows if r.name in set(only)]
+    rows = _selected_rows(kind, only)
     started = not ray.is_initialized()
     t_all = time.perf_counter()
     results = [oracle_row(cohort)]
     try:
         pre_run = None
         if any(r.pretrained for r in rows):
-            pre_run = os.path.join(out, "runs", "pretrain")
-            if not os.path.exists(os.path.join(pre_run, "checkpoints", "best", "model.pt")):
-                note(f"pretraining (joint MLM + NVP, {pretrain_epochs} epochs)")
-                spec = load_config(
-                    JobSpec,
-                    None,
-                    [
-                        *common,
-                        "pretrain.objective=joint",
-                        f"train.epochs={pretrain_epochs}",
-                        ("data.cohort", cohort),
-                    ],
-                )
-                run_training(spec, "pretrain", pre_run, progress=False)
+            pre_run = _pretrain(out, cohort, common, pretrain_epochs, note)
         for i, row in enumerate(rows):
             note(f"[{i + 1}/{len(rows)}] {row.label}")
             results.append(run_row(row, cohort, out, common, pre_run, n_boot))
     finally:
         if started and ray.is_initialized():
             ray.shutdown()
+    flat = _flat(results, time.perf_counter() - t_all, signal, seed)
+    atomic.write_json(flat, os.path.join(out, "bench.json"))
+    title = "Model comparison" if kind == "models" else "Loss comparison"
+    _plot(results, os.path.join(out, "plots", f"{kind}_c_index_td.png"), title)
+    summary = _summary_md(kind, title, cohort, common, results, flat["wall_s"])
+    atomic.write_text(summary, os.path.join(out, "SUMMARY.md"))
+    return flat
+
+
+def _synthetic_cohort(
+    out: str,
+    preset: str,
+    seed: int,
+    subjects: int | None,
+    signal: float,
+    note: Callable[[str], None],
+) -> str:
+    """``OUT/cohort``: the synthetic cohort with its report (made unless already there)."""
+    cohort = os.path.join(out, "cohort")
+    if not os.path.exists(os.path.join(cohort, "synth_report.json")):
+        note(f"synthesising the {preset} cohort (signal {signal:g}) in {cohort}")
+        synthesize(cohort, preset, seed=seed, subjects=subjects, signal=signal)
+        write_synth_report(cohort)
+    return cohort
+
+
+def _selected_rows(kind: str, only: Sequence[str] | None) -> list[Row]:
+    """The rows of ``kind``, or just those named in ``only`` (unknown names raise)."""
+    rows = model_rows() if kind == "models" else loss_rows()
+    if not only:
+        return rows
+    unknown = set(only) - {r.name for r in rows}
+    if unknown:
+        raise ValueError(f"unknown rows {sorted(unknown)}; known: {[r.name for r in rows]}")
+    return [r for r in rows if r.name in set(only)]
+
+
+def _pretrain(
+    out: str, cohort: str, common: Sequence[str], epochs: int, note: Callable[[str], None]
+) -> str:
+    """``OUT/runs/pretrain``: the shared joint MLM + NVP pretraining run (reused when done)."""
+    pre_run = os.path.join(out, "runs", "pretrain")
+    if not os.path.exists(rundir.path(pre_run, rundir.EXPORT)):
+        note(f"pretraining (joint MLM + NVP, {epochs} epochs)")
+        over: list[Any] = [
+            *common,
+            "pretrain.objective=joint",
+            f"train.epochs={epochs}",
+            ("data.cohort", cohort),
+        ]
+        run_training(load_config(JobSpec, None, over), "pretrain", pre_run, progress=False)
+    return pre_run
+
+
+def _flat(results: list[dict[str, Any]], wall_s: float, signal: float, seed: int) -> dict[str, Any]:
+    """``bench.json``: the settings plus ``<row>_<metric>`` for every number (intervals as
+    ``_lo`` / ``_hi``)."""
     flat: dict[str, Any] = {
         "rows": len(results) - 1,
-        "wall_s": time.perf_counter() - t_all,
+        "wall_s": wall_s,
         "signal": signal,
         "seed": seed,
     }
@@ -329,19 +358,28 @@ def run_bench(
                 flat[f"{r['name']}_{k}"] = v
             elif k.endswith("_ci") and v:
                 flat[f"{r['name']}_{k}_lo"], flat[f"{r['name']}_{k}_hi"] = v
+    return flat
+
+
+def _summary_md(
+    kind: str,
+    title: str,
+    cohort: str,
+    common: Sequence[str],
+    results: list[dict[str, Any]],
+    wall_s: float,
+) -> str:
+    """``SUMMARY.md``: the cohort, the settings, the table and how to read its columns."""
     with open(os.path.join(cohort, "synth_report.json")) as f:
         rep = json.load(f)
-    atomic.write_json(flat, os.path.join(out, "bench.json"))
-    title = "Model comparison" if kind == "models" else "Loss comparison"
-    _plot(results, os.path.join(out, "plots", f"{kind}_c_index_td.png"), title)
-    text = "\n".join(
+    return "\n".join(
         [
             f"# {title} (`ehrsurv bench {kind}`)",
             "",
             f"Cohort `{cohort}`: {rep['subjects']:,} subjects, {rep['events']:,} events, held-out "
             f"{rep['split_sizes'][S.HELD_OUT_SPLIT]:,}; every row: same splits and seed; "
             f"common overrides: `{' '.join(common) or '(defaults)'}`. Total wall time "
-            f"{flat['wall_s']:.0f} s on {os.cpu_count()} CPU(s).",
+            f"{wall_s:.0f} s on {os.cpu_count()} CPU(s).",
             "",
             summary_table(results),
             "",
@@ -352,5 +390,3 @@ def run_bench(
             "",
         ]
     )
-    atomic.write_text(text, os.path.join(out, "SUMMARY.md"))
-    return flat

@@ -54,7 +54,7 @@ def synth_report(cohort: str) -> dict[str, Any]:
     codes -= set(S.NON_INPUT_CODES)
     codes = {c for c in codes if c is not None}
 
-    true_risk = M.risk_scores(M.hazard_table_from_csr(*haz), kind="mean_hazard")
+    true_risk = M.risk_scores(M.hazard_table_from_csr(*haz), risk_score="mean_hazard")
     rho_all = float(spearmanr(true_risk, T).statistic)
     rho_ev = (
         float(spearmanr(true_risk[event], T[event]).statistic) if event.sum() > 2 else float("nan")
@@ -65,8 +65,8 @@ def synth_report(cohort: str) -> dict[str, Any]:
     held = split == S.HELD_OUT_SPLIT
     oracle: dict[str, Any] = {}
     for name, hz in (("hazard", haz), ("hazard_observable", haz_obs)):
-        h_held = M.subset_table(M.hazard_table_from_csr(*hz), np.flatnonzero(held))
-        risk = M.risk_scores(h_held, kind="mean_hazard")
+        h_held = M.hazard_table_from_csr(*hz).take(np.flatnonzero(held))
+        risk = M.risk_scores(h_held, risk_score="mean_hazard")
         try:  # the IBS a perfectly calibrated model would get (train censoring, default grid)
             ibs = float(M.integrated_brier(h_held, None, event[held], T[train], event[train]))
         except ValueError:  # e.g. no event in a tiny held-out split

@@ -20,14 +20,9 @@ from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
 from ehrsurv_dist import atomic
-from ehrsurv_dist.metrics.survival import (
-    CalibrationResult,
-    HazardsLike,
-    _as_event,
-    _as_last_visit,
-    _as_risk,
-    as_hazard_table,
-)
+from ehrsurv_dist.metrics.calibration import CalibrationResult
+from ehrsurv_dist.metrics.hazards import HazardsLike, as_hazard_table
+from ehrsurv_dist.metrics.inputs import as_event, as_last_visit, as_risk
 
 
 def plot_survival_curves(
@@ -48,7 +43,7 @@ def plot_survival_curves(
     is drawn in black.
 
     Args:
-        hazards: see :func:`ehrsurv_dist.metrics.survival.as_hazard_table`.
+        hazards: see :func:`ehrsurv_dist.metrics.as_hazard_table`.
         last_visit: int ``[N]``.
         path: target PNG file (parent folders are created).
         event: bool ``[N]``, optional, for the end markers.
@@ -67,7 +62,7 @@ def plot_survival_curves(
     k = int(table.last_visit.max()) + 1 if horizon is None else int(horizon)
     if k < 1:
         raise ValueError(f"horizon: expected a positive int, got {horizon!r}")
-    ev = None if event is None else _as_event(event, "event", table.n)
+    ev = None if event is None else as_event(event, "event", table.n)
     grid = np.arange(k)
     surv = np.exp(table.log_survival(grid))  # [N, K]
     rng = np.random.default_rng(seed)
@@ -169,9 +164,9 @@ def plot_risk_vs_length(
     Raises:
         ValueError: bad inputs.
     """
-    lv = _as_last_visit(last_visit, "last_visit")
-    r = _as_risk(risk, "risk", lv.shape[0])
-    ev = None if event is None else _as_event(event, "event", lv.shape[0])
+    lv = as_last_visit(last_visit, "last_visit")
+    r = as_risk(risk, "risk", lv.shape[0])
+    ev = None if event is None else as_event(event, "event", lv.shape[0])
     length = lv + 1
     rho = float(spearmanr(r, length).statistic) if np.ptp(length) and np.ptp(r) else float("nan")
     rng = np.random.default_rng(seed)
@@ -218,8 +213,8 @@ def km_by_risk_group(
 
     table = as_hazard_table(hazards, last_visit)
     lv = table.last_visit
-    r = _as_risk(risk, "risk", lv.shape[0])
-    ev = _as_event(event, "event", lv.shape[0])
+    r = as_risk(risk, "risk", lv.shape[0])
+    ev = as_event(event, "event", lv.shape[0])
     time = lv + 0.5 * ev
     order = np.argsort(r, kind="stable")
     k = np.arange(0, int(lv.max()) + 2)

@@ -1,4 +1,5 @@
-"""Unit tests for ehrsurv_dist.metrics.survival (DESIGN.md §2, §4)."""
+"""Unit tests for ehrsurv_dist.metrics (inputs, hazards, concordance, brier, calibration, risk,
+bootstrap, report; DESIGN.md §2, §4)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ehrsurv_dist.metrics import (
     evaluate_split,
     event_free_at,
     harrell_c,
+    hazard_table_from_csr,
     integrated_brier,
     jsonable,
     length_only_baseline,
@@ -43,6 +45,7 @@ from ehrsurv_dist.metrics import (
     uno_default_tau,
     valid_horizon_range,
 )
+from ehrsurv_dist.ragged import Ragged
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: random splits (ragged hazards, padded copy)
@@ -122,6 +125,21 @@ def test_padded_and_ragged_inputs_agree_and_padding_is_ignored() -> None:
     for i in range(len(hz)):
         np.testing.assert_array_equal(ext[i, : T[i] + 1], hz[i])
         assert np.all(ext[i, T[i] :] == hz[i][-1])
+
+
+def test_table_is_a_ragged_view_and_take_equals_rebuilding_the_subset() -> None:
+    hz, T, _ = random_split(5, 40, levels=(0.0, 0.1, 0.5, 1.0))
+    table = as_hazard_table(hz, T)
+    assert isinstance(table.rows, Ragged) and table.n == 40
+    np.testing.assert_array_equal(table.last_visit, T)
+    np.testing.assert_array_equal(table.rows.row(3)["hazard"], hz[3])
+    idx = np.array([7, 7, 0, 39, 12])
+    sub = table.take(idx)
+    rebuilt = as_hazard_table([hz[i] for i in idx])
+    for name in ("values", "offsets", "last_visit", "log_survival_flat"):  # bit for bit
+        np.testing.assert_array_equal(getattr(sub, name), getattr(rebuilt, name))
+    csr = hazard_table_from_csr(table.values, table.offsets)
+    np.testing.assert_array_equal(csr.log_survival_flat, table.log_survival_flat)
 
 
 def test_hazard_one_gives_zero_survival_without_nan() -> None:
@@ -462,7 +480,10 @@ def test_risk_scores_hand_example() -> None:
     # padded input, padding ignored
     padded = np.array([[0.1, 0.15, 0.2, 0.9], [0.4, 0.9, 0.9, 0.9]])
     np.testing.assert_allclose(risk_scores(padded, T, "mean_hazard"), [0.15, 0.4], atol=1e-12)
-    with pytest.raises(ValueError, match="kind"):
+    np.testing.assert_array_equal(
+        risk_scores(hz, T, risk_score="horizon", k=1), risk_scores(hz, T, "horizon", k=1)
+    )
+    with pytest.raises(ValueError, match="risk_score"):
         risk_scores(hz, T, "sum")
     with pytest.raises(ValueError, match="n: expected"):
         risk_scores(hz, T, "first_n", n=0)
@@ -589,7 +610,7 @@ def test_grouped_harrell_equals_sksurv(seed: int) -> None:
     """The fast path used above HARRELL_SKSURV_MAX_N is exactly sksurv's statistic."""
     from sksurv.metrics import concordance_index_censored
 
-    from ehrsurv_dist.metrics.survival import _harrell_grouped
+    from ehrsurv_dist.metrics.concordance import _harrell_grouped
 
     rng = np.random.default_rng(seed)
     n = 3000
