@@ -312,7 +312,7 @@ def run_training(
         raise ConfigError("data.cohort", "no cohort: pass --cohort DIR or set data.cohort")
     out = os.path.abspath(out)
     # Workers run in Ray's own working directory: hand them absolute local paths.
-    spec = _absolute_paths(spec)
+    spec = absolute_paths(spec)
     init_export = None
     vocab: Vocabulary | None = None
     if mode == "finetune" and spec.finetune.init:
@@ -412,7 +412,7 @@ def run_training(
     )
 
 
-def _absolute_paths(spec: JobSpec) -> JobSpec:
+def absolute_paths(spec: JobSpec) -> JobSpec:
     """``data.cohort``, ``data.outcomes``, ``finetune.init`` and ``train.step_log`` as absolute
     paths (URIs kept)."""
 

@@ -49,8 +49,10 @@ REVIEWED = {
     ("train/launch.py", "claim_output_dir"): "a write probe, removed at once",
     ("bench/throughput.py", "_prepare_out"): "a write probe, removed at once",
     ("testing.py", "write_cohort"): "builds input cohorts for tests, not a command output",
-    ("tune.py", "after_worker_group_start"): "an internal append-only record of placement "
-    "groups (one short line per worker-group start), not an output a user reads",
+    ("tune/placement_groups.py", "after_worker_group_start"): (
+        "an internal append-only record of placement groups (one short line per worker-group "
+        "start), not an output a user reads"
+    ),
 }
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.tune import (
     DRIVER_MEMORY,
+    PG_FILE,
     TuneJobSpec,
     TuneSpec,
     expand_trials,
@@ -29,6 +32,7 @@ from ehrsurv_dist.tune import (
     write_best_yaml,
     write_results,
 )
+from ehrsurv_dist.tune.placement_groups import recorded_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -249,6 +253,26 @@ def test_cli_dry_run_lists_trials(capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli.main(["tune", "--config", cfg, "--out", "x", "--dry-run", "tune.num_samples=0"])
     assert rc != 0
     assert "tune.num_samples: must be >= 1" in capsys.readouterr().err
+
+
+def test_importing_the_package_leaves_ray_out() -> None:
+    # `ehrsurv tune --dry-run` and these tests import ehrsurv_dist.tune: Ray stays at the edges
+    code = "import sys, ehrsurv_dist.tune; print(sorted(m for m in sys.modules if m == 'ray'))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_placement_group_records_are_read_per_trial(tmp_path: Path) -> None:
+    (tmp_path / "t000_a").mkdir()
+    (tmp_path / "t001_b").mkdir()
+    (tmp_path / "t000_a" / PG_FILE).write_text("ctl0 aa\nctl0 bb\ncut-short\n")
+    (tmp_path / "t001_b" / PG_FILE).write_text("ctl1 cc\n")
+    found = sorted(
+        (os.path.basename(os.path.dirname(p)), c, g) for p, c, g in recorded_groups(str(tmp_path))
+    )
+    assert found == [("t000_a", "ctl0", "aa"), ("t000_a", "ctl0", "bb"), ("t001_b", "ctl1", "cc")]
 
 
 def test_cluster_commands_never_stop_ray_without_yes(capsys: pytest.CaptureFixture[str]) -> None:

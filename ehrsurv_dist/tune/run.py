@@ -1,0 +1,254 @@
+"""Running a sweep on Ray Tune: the trial driver, the sweep's callback and :func:`run_sweep`.
+
+One Tune trial = one fine-tuning run. The trial's function is a *driver* (Ray Train V2 pattern):
+it builds and fits a ``TorchTrainer`` through :func:`~ehrsurv_dist.train.launch.run_training`,
+whose ``RunConfig`` carries Tune's ``TuneReportCallback``, so every epoch's ``val_score``
+(validation td-C on the ``tuning`` split) reaches Tune and its ASHA scheduler. Tune never wraps
+the trainer itself (``Tuner(trainer)`` is gone in Train V2). Tune runs a grid over the trial
+indices of :func:`~ehrsurv_dist.tune.search_space.expand_trials`; the overrides travel with the
+trainable.
+
+Ray is imported inside the functions (the edge of the package): ``ehrsurv_dist.tune`` re-exports
+:func:`run_sweep`, and importing the package (``ehrsurv tune --dry-run``, unit tests) must not
+import Ray Tune.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+from ehrsurv_dist import atomic
+from ehrsurv_dist.config import ConfigError, load_config, to_dict
+from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.train.launch import absolute_paths, claim_output_dir, init_ray, run_training
+from ehrsurv_dist.tune.placement_groups import (
+    PG_FILE,
+    placement_group_recorder,
+    release_orphaned_placement_groups,
+    wait_for_release,
+)
+from ehrsurv_dist.tune.resources import ResourcePlan, plan_resources
+from ehrsurv_dist.tune.results import METRIC, TRIALS_DIR, SweepResult, collect_trial, finish_sweep
+from ehrsurv_dist.tune.search_space import Trial, TuneJobSpec, expand_trials, job_spec, trial_spec
+
+log = logging.getLogger(__name__)
+
+TUNE_DIR = "tune"  # Ray Tune experiment name under OUT
+
+
+def prepare_sweep_dir(out: str, spec: TuneJobSpec) -> bool:
+    """Create ``out`` or check that it holds this same sweep; True = resume.
+
+    Raises:
+        OutputError: ``out`` holds another sweep or other files, or is not writable.
+    """
+    return claim_output_dir(out, TuneJobSpec, spec, "sweep")
+
+
+def run_sweep(spec: TuneJobSpec, out: str, *, progress: bool = True) -> SweepResult:
+    """Run (or resume) the sweep, then write the results table, plot, best.yaml, held-out.
+
+    Connects to ``ray.address`` / ``RAY_ADDRESS`` or starts an in-process Ray if none is
+    initialised (the caller shuts it down). Re-running with the same ``out`` and config resumes:
+    finished trials are kept, unfinished and errored ones continue from their checkpoints.
+
+    Raises:
+        ConfigError: no cohort.
+        OutputError: ``out`` holds something else.
+        EhrsurvError: the cluster cannot fit one trial; every trial failed.
+    """
+    import ray  # the edge: the sweep asks the cluster what it has
+
+    if not spec.data.cohort:
+        raise ConfigError("data.cohort", "no cohort: pass --cohort DIR or set data.cohort")
+    out = os.path.abspath(out)
+    base = absolute_paths(job_spec(spec))  # trials run in Tune's trial directories
+    spec = dataclasses.replace(spec, data=base.data, finetune=base.finetune)
+    trials = expand_trials(spec)
+    specs = [trial_spec(base, t) for t in trials]
+    root = _prepare_trials(out, spec, trials)
+
+    init_ray(base)
+    plan = plan_resources(specs, spec.tune, ray.cluster_resources())
+    log.info("%d trials, %d at a time (%s)", len(trials), plan.max_concurrent, plan)
+    grid = _tuner(out, spec, base, trials, specs, plan, progress).fit()
+    wait_for_release(root)
+
+    by_index = _results_by_trial(grid)
+    rows = [
+        collect_trial(os.path.join(root, t.name), t, s, by_index.get(t.index))
+        for t, s in zip(trials, specs, strict=True)
+    ]
+    return finish_sweep(out, spec, trials, specs, rows)
+
+
+def _prepare_trials(out: str, spec: TuneJobSpec, trials: list[Trial]) -> str:
+    """Claim ``out`` for this sweep, write ``trials.json``, make the trials' folder (returned)."""
+    prepare_sweep_dir(out, spec)
+    atomic.write_json([dataclasses.asdict(t) for t in trials], os.path.join(out, "trials.json"))
+    root = os.path.join(out, TRIALS_DIR)
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def _tuner(
+    out: str,
+    spec: TuneJobSpec,
+    base: JobSpec,
+    trials: list[Trial],
+    specs: list[JobSpec],
+    plan: ResourcePlan,
+    progress: bool,
+) -> Any:
+    """The ``Tuner`` of the sweep: restored from ``OUT/tune`` if it is there, else a new one."""
+    from ray import tune  # the edge: Ray Tune runs the trials
+
+    root = os.path.join(out, TRIALS_DIR)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial_driver,
+            base=to_dict(base),
+            trials=[dataclasses.asdict(t) for t in trials],
+            root=root,
+        ),
+        plan.driver_resources,
+    )
+    param_space = {"trial": tune.grid_search(list(range(len(trials))))}
+    exp = os.path.join(out, TUNE_DIR)
+    if tune.Tuner.can_restore(exp):
+        # the saved RunConfig comes back with its callbacks (the bar and the PG janitor)
+        return tune.Tuner.restore(
+            exp,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            scheduler=_scheduler(spec, specs),
+            max_concurrent_trials=plan.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=out,
+            failure_config=tune.FailureConfig(max_failures=spec.tune.max_failures),
+            callbacks=[_sweep_callback(root, len(trials), progress)],
+            verbose=0,  # the bar, or nothing in tests; errors land in the table
+        ),
+    )
+
+
+def _scheduler(spec: TuneJobSpec, specs: list[JobSpec]) -> Any:
+    """ASHA on the epoch count (``tune.scheduler: asha``), or None: Tune's FIFO."""
+    from ray import tune  # the edge: Ray Tune's schedulers
+
+    if spec.tune.scheduler != "asha":
+        return None
+    return tune.schedulers.ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=max(s.train.epochs for s in specs),
+        grace_period=spec.tune.grace_period,
+        reduction_factor=spec.tune.reduction_factor,
+    )
+
+
+def _results_by_trial(grid: Any) -> dict[int, Any]:
+    """Tune's ``ResultGrid`` as trial index -> ``Result`` (results without an index left out)."""
+    by_index = {}
+    for k in range(len(grid)):
+        r = grid[k]
+        idx = (r.config or {}).get("trial")
+        if idx is not None:
+            by_index[int(idx)] = r
+    return by_index
+
+
+# --------------------------------------------------------------------------------------------
+# In the Tune trial actor and the Tune driver
+# --------------------------------------------------------------------------------------------
+
+
+def _trial_driver(
+    config: dict[str, Any], *, base: dict[str, Any], trials: list[dict[str, Any]], root: str
+) -> None:
+    """Tune's trainable: one fine-tuning run with the trial's overrides, epochs sent to Tune.
+
+    The run directory is named after the trial's index, which is stable across
+    ``Tuner.restore``: a restored trial re-enters the same directory and Ray Train resumes it
+    from its latest checkpoint.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback  # the edge: Train -> Tune
+
+    t = trials[config["trial"]]
+    trial = Trial(t["index"], t["space"], t["overrides"], t["select"])
+    spec = trial_spec(load_config(JobSpec, base=base), trial)
+    out = os.path.join(root, trial.name)
+    callbacks = [TuneReportCallback(), placement_group_recorder(os.path.join(out, PG_FILE))]
+    # What follows fit() (the export) may not run: Tune ends the trial as soon as the
+    # scheduler says stop, which it may say after the last epoch too. The sweep therefore
+    # reads everything it reports from the run's checkpoints (collect_trial).
+    run_training(spec, "finetune", out, progress=False, callbacks=callbacks)
+
+
+def _sweep_callback(root: str, total: int, progress: bool) -> Any:
+    """The Tune callback of a sweep: releases stopped trials' placement groups, draws the bar.
+
+    Picklable (Tune saves it with the experiment and restores it on resume): the bar is made
+    in ``setup`` and not pickled.
+    """
+    from ray.tune import Callback  # the edge: a Tune callback
+
+    class _SweepCallback(Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.done: set[str] = set()
+            self.last = 0.0
+            self.best = -math.inf
+            self.bar: Any = None
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {**self.__dict__, "bar": None}
+
+        def setup(self, *args: Any, **kw: Any) -> None:
+            if progress:
+                self.bar = tqdm(total=total, unit="trial", desc="tune", file=sys.stderr)
+
+        def on_step_begin(self, iteration: int, trials: Any, **kw: Any) -> None:
+            now = time.monotonic()
+            if now - self.last >= 2.0:  # a few GCS lookups, every 2 s at most
+                self.last = now
+                release_orphaned_placement_groups(root, self.done)
+
+        def on_trial_result(
+            self, iteration: int, trials: Any, trial: Any, result: Any, **kw: Any
+        ) -> None:
+            score = result.get(METRIC)
+            if self.bar is not None and score is not None and score > self.best:
+                self.best = float(score)
+                self.bar.set_postfix_str(f"best val td-C {self.best:.4f}")
+
+        def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(1)
+
+        def on_trial_error(self, iteration: int, trials: Any, trial: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(1)
+
+        def on_experiment_end(self, trials: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    return _SweepCallback()
