@@ -1,4 +1,4 @@
-"""Grouping (same as visits.build_visits), flattening, truncation and the hierarchical layout."""
+"""Grouping (against the reference oracle), flattening, truncation and the hierarchical layout."""
 
 from __future__ import annotations
 
@@ -7,19 +7,11 @@ import pyarrow as pa
 import pytest
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data.flatten import (
-    FlatTokens,
-    build_visits_fast,
-    flat_from_arrow,
-    flat_to_arrow,
-    flatten,
-    hier_from_arrow,
-    hier_to_arrow,
-    split_last_visit,
-    to_hierarchical,
-)
+from ehrsurv_dist.data.blocks import flat_from_arrow, flat_to_arrow, hier_from_arrow, hier_to_arrow
+from ehrsurv_dist.data.layouts import flatten, to_hierarchical
 from ehrsurv_dist.data.visits import SubjectVisits, build_visits
 from ehrsurv_dist.testing import events_table, outcomes_table
+from tests.oracles.visits_reference import build_visits_reference
 
 BIRTH = "1960-01-01"
 
@@ -67,16 +59,16 @@ def _random_cohort(seed: int) -> tuple[pa.Table, pa.Table]:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("granularity", ["day", "hour"])
-def test_group_visits_matches_build_visits(seed: int, granularity: str) -> None:
+def test_group_visits_matches_the_reference_oracle(seed: int, granularity: str) -> None:
     ev, out = _random_cohort(seed)
-    sv_ref, rej_ref = build_visits(ev, out, granularity)
-    sv, rej = build_visits_fast(ev, out, granularity)
+    sv_ref, rej_ref = build_visits_reference(ev, out, granularity)
+    sv, rej = build_visits(ev, out, granularity)
     _same_visits(sv, sv_ref)
     assert rej.equals(rej_ref)
     # dictionary-encoded input and no outcomes (pretraining) agree too
     ev_d = ev.set_column(2, S.CODE, ev[S.CODE].dictionary_encode())
-    sv2, rej2 = build_visits_fast(ev_d, None, granularity)
-    sv2_ref, rej2_ref = build_visits(ev, None, granularity)
+    sv2, rej2 = build_visits(ev_d, None, granularity)
+    sv2_ref, rej2_ref = build_visits_reference(ev, None, granularity)
     _same_visits(sv2, sv2_ref)
     assert rej2.equals(rej2_ref)
 
@@ -173,26 +165,17 @@ def test_hierarchical_caps_deltas_and_rebasing() -> None:
     assert old.last_visit.tolist() == [1] and old.event.tolist() == [False]
 
 
-def test_split_last_visit() -> None:
-    sv, ids = _seed_example()
-    hist, tpos, toff = split_last_visit(sv)
-    assert hist.num_visits.tolist() == [2] and hist.last_visit.tolist() == [1]
-    assert ids[tpos].tolist() == [428] and toff.tolist() == [0, 1]
-    assert hist.codes.to_pylist() == ["250", "401", "500", "250", "428"]
-
-
 def test_wire_format_roundtrip() -> None:
     ev, out = _random_cohort(4)
     sv, _ = build_visits(ev, out)
     ids = np.arange(len(sv.codes), dtype=np.int32) + 3
     ft = flatten(sv, ids, max_seq_len=6)
     back = flat_from_arrow(flat_to_arrow(ft, unit=7))
-    for name in FlatTokens.__dataclass_fields__:
+    names = ("subject_id", "event", "last_visit", "truncated", "offsets", "codes", "ages")
+    for name in (*names, "visit_ids"):
         a, b = getattr(ft, name), getattr(back, name)
-        if a is None:
-            assert b is None
-        else:
-            np.testing.assert_array_equal(a, b, err_msg=name)
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        assert a.dtype == b.dtype, name
     # a sliced table (as Ray may hand over) decodes the same rows
     t = flat_to_arrow(ft, unit=7).slice(2, 5)
     part = flat_from_arrow(t)

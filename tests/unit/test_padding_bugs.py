@@ -11,7 +11,7 @@ import pytest
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data.checks import BatchCheckError, check_flat_batch, visit_token_counts
 from ehrsurv_dist.data.collate import BatchSpec, collate_block, pad_flat
-from ehrsurv_dist.data.flatten import FlatTokens, flatten
+from ehrsurv_dist.data.layouts import FlatTokens, flatten
 from ehrsurv_dist.data.visits import build_visits
 from ehrsurv_dist.testing import events_table, outcomes_table
 
