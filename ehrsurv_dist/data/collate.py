@@ -26,11 +26,11 @@ import numpy as np
 import pyarrow as pa
 
 from ehrsurv_dist import rng
-from ehrsurv_dist.data import checks, masking
+from ehrsurv_dist.data import checks
 from ehrsurv_dist.data.blocks import UNIT, UNIT_SIZE, Layout, block_from_arrow
 from ehrsurv_dist.data.layouts import FlatTokens, VisitTokens
-from ehrsurv_dist.data.padding import PaddedBlock, pad_flat, pad_hierarchical, round_up
-from ehrsurv_dist.ragged import concat_ranges, offsets_of
+from ehrsurv_dist.data.padding import BatchSpec, PaddedBlock, pad_flat, pad_hierarchical, round_up
+from ehrsurv_dist.ragged import Ragged, concat_ranges, offsets_of
 
 __all__ = [
     "BatchSpec",
@@ -86,62 +86,19 @@ def bucket_order(
     return order[concat_ranges(starts, sizes)], offsets_of(sizes)
 
 
-@dataclass(frozen=True)
-class BatchSpec:
-    """How blocks become batches; picklable, so it travels to Ray Train workers.
-
-    Attributes:
-        layout: ``flat`` or ``hierarchical``.
-        batch_size: subjects per batch.
-        window_batches: batches per length-sorting window.
-        pad_multiple: round each batch's padded length up to this.
-        max_seq_len: cap on L (flat).
-        max_visits, max_codes_per_visit: caps on V and C (hierarchical).
-        seed: seed of the shuffles and of MLM.
-        mlm_vocab_size: vocabulary size to enable MLM, or None.
-        mlm_prob: MLM selection probability.
-        check_batches: run the contract checks on this many first batches of an iteration
-            (-1 = every batch).
-        drop_last: drop each block's last batch when it is smaller than ``batch_size``.
-    """
-
-    layout: Layout = "flat"
-    batch_size: int = 32
-    window_batches: int = 64
-    pad_multiple: int = 8
-    max_seq_len: int = 512
-    max_visits: int = 256
-    max_codes_per_visit: int = 32
-    seed: int = 0
-    mlm_vocab_size: int | None = None
-    mlm_prob: float = masking.MLM_PROB
-    check_batches: int = 8
-    drop_last: bool = False
-
-    def __post_init__(self) -> None:
-        if self.layout not in ("flat", "hierarchical"):
-            raise ValueError(f"layout must be flat or hierarchical, got {self.layout!r}")
-        for name in ("batch_size", "window_batches", "pad_multiple"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
 def collate_block(
     block: FlatTokens | VisitTokens, spec: BatchSpec, epoch: int, unit: int
 ) -> PaddedBlock:
     """Bucket, pad and (optionally) mask one block."""
-    mlm = None
-    if spec.mlm_vocab_size is not None:
-        mlm = (spec.mlm_vocab_size, spec.seed, epoch, spec.mlm_prob)
     lengths = block.lengths if isinstance(block, FlatTokens) else block.num_visits
-    order, bounds = bucket_order(
-        lengths, block.subject_id, spec.batch_size, spec.window_batches, spec.seed, epoch, unit
+    batches = Ragged(
+        *bucket_order(
+            lengths, block.subject_id, spec.batch_size, spec.window_batches, spec.seed, epoch, unit
+        )
     )
     if isinstance(block, FlatTokens):
-        return pad_flat(block, order, bounds, spec.pad_multiple, spec.max_seq_len, mlm)
-    return pad_hierarchical(
-        block, order, bounds, spec.pad_multiple, spec.max_visits, spec.max_codes_per_visit, mlm
-    )
+        return pad_flat(block, batches, spec, epoch)
+    return pad_hierarchical(block, batches, spec, epoch)
 
 
 @dataclass

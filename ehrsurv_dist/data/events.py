@@ -82,10 +82,6 @@ class EventArrays:
     code_index: np.ndarray
     dictionary: pa.Array
 
-    @property
-    def num_rows(self) -> int:
-        return len(self.subject_id)
-
     def take(self, rows: np.ndarray) -> EventArrays:
         """Rows ``rows`` (int [n]), in that order, over the same dictionary."""
         return EventArrays(

@@ -27,57 +27,35 @@ import numpy as np
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.constants import DAY_US
-from ehrsurv_dist.data.visits import SubjectVisits
+from ehrsurv_dist.data.views import RaggedField
+from ehrsurv_dist.data.visits import SubjectLabels, SubjectVisits
 from ehrsurv_dist.ragged import Ragged, concat_ranges, offsets_of
 
 Truncation = Literal["keep_recent", "keep_oldest"]
 
 
 @dataclass
-class FlatTokens:
+class FlatTokens(SubjectLabels):
     """Per-subject token sequences after lookup and truncation, the flat layout.
 
     Attributes:
-        subject_id: int64 [N].
-        event: bool [N] (after ``keep_oldest`` censoring, see the module doc).
-        last_visit: int64 [N]; T' = kept visits − 1.
+        subject_id, event, last_visit: [N] (``event`` after ``keep_oldest`` censoring, see the
+            module doc; ``last_visit`` T' = kept visits − 1).
         truncated: bool [N]; True if tokens or visits were cut.
         tokens: subjects → tokens; values ``codes`` int32 [NT] (vocabulary ids), ``ages``
             float32 [NT] (age at the token's visit), ``visit_ids`` int32 [NT] (rebased visit
-            index, 0 = oldest kept visit).
+            index, 0 = oldest kept visit). ``offsets``, ``lengths``, ``codes``, ``ages``,
+            ``visit_ids`` read its parts.
     """
 
-    subject_id: np.ndarray
-    event: np.ndarray
-    last_visit: np.ndarray
     truncated: np.ndarray
     tokens: Ragged
 
-    @property
-    def num_subjects(self) -> int:
-        return len(self.subject_id)
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """int64 [N + 1]; tokens of subject i are ``offsets[i]:offsets[i + 1]``."""
-        return self.tokens.offsets
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """int64 [N]: real tokens per subject."""
-        return self.tokens.lengths
-
-    @property
-    def codes(self) -> np.ndarray:
-        return self.tokens.values[S.CODES]  # type: ignore[no-any-return,index]
-
-    @property
-    def ages(self) -> np.ndarray:
-        return self.tokens.values[S.AGES]  # type: ignore[no-any-return,index]
-
-    @property
-    def visit_ids(self) -> np.ndarray:
-        return self.tokens.values[S.VISIT_IDS]  # type: ignore[no-any-return,index]
+    offsets = RaggedField("tokens", part="offsets")  # int64 [N + 1]
+    lengths = RaggedField("tokens", part="lengths")  # int64 [N]: real tokens per subject
+    codes = RaggedField("tokens", S.CODES)  # int32 [NT]
+    ages = RaggedField("tokens", S.AGES)  # float32 [NT]
+    visit_ids = RaggedField("tokens", S.VISIT_IDS)  # int32 [NT]
 
     @property
     def num_visits(self) -> np.ndarray:
@@ -86,16 +64,11 @@ class FlatTokens:
     def subject(self, i: int) -> dict[str, object]:
         """Plain-Python view of subject ``i`` (for tests and debugging)."""
         row = self.tokens.row(i)
-        return {
-            "subject_id": int(self.subject_id[i]),
-            "event": bool(self.event[i]),
-            "last_visit": int(self.last_visit[i]),
-            **{k: row[k].tolist() for k in (S.CODES, S.AGES, S.VISIT_IDS)},  # type: ignore[index]
-        }
+        return {**self.labels_of(i), **{k: v.tolist() for k, v in row.items()}}  # type: ignore[union-attr]
 
 
 @dataclass
-class VisitTokens:
+class VisitTokens(SubjectLabels):
     """Per-subject visits of code ids, the hierarchical layout (seed-spec §1.5).
 
     Attributes:
@@ -103,50 +76,20 @@ class VisitTokens:
         visits: subjects → visits; values ``ages`` float32 [NV] (age at the visit),
             ``time_deltas`` float32 [NV] (days since the previous kept visit, 0 for the first)
             and ``codes``, visits → codes (int32 [NC], the first ``max_codes_per_visit`` codes
-            of each kept visit).
+            of each kept visit). The attributes below read its parts.
     """
 
-    subject_id: np.ndarray
-    event: np.ndarray
-    last_visit: np.ndarray
     truncated: np.ndarray
     visits: Ragged
 
-    @property
-    def num_subjects(self) -> int:
-        return len(self.subject_id)
-
-    @property
-    def num_visits(self) -> np.ndarray:
-        return self.visits.lengths
-
-    @property
-    def visit_offsets(self) -> np.ndarray:
-        return self.visits.offsets
-
-    @property
-    def visit_ages(self) -> np.ndarray:
-        return self.visits.values[S.AGES]  # type: ignore[no-any-return,index]
-
-    @property
-    def time_deltas(self) -> np.ndarray:
-        return self.visits.values[S.TIME_DELTAS]  # type: ignore[no-any-return,index]
-
-    @property
-    def visit_codes(self) -> Ragged:
-        return self.visits.values[S.CODES]  # type: ignore[return-value,index]
-
-    @property
-    def code_offsets(self) -> np.ndarray:
-        return self.visit_codes.offsets
-
-    @property
-    def codes(self) -> np.ndarray:
-        return self.visit_codes.values  # type: ignore[return-value]
-
-    @property
-    def visit_sizes(self) -> np.ndarray:
-        return self.visit_codes.lengths
+    num_visits = RaggedField("visits", part="lengths")  # int64 [N]
+    visit_offsets = RaggedField("visits", part="offsets")  # int64 [N + 1]
+    visit_ages = RaggedField("visits", S.AGES)  # float32 [NV]
+    time_deltas = RaggedField("visits", S.TIME_DELTAS)  # float32 [NV]
+    visit_codes = RaggedField("visits", S.CODES)  # Ragged: visits → codes
+    code_offsets = RaggedField("visits", S.CODES, part="offsets")  # int64 [NV + 1]
+    visit_sizes = RaggedField("visits", S.CODES, part="lengths")  # int64 [NV]
+    codes = RaggedField("visits", S.CODES, part="values")  # int32 [NC]
 
 
 def _kept_visits(

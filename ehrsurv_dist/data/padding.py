@@ -23,10 +23,57 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.data import masking
 from ehrsurv_dist.data.blocks import Layout
 from ehrsurv_dist.data.layouts import FlatTokens, VisitTokens
+from ehrsurv_dist.data.views import RaggedField
 from ehrsurv_dist.ragged import Ragged
 
 # (vocab_size, seed, epoch, prob): the MLM parameters of one block.
 Mlm = tuple[int, int, int, float]
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How blocks become batches; picklable, so it travels to Ray Train workers.
+
+    Attributes:
+        layout: ``flat`` or ``hierarchical``.
+        batch_size: subjects per batch.
+        window_batches: batches per length-sorting window.
+        pad_multiple: round each batch's padded length up to this.
+        max_seq_len: cap on L (flat).
+        max_visits, max_codes_per_visit: caps on V and C (hierarchical).
+        seed: seed of the shuffles and of MLM.
+        mlm_vocab_size: vocabulary size to enable MLM, or None.
+        mlm_prob: MLM selection probability.
+        check_batches: run the contract checks on this many first batches of an iteration
+            (-1 = every batch).
+        drop_last: drop each block's last batch when it is smaller than ``batch_size``.
+    """
+
+    layout: Layout = "flat"
+    batch_size: int = 32
+    window_batches: int = 64
+    pad_multiple: int = 8
+    max_seq_len: int = 512
+    max_visits: int = 256
+    max_codes_per_visit: int = 32
+    seed: int = 0
+    mlm_vocab_size: int | None = None
+    mlm_prob: float = masking.MLM_PROB
+    check_batches: int = 8
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("flat", "hierarchical"):
+            raise ValueError(f"layout must be flat or hierarchical, got {self.layout!r}")
+        for name in ("batch_size", "window_batches", "pad_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def mlm(self, epoch: int) -> Mlm | None:
+        """The MLM parameters of ``epoch``, or None without MLM."""
+        if self.mlm_vocab_size is None:
+            return None
+        return (self.mlm_vocab_size, self.seed, epoch, self.mlm_prob)
 
 
 def round_up(n: np.ndarray, multiple: int) -> np.ndarray:
@@ -64,10 +111,7 @@ class PaddedBlock:
     def __len__(self) -> int:
         return len(self.per_row)
 
-    @property
-    def row_bounds(self) -> np.ndarray:
-        """int64 [K + 1]: batch k holds subjects ``row_bounds[k]:[k + 1]``."""
-        return self.per_row.offsets
+    row_bounds = RaggedField("per_row", part="offsets")  # int64 [K + 1]: subjects per batch
 
     @property
     def real_tokens(self) -> int:
@@ -165,31 +209,26 @@ def _masked(
     return codes, lab
 
 
-def pad_flat(
-    ft: FlatTokens,
-    order: np.ndarray,
-    bounds: np.ndarray,
-    pad_multiple: int = 8,
-    max_len: int | None = None,
-    mlm: Mlm | None = None,
-) -> PaddedBlock:
+def pad_flat(ft: FlatTokens, batches: Ragged, spec: BatchSpec, epoch: int = 0) -> PaddedBlock:
     """Pad flat sequences batch by batch (seed-spec §1.4), one masked assignment per field.
 
     Args:
         ft: the block's sequences.
-        order, bounds: from :func:`collate.bucket_order`.
-        pad_multiple: each batch's L is its longest sequence rounded up to this.
-        max_len: cap on L (the configured ``max_seq_len``); L never drops below the longest.
-        mlm: ``(vocab_size, seed, epoch, prob)`` to add MLM masking, or None.
+        batches: batches → rows of ``ft`` (``Ragged(*collate.bucket_order(...))``).
+        spec: ``pad_multiple`` (each batch's L is its longest sequence rounded up to this),
+            ``max_seq_len`` (cap on L; L never drops below the longest) and the MLM settings.
+        epoch: the MLM draws' epoch.
 
     Returns:
         A :class:`PaddedBlock`; batch k has ``codes`` int64 [B, L] (PAD_ID on padding), ``ages``
         float32 (0), ``visit_ids`` int64 (0), ``attention_mask`` bool, the labels, and with MLM
         ``mlm_labels`` int64 (``IGNORE_INDEX`` off the masked positions).
     """
+    order, bounds = np.asarray(batches.values, dtype=np.int64), batches.offsets
     lengths = ft.lengths[order]
+    mlm = spec.mlm(epoch)
     longest = _batch_max(lengths, bounds)
-    L = _padded_size(longest, pad_multiple, max_len)
+    L = _padded_size(longest, spec.pad_multiple, spec.max_seq_len)
     rows_per = np.diff(bounds)
     offsets = np.concatenate([[0], np.cumsum(rows_per * L)]).astype(np.int64)
     total = int(offsets[-1])
@@ -227,30 +266,31 @@ def pad_flat(
 
 
 def pad_hierarchical(
-    vt: VisitTokens,
-    order: np.ndarray,
-    bounds: np.ndarray,
-    pad_multiple: int = 8,
-    max_visits: int | None = None,
-    max_codes: int | None = None,
-    mlm: Mlm | None = None,
+    vt: VisitTokens, batches: Ragged, spec: BatchSpec, epoch: int = 0
 ) -> PaddedBlock:
     """Pad visits × codes batch by batch (seed-spec §1.5).
 
     Each batch is ``[B, V, C]`` with V its most visits and C its largest visit, each rounded
-    up to ``pad_multiple`` and capped at ``max_visits`` / ``max_codes``.
+    up to ``spec.pad_multiple`` and capped at ``spec.max_visits`` /
+    ``spec.max_codes_per_visit`` (never below the batch's longest).
+
+    Args:
+        vt: the block's visits.
+        batches: batches → rows of ``vt`` (``Ragged(*collate.bucket_order(...))``).
+        spec: padding and MLM settings.
+        epoch: the MLM draws' epoch.
 
     Returns:
         A :class:`PaddedBlock`; batch k has ``codes`` int64 [B, V, C], ``code_mask`` bool
         [B, V, C], ``ages``, ``time_deltas`` float32 [B, V], ``visit_mask`` bool [B, V] and the
         labels (and ``mlm_labels`` [B, V, C] with MLM; its positions are ``visit * C_max + k``
-        with ``C_max = max_codes``).
+        with ``C_max = spec.max_codes_per_visit``).
     """
+    order, bounds = np.asarray(batches.values, dtype=np.int64), batches.offsets
     n = len(order)
     nv = vt.num_visits[order]
-    sizes = vt.visit_sizes
     vis = vt.visits.element_index(order)  # ordered visits
-    vsz = sizes[vis]
+    vsz = vt.visit_sizes[vis]
     # per-subject largest visit, then per batch
     vstart = np.concatenate([[0], np.cumsum(nv)])[:-1]
     if len(vis):
@@ -259,8 +299,8 @@ def pad_hierarchical(
     else:
         big = np.zeros(n, np.int64)
     v_long, c_long = _batch_max(nv, bounds), _batch_max(big, bounds)
-    V = _padded_size(v_long, pad_multiple, max_visits)
-    C = _padded_size(c_long, pad_multiple, max_codes)
+    V = _padded_size(v_long, spec.pad_multiple, spec.max_visits)
+    C = _padded_size(c_long, spec.pad_multiple, spec.max_codes_per_visit)
     rows_per = np.diff(bounds)
     voff = np.concatenate([[0], np.cumsum(rows_per * V)]).astype(np.int64)
     coff = np.concatenate([[0], np.cumsum(rows_per * V * C)]).astype(np.int64)
@@ -286,9 +326,10 @@ def pad_hierarchical(
     codes = np.zeros(total, np.int64)
     cmask = np.zeros(total, np.bool_)
     cmask[cdest] = True
+    mlm = spec.mlm(epoch)
     tok_sid = pos = vsz  # only MLM draws need the tokens' subjects and positions
     if mlm is not None:
-        cap = int(max_codes) if max_codes is not None else int(max(1, sizes.max(initial=1)))
+        cap = spec.max_codes_per_visit
         tok_sid = np.repeat(np.repeat(vt.subject_id[order], nv), vsz)
         pos = np.repeat(slot, vsz) * cap + k_in_v
     tok_codes, lab = _masked(mlm, vt.codes[csrc].astype(np.int64), tok_sid, pos, total, cdest)

@@ -38,6 +38,7 @@ from ehrsurv_dist.data.events import (
     sorted_unique,
     time_us,  # noqa: F401 - re-exported: data.meds imports it from here
 )
+from ehrsurv_dist.data.views import RaggedField
 from ehrsurv_dist.ragged import (
     Ragged,
     concat_ranges,  # noqa: F401 - re-exported: train.loop and evaluate import it from here
@@ -62,61 +63,52 @@ _NO_LIMIT = np.iinfo(np.int64).min
 
 
 @dataclass
-class SubjectVisits:
-    """Visits of N subjects: per-subject labels over a two-level :class:`Ragged`.
+class SubjectLabels:
+    """Per-subject survival labels, the part every per-subject container shares.
 
     Attributes:
-        subject_id: int64 [N], sorted ascending.
+        subject_id: int64 [N].
         event: bool [N]; True = event in the interval after visit T.
-        last_visit: int64 [N]; T = index of the last input visit (``num_visits - 1``).
-        visits: subjects → visits; its values are ``time`` int64 [NV] (µs of the visit's first
-            event), ``age`` float32 [NV] (years at ``time``) and ``codes``, visits → codes
-            (a string or dictionary array [NC], in order of appearance).
+        last_visit: int64 [N]; T = index of the last input visit.
     """
 
     subject_id: np.ndarray
     event: np.ndarray
     last_visit: np.ndarray
-    visits: Ragged
 
     @property
     def num_subjects(self) -> int:
         return len(self.subject_id)
 
-    @property
-    def num_visits(self) -> np.ndarray:
-        """int64 [N]: T + 1 per subject."""
-        return self.visits.lengths
+    def labels_of(self, i: int) -> dict[str, object]:
+        """Plain-Python labels of subject ``i``."""
+        return {
+            "subject_id": int(self.subject_id[i]),
+            "event": bool(self.event[i]),
+            "last_visit": int(self.last_visit[i]),
+        }
 
-    @property
-    def visit_offsets(self) -> np.ndarray:
-        """int64 [N + 1]; visits of subject i are ``visit_offsets[i]:[i + 1]``."""
-        return self.visits.offsets
 
-    @property
-    def visit_time(self) -> np.ndarray:
-        """int64 [NV]."""
-        return self.visits.values["time"]  # type: ignore[no-any-return,index]
+@dataclass
+class SubjectVisits(SubjectLabels):
+    """Visits of N subjects (sorted by ``subject_id``): labels over a two-level :class:`Ragged`.
 
-    @property
-    def visit_age(self) -> np.ndarray:
-        """float32 [NV]."""
-        return self.visits.values["age"]  # type: ignore[no-any-return,index]
+    Attributes:
+        visits: subjects → visits; its values are ``time`` int64 [NV] (µs of the visit's first
+            event), ``age`` float32 [NV] (years at ``time``) and ``codes``, visits → codes
+            (a string or dictionary array [NC], in order of appearance). ``visit_offsets``,
+            ``visit_time``, ``visit_age``, ``code_offsets``, ``codes`` read its parts.
+    """
 
-    @property
-    def visit_codes(self) -> Ragged:
-        """Visits → codes."""
-        return self.visits.values["codes"]  # type: ignore[return-value,index]
+    visits: Ragged
 
-    @property
-    def code_offsets(self) -> np.ndarray:
-        """int64 [NV + 1]; codes of visit j are ``codes[code_offsets[j]:[j + 1]]``."""
-        return self.visit_codes.offsets
-
-    @property
-    def codes(self) -> pa.Array:
-        """String or dictionary array [NC]."""
-        return self.visit_codes.values  # type: ignore[return-value]
+    num_visits = RaggedField("visits", part="lengths")  # int64 [N]: T + 1 per subject
+    visit_offsets = RaggedField("visits", part="offsets")  # int64 [N + 1]
+    visit_time = RaggedField("visits", "time")  # int64 [NV]
+    visit_age = RaggedField("visits", "age")  # float32 [NV]
+    visit_codes = RaggedField("visits", "codes")  # Ragged: visits → codes
+    code_offsets = RaggedField("visits", "codes", part="offsets")  # int64 [NV + 1]
+    codes = RaggedField("visits", "codes", part="values")  # string or dictionary array [NC]
 
     @property
     def tokens_per_subject(self) -> np.ndarray:
@@ -137,16 +129,11 @@ class SubjectVisits:
             {
                 "time": int(self.visit_time[j]),
                 "age": float(self.visit_age[j]),
-                "codes": self.visit_codes.row(j).to_pylist(),  # type: ignore[union-attr]
+                "codes": self.visit_codes.row(j).to_pylist(),
             }
             for j in range(int(self.visit_offsets[i]), int(self.visit_offsets[i + 1]))
         ]
-        return {
-            "subject_id": int(self.subject_id[i]),
-            "event": bool(self.event[i]),
-            "last_visit": int(self.last_visit[i]),
-            "visits": visits,
-        }
+        return {**self.labels_of(i), "visits": visits}
 
 
 @dataclass

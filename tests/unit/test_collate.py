@@ -82,7 +82,7 @@ def test_pad_flat_shapes_values_and_cap() -> None:
     ft = make_flat([3, 9, 1, 20, 5])
     order = np.array([2, 0, 4, 1, 3])
     bounds = np.array([0, 3, 5])
-    pb = pad_flat(ft, order, bounds, pad_multiple=8, max_len=20)
+    pb = pad_flat(ft, Ragged(order, bounds), BatchSpec(pad_multiple=8, max_seq_len=20))
     b0, b1 = pb.batch(0), pb.batch(1)
     assert b0[S.CODES].shape == (3, 8)  # longest 5 -> 8
     assert b1[S.CODES].shape == (2, 20)  # longest 20 -> 24, capped at max_len 20
@@ -112,8 +112,8 @@ def test_pad_flat_shapes_values_and_cap() -> None:
 def test_padding_does_not_change_real_positions() -> None:
     """seed-spec §1.7 test (a), data side: a subject padded in a longer batch has the same prefix."""
     ft = make_flat([4, 4, 30])
-    short = pad_flat(ft, np.array([0, 1]), np.array([0, 2])).batch(0)
-    long = pad_flat(ft, np.array([0, 2]), np.array([0, 2])).batch(0)
+    short = pad_flat(ft, Ragged(np.array([0, 1]), np.array([0, 2])), BatchSpec()).batch(0)
+    long = pad_flat(ft, Ragged(np.array([0, 2]), np.array([0, 2])), BatchSpec()).batch(0)
     for name in (S.CODES, S.AGES, S.VISIT_IDS, S.ATTENTION_MASK):
         np.testing.assert_array_equal(short[name][0], long[name][0, : short[name].shape[1]])
         assert not long[S.ATTENTION_MASK][0, 4:].any()
@@ -171,9 +171,12 @@ def _hier() -> VisitTokens:
     )
 
 
+HIER_1 = BatchSpec(layout="hierarchical", pad_multiple=1)
+
+
 def test_pad_hierarchical() -> None:
     vt = _hier()
-    pb = pad_hierarchical(vt, np.array([2, 0, 1, 3]), np.array([0, 2, 4]), pad_multiple=1)
+    pb = pad_hierarchical(vt, Ragged(np.array([2, 0, 1, 3]), np.array([0, 2, 4])), HIER_1)
     b = pb.batch(0)
     assert b[S.CODES].shape == (2, 4, 4) and b[S.VISIT_MASK].shape == (2, 4)
     assert b[S.CODES][0, 3].tolist() == [12, 13, 14, 15]  # subject 3's 4th visit
@@ -184,7 +187,9 @@ def test_pad_hierarchical() -> None:
     b1 = pb.batch(1)
     assert b1[S.CODES].shape == (2, 1, 3)
     check_hierarchical_batch(b1)
-    capped = pad_hierarchical(vt, np.arange(4), np.array([0, 4]), pad_multiple=8, max_visits=5)
+    capped = pad_hierarchical(
+        vt, Ragged(np.arange(4), np.array([0, 4])), BatchSpec(layout="hierarchical", max_visits=5)
+    )
     assert capped.batch(0)[S.CODES].shape == (4, 5, 8)
 
 

@@ -83,4 +83,3 @@ def test_mlm_argument_checks() -> None:
         mlm_mask(codes, sid, pos, VOCAB, 0, 0, prob=0.0)
     with pytest.raises(ValueError, match="vocab_size"):
         mlm_mask(codes, sid, pos, S.NUM_SPECIAL_TOKENS, 0, 0)
-
