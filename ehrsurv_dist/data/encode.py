@@ -9,6 +9,7 @@ split tables are read once per process (each Ray worker caches them).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data import io
 from ehrsurv_dist.data.blocks import Layout, flat_to_arrow, hier_to_arrow
 from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, event_arrays
 from ehrsurv_dist.data.layouts import FlatTokens, Truncation, VisitTokens, flatten, to_hierarchical
-from ehrsurv_dist.data.meds import read_outcomes
-from ehrsurv_dist.data.plan import Unit
+from ehrsurv_dist.data.meds import CohortReport, read_outcomes
+from ehrsurv_dist.data.plan import Unit, UnitPlan
 from ehrsurv_dist.data.splits import hash_splits
 from ehrsurv_dist.data.visits import GroupedUnit, group_visits
 from ehrsurv_dist.data.vocab import Vocabulary
@@ -54,6 +56,34 @@ class EncodeSpec:
     max_visits: int = 256
     max_codes_per_visit: int = 32
     truncation: Truncation = "keep_recent"
+
+    @classmethod
+    def for_cohort(
+        cls, cohort: str, data: DataConfig, report: CohortReport, layout: Layout
+    ) -> EncodeSpec:
+        """The spec of a validated cohort under a data configuration."""
+        return cls(
+            cohort=cohort,
+            outcomes=report.outcomes,
+            granularity=data.granularity,
+            split_seed=data.split_seed,
+            splits_path=cohort_splits_path(cohort),
+            bad_subjects=tuple(sorted(int(s) for s in report.bad_subjects)),
+            layout=layout,
+            max_seq_len=data.max_seq_len,
+            max_visits=data.max_visits,
+            max_codes_per_visit=data.max_codes_per_visit,
+            truncation=data.truncation,
+        )
+
+
+def cohort_splits_path(cohort: str) -> str | None:
+    """The cohort's MEDS split file, or None when it has none."""
+    fs, root = io.resolve(cohort)
+    sp = io.join(root, S.SUBJECT_SPLITS_PATH)
+    if not io.exists(fs, sp):
+        return None
+    return sp if "://" not in cohort else cohort.rstrip("/") + "/" + S.SUBJECT_SPLITS_PATH
 
 
 _CACHE: dict[tuple[str, str], Any] = {}
@@ -126,6 +156,20 @@ def read_unit(unit: Unit, cohort: str, with_row: bool = False) -> pa.Table:
         rows = (np.int64(unit.file_index) << _ROW_SHIFT) + unit.first_row + np.arange(t.num_rows)
         t = t.append_column(ROW, pa.array(rows, pa.int64()))
     return t
+
+
+def read_buckets(plan: UnitPlan, cohort: str) -> Iterator[tuple[int, pa.Table]]:
+    """(bucket, every row of its subjects) of a ``hash`` plan, in one process: every shard
+    contributes to every bucket, so everything is read (the reference path)."""
+    tables = [read_unit(u, cohort, with_row=True) for u in plan.units]
+    if not tables:
+        return
+    t = with_string_codes(pa.concat_tables([x.cast(tables[0].schema) for x in tables]))
+    b = bucket_of(np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64), plan.num_buckets)
+    for k in range(plan.num_buckets):
+        rows = np.flatnonzero(b == k)
+        if len(rows):
+            yield k, t.take(pa.array(rows))
 
 
 def _events(table: pa.Table, spec: EncodeSpec) -> EventArrays:

@@ -41,7 +41,6 @@ import pyarrow as pa
 from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import DataConfig
-from ehrsurv_dist.data import io
 from ehrsurv_dist.data.blocks import Layout
 from ehrsurv_dist.data.collate import (
     BatchSpec,
@@ -56,8 +55,8 @@ from ehrsurv_dist.data.encode import (
     bucket_of,
     encode_events,
     encode_unit,
+    read_buckets,
     read_unit,
-    subject_split,
     with_string_codes,
 )
 from ehrsurv_dist.data.meds import CohortReport, validate_cohort
@@ -69,31 +68,15 @@ from ehrsurv_dist.data.scan import (
     rejects_table,
     scan_events,
 )
-from ehrsurv_dist.data.shards import KeptShard, iter_shard_batches, shard_blocks
+from ehrsurv_dist.data.shards import KeptShard, shard_blocks
 from ehrsurv_dist.data.vocab import Vocabulary, fit_vocabulary
 
 log = logging.getLogger(__name__)
 
 BUCKET = "__bucket"
 
-__all__ = [
-    "READ_COLUMNS",
-    "EncodeSpec",
-    "IngestFit",
-    "IngestPipeline",
-    "KeptShard",
-    "Unit",
-    "UnitPlan",
-    "encode_events",
-    "encode_unit",
-    "iter_shard_batches",
-    "plan_units",
-    "read_unit",
-    "scan_events",
-    "shard_blocks",
-    "subject_split",
-    "task_groups",
-]
+# Names other packages import from here (they moved to plan/shards/encode).
+__all__ = ["READ_COLUMNS", "IngestPipeline", "KeptShard", "task_groups"]
 
 # Ray map functions (module level: pickled by reference) ------------------------------------
 
@@ -147,15 +130,6 @@ def _ray_scan_group(group: pa.Table, spec: EncodeSpec) -> pa.Table:
 
 # --------------------------------------------------------------------------------------------
 # The pipeline
-
-
-def _splits_path(cohort: str) -> str | None:
-    """The cohort's MEDS split file, or None when it has none."""
-    fs, root = io.resolve(cohort)
-    sp = io.join(root, S.SUBJECT_SPLITS_PATH)
-    if not io.exists(fs, sp):
-        return None
-    return sp if "://" not in cohort else cohort.rstrip("/") + "/" + S.SUBJECT_SPLITS_PATH
 
 
 class IngestPipeline:
@@ -214,19 +188,7 @@ class IngestPipeline:
         report.raise_if_unusable(self.data.drop_bad_subjects)
         self.report = report
         self.plan = plan_units(cohort, report, rows_per_unit)
-        self.spec = EncodeSpec(
-            cohort=cohort,
-            outcomes=report.outcomes,
-            granularity=self.data.granularity,
-            split_seed=self.data.split_seed,
-            splits_path=_splits_path(cohort),
-            bad_subjects=tuple(sorted(int(s) for s in report.bad_subjects)),
-            layout=layout,
-            max_seq_len=self.data.max_seq_len,
-            max_visits=self.data.max_visits,
-            max_codes_per_visit=self.data.max_codes_per_visit,
-            truncation=self.data.truncation,
-        )
+        self.spec = EncodeSpec.for_cohort(cohort, self.data, report, layout)
         self.layout: Layout = layout
         self.seed = seed
         self.window_batches = window_batches or self.data.window_batches
@@ -316,16 +278,7 @@ class IngestPipeline:
             for u in self.plan.units:
                 yield u.unit_id, read_unit(u, self.cohort)
             return
-        # Hash buckets: every shard contributes to every bucket; read them all (reference path).
-        tables = [read_unit(u, self.cohort, with_row=True) for u in self.plan.units]
-        if not tables:
-            return
-        t = with_string_codes(pa.concat_tables([x.cast(tables[0].schema) for x in tables]))
-        b = bucket_of(np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64), self.plan.num_buckets)
-        for k in range(self.plan.num_buckets):
-            rows = np.flatnonzero(b == k)
-            if len(rows):
-                yield k, t.take(pa.array(rows))
+        yield from read_buckets(self.plan, self.cohort)
 
     def blocks(self, split: str | None) -> Iterator[pa.Table]:
         """Arrow blocks of ``split`` (None = all subjects), one process, unit order."""

@@ -21,13 +21,9 @@ from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data.cohort import load_cohort
 from ehrsurv_dist.data.collate import BatchStats
 from ehrsurv_dist.data.layouts import flatten, to_hierarchical
-from ehrsurv_dist.data.pipeline import (
-    IngestPipeline,
-    KeptShard,
-    iter_shard_batches,
-    plan_units,
-    task_groups,
-)
+from ehrsurv_dist.data.pipeline import IngestPipeline
+from ehrsurv_dist.data.plan import plan_units, task_groups
+from ehrsurv_dist.data.shards import KeptShard, iter_shard_batches
 from ehrsurv_dist.data.synthetic import synthesize
 from ehrsurv_dist.errors import CohortError
 from ehrsurv_dist.testing import write_cohort
