@@ -23,7 +23,7 @@ from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data import io
 from ehrsurv_dist.data.blocks import Layout, flat_to_arrow, hier_to_arrow
 from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, event_arrays
-from ehrsurv_dist.data.layouts import FlatTokens, Truncation, VisitTokens, flatten, to_hierarchical
+from ehrsurv_dist.data.layouts import FlatTokens, Limits, VisitTokens, flatten, to_hierarchical
 from ehrsurv_dist.data.meds import CohortReport, read_outcomes
 from ehrsurv_dist.data.plan import Unit, UnitPlan
 from ehrsurv_dist.data.splits import hash_splits
@@ -42,7 +42,7 @@ class EncodeSpec:
     """Everything a worker needs to turn a unit into a block (picklable).
 
     Attributes mirror :class:`config.DataConfig`; ``bad_subjects`` are dropped (sorted int64);
-    ``splits_path`` is the MEDS split file or None.
+    ``splits_path`` is the MEDS split file or None; ``limits`` are the layouts' truncation.
     """
 
     cohort: str
@@ -52,10 +52,7 @@ class EncodeSpec:
     splits_path: str | None = None
     bad_subjects: tuple[int, ...] = ()
     layout: Layout = "flat"
-    max_seq_len: int = 512
-    max_visits: int = 256
-    max_codes_per_visit: int = 32
-    truncation: Truncation = "keep_recent"
+    limits: Limits = Limits()
 
     @classmethod
     def for_cohort(
@@ -70,10 +67,9 @@ class EncodeSpec:
             splits_path=cohort_splits_path(cohort),
             bad_subjects=tuple(sorted(int(s) for s in report.bad_subjects)),
             layout=layout,
-            max_seq_len=data.max_seq_len,
-            max_visits=data.max_visits,
-            max_codes_per_visit=data.max_codes_per_visit,
-            truncation=data.truncation,
+            limits=Limits(
+                data.max_seq_len, data.max_visits, data.max_codes_per_visit, data.truncation
+            ),
         )
 
 
@@ -210,8 +206,8 @@ def encode_unit(
         sv = sv.take(np.flatnonzero(subject_split(spec, sv.subject_id) == split))
     ids, _ = vocab.lookup(sv.codes)
     if spec.layout == "hierarchical":
-        return to_hierarchical(sv, ids, spec.max_visits, spec.max_codes_per_visit, spec.truncation)
-    return flatten(sv, ids, spec.max_seq_len, spec.max_visits, spec.truncation)
+        return to_hierarchical(sv, ids, spec.limits)
+    return flatten(sv, ids, spec.limits)
 
 
 def encode_events(

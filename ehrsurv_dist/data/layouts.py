@@ -34,6 +34,23 @@ from ehrsurv_dist.ragged import Ragged, concat_ranges, offsets_of
 Truncation = Literal["keep_recent", "keep_oldest"]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How much of each history the layouts keep (``truncation``: see the module doc).
+
+    Attributes:
+        max_seq_len: most tokens per subject (flat).
+        max_visits: most visits per subject (both layouts).
+        max_codes_per_visit: most codes per visit, its first ones (hierarchical).
+        truncation: ``keep_recent`` or ``keep_oldest``.
+    """
+
+    max_seq_len: int = 512
+    max_visits: int = 256
+    max_codes_per_visit: int = 32
+    truncation: Truncation = "keep_recent"
+
+
 @dataclass
 class FlatTokens(SubjectLabels):
     """Per-subject token sequences after lookup and truncation, the flat layout.
@@ -115,26 +132,20 @@ def _kept_token_ranges(
     return ts, np.minimum(te, ts + max_seq_len)
 
 
-def flatten(
-    sv: SubjectVisits,
-    code_ids: np.ndarray,
-    max_seq_len: int = 512,
-    max_visits: int = 256,
-    truncation: Truncation = "keep_recent",
-) -> FlatTokens:
+def flatten(sv: SubjectVisits, code_ids: np.ndarray, limits: Limits = Limits()) -> FlatTokens:
     """Flatten visits into token sequences (seed-spec §1.3), truncating all tensors together.
 
     Args:
         sv: visits of N subjects.
         code_ids: int [NC]; the vocabulary id of each code of ``sv`` (aligned with
             ``sv.codes``).
-        max_seq_len: most tokens kept per subject.
-        max_visits: most visits kept per subject.
-        truncation: ``keep_recent`` or ``keep_oldest`` (see the module doc).
+        limits: ``max_seq_len`` (most tokens kept per subject), ``max_visits`` (most visits
+            kept per subject) and ``truncation`` (see the module doc).
 
     Returns:
         :class:`FlatTokens`.
     """
+    max_seq_len, max_visits, truncation = limits.max_seq_len, limits.max_visits, limits.truncation
     if max_seq_len < 1 or max_visits < 1:
         raise ValueError("max_seq_len and max_visits must be >= 1")
     nc = len(code_ids)
@@ -183,11 +194,7 @@ def _time_deltas(visit_time: np.ndarray, visit_offsets: np.ndarray) -> np.ndarra
 
 
 def to_hierarchical(
-    sv: SubjectVisits,
-    code_ids: np.ndarray,
-    max_visits: int = 256,
-    max_codes_per_visit: int = 32,
-    truncation: Truncation = "keep_recent",
+    sv: SubjectVisits, code_ids: np.ndarray, limits: Limits = Limits()
 ) -> VisitTokens:
     """Visits × codes layout: keep ``max_visits`` visits (by ``truncation``) and the first
     ``max_codes_per_visit`` codes of each (seed-spec §1.5).
@@ -195,14 +202,16 @@ def to_hierarchical(
     Args:
         sv: visits of N subjects.
         code_ids: int [NC] vocabulary ids aligned with ``sv.codes``.
-        max_visits: most visits kept per subject (the recent or the oldest ones).
-        max_codes_per_visit: most codes kept per visit (its first ones).
-        truncation: which visits are kept; ``keep_oldest`` that drops the last visit censors
-            the subject at its last kept visit.
+        limits: ``max_visits`` (most visits kept per subject, the recent or the oldest ones),
+            ``max_codes_per_visit`` (most codes kept per visit, its first ones) and
+            ``truncation`` (which visits are kept; ``keep_oldest`` that drops the last visit
+            censors the subject at its last kept visit).
 
     Returns:
         :class:`VisitTokens`.
     """
+    max_visits, max_codes_per_visit = limits.max_visits, limits.max_codes_per_visit
+    truncation = limits.truncation
     if max_visits < 1 or max_codes_per_visit < 1:
         raise ValueError("max_visits and max_codes_per_visit must be >= 1")
     kv0, kv1 = _kept_visits(sv, max_visits, truncation)

@@ -46,10 +46,10 @@ def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
     vsize = np.diff(sv.code_offsets)
     big_visit = np.zeros(len(nv), dtype=bool)
     if len(vsize):
-        over = np.concatenate([[0], np.cumsum(vsize > spec.max_codes_per_visit)])
+        over = np.concatenate([[0], np.cumsum(vsize > spec.limits.max_codes_per_visit)])
         big_visit = (over[sv.visit_offsets[1:]] - over[sv.visit_offsets[:-1]]) > 0
-    trunc_flat = (ntok > spec.max_seq_len) | (nv > spec.max_visits)
-    trunc_hier = (nv > spec.max_visits) | big_visit
+    trunc_flat = (ntok > spec.limits.max_seq_len) | (nv > spec.limits.max_visits)
+    trunc_hier = (nv > spec.limits.max_visits) | big_visit
     parts: list[pa.Table] = []
     for name in S.SPLITS:
         m = spl == name

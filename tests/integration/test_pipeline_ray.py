@@ -20,7 +20,7 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data.cohort import load_cohort
 from ehrsurv_dist.data.collate import BatchStats
-from ehrsurv_dist.data.layouts import flatten, to_hierarchical
+from ehrsurv_dist.data.layouts import Limits, flatten, to_hierarchical
 from ehrsurv_dist.data.pipeline import IngestPipeline
 from ehrsurv_dist.data.plan import plan_units, task_groups
 from ehrsurv_dist.data.shards import KeptShard, iter_shard_batches
@@ -139,7 +139,7 @@ def test_flat_ray_batches_are_bit_identical_to_single_process(ray_local: None, s
     ref = load_cohort(smoke)
     sv = ref.subset(S.TRAIN_SPLIT)
     assert pipe.vocab is not None
-    ft = flatten(sv, pipe.vocab.lookup(sv.codes)[0], 24, 10)
+    ft = flatten(sv, pipe.vocab.lookup(sv.codes)[0], Limits(max_seq_len=24, max_visits=10))
     plain = IngestPipeline(smoke, data, rows_per_unit=500, report=pipe.report)
     plain.vocab = pipe.vocab
     got = _per_subject(_collect(plain.iter_ray_batches(S.TRAIN_SPLIT, 0)))
@@ -200,7 +200,9 @@ def test_hierarchical_ray_equals_single_process(ray_local: None, smoke: str) -> 
     assert _per_subject(ray_b) == _per_subject(one_b)
     ref = load_cohort(smoke).subset(S.HELD_OUT_SPLIT)
     assert pipe.vocab is not None
-    vt = to_hierarchical(ref, pipe.vocab.lookup(ref.codes)[0], 6, 3)
+    vt = to_hierarchical(
+        ref, pipe.vocab.lookup(ref.codes)[0], Limits(max_visits=6, max_codes_per_visit=3)
+    )
     got = _per_subject(ray_b)
     for i in range(vt.num_subjects):
         c0, c1 = vt.code_offsets[vt.visit_offsets[i]], vt.code_offsets[vt.visit_offsets[i + 1]]

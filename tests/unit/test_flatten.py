@@ -8,7 +8,7 @@ import pytest
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data.blocks import flat_from_arrow, flat_to_arrow, hier_from_arrow, hier_to_arrow
-from ehrsurv_dist.data.layouts import flatten, to_hierarchical
+from ehrsurv_dist.data.layouts import Limits, flatten, to_hierarchical
 from ehrsurv_dist.data.visits import SubjectVisits, build_visits
 from ehrsurv_dist.testing import events_table, outcomes_table
 from tests.oracles.visits_reference import build_visits_reference
@@ -104,28 +104,28 @@ def test_flatten_seed_example() -> None:
 
 def test_keep_recent_cuts_tokens_rebases_visits_and_shifts_last_visit() -> None:
     sv, ids = _seed_example()
-    ft = flatten(sv, ids, max_seq_len=4, truncation="keep_recent")
+    ft = flatten(sv, ids, Limits(max_seq_len=4, truncation="keep_recent"))
     s = ft.subject(0)
     # the last 4 tokens: visit 0 keeps its last code only, visits are rebased to 0
     assert s["codes"] == [500, 250, 428, 428]
     assert s["visit_ids"] == [0, 1, 1, 2]
     assert s["last_visit"] == 2 and s["event"] is True
     assert ft.truncated[0]
-    ft = flatten(sv, ids, max_seq_len=3, truncation="keep_recent")
+    ft = flatten(sv, ids, Limits(max_seq_len=3, truncation="keep_recent"))
     assert ft.subject(0)["visit_ids"] == [0, 0, 1] and ft.last_visit[0] == 1
-    ft = flatten(sv, ids, max_visits=1, truncation="keep_recent")
+    ft = flatten(sv, ids, Limits(max_visits=1, truncation="keep_recent"))
     assert ft.subject(0)["codes"] == [428] and ft.last_visit[0] == 0 and ft.event[0]
 
 
 def test_keep_oldest_censors_when_the_last_visit_is_cut() -> None:
     sv, ids = _seed_example()
-    ft = flatten(sv, ids, max_seq_len=4, truncation="keep_oldest")
+    ft = flatten(sv, ids, Limits(max_seq_len=4, truncation="keep_oldest"))
     s = ft.subject(0)
     assert s["codes"] == [250, 401, 500, 250] and s["visit_ids"] == [0, 0, 0, 1]
     assert s["last_visit"] == 1 and s["event"] is False  # the event came after visit 2
-    ft = flatten(sv, ids, max_seq_len=5, truncation="keep_oldest")
+    ft = flatten(sv, ids, Limits(max_seq_len=5, truncation="keep_oldest"))
     assert ft.last_visit[0] == 1 and not ft.event[0]
-    ft = flatten(sv, ids, max_seq_len=512, truncation="keep_oldest")
+    ft = flatten(sv, ids, Limits(max_seq_len=512, truncation="keep_oldest"))
     assert ft.last_visit[0] == 2 and ft.event[0]  # nothing cut: label kept
 
 
@@ -134,7 +134,7 @@ def test_flatten_many_subjects_vectorised_equals_per_subject() -> None:
     sv, _ = build_visits(ev, out)
     ids = np.arange(len(sv.codes), dtype=np.int32) + 10  # a distinct id per code occurrence
     for trunc in ("keep_recent", "keep_oldest"):
-        ft = flatten(sv, ids, max_seq_len=5, max_visits=3, truncation=trunc)  # type: ignore[arg-type]
+        ft = flatten(sv, ids, Limits(max_seq_len=5, max_visits=3, truncation=trunc))  # type: ignore[arg-type]
         for i in range(sv.num_subjects):
             v0, v1 = sv.visit_offsets[i], sv.visit_offsets[i + 1]
             visits = [
@@ -152,7 +152,7 @@ def test_flatten_many_subjects_vectorised_equals_per_subject() -> None:
 
 def test_hierarchical_caps_deltas_and_rebasing() -> None:
     sv, ids = _seed_example()
-    vt = to_hierarchical(sv, ids, max_visits=2, max_codes_per_visit=1)
+    vt = to_hierarchical(sv, ids, Limits(max_visits=2, max_codes_per_visit=1))
     assert vt.num_visits.tolist() == [2]
     assert vt.codes.tolist() == [250, 428]  # first code of each of the last 2 visits
     assert vt.last_visit.tolist() == [1] and vt.event.tolist() == [True]
@@ -161,7 +161,7 @@ def test_hierarchical_caps_deltas_and_rebasing() -> None:
     assert vt.truncated.tolist() == [True]
     full = to_hierarchical(sv, ids)
     assert full.visit_sizes.tolist() == [3, 2, 1] and not full.truncated[0]
-    old = to_hierarchical(sv, ids, max_visits=2, truncation="keep_oldest")
+    old = to_hierarchical(sv, ids, Limits(max_visits=2, truncation="keep_oldest"))
     assert old.last_visit.tolist() == [1] and old.event.tolist() == [False]
 
 
@@ -169,7 +169,7 @@ def test_wire_format_roundtrip() -> None:
     ev, out = _random_cohort(4)
     sv, _ = build_visits(ev, out)
     ids = np.arange(len(sv.codes), dtype=np.int32) + 3
-    ft = flatten(sv, ids, max_seq_len=6)
+    ft = flatten(sv, ids, Limits(max_seq_len=6))
     back = flat_from_arrow(flat_to_arrow(ft, unit=7))
     names = ("subject_id", "event", "last_visit", "truncated", "offsets", "codes", "ages")
     for name in (*names, "visit_ids"):
@@ -180,7 +180,7 @@ def test_wire_format_roundtrip() -> None:
     t = flat_to_arrow(ft, unit=7).slice(2, 5)
     part = flat_from_arrow(t)
     assert part.subject(0) == ft.subject(2)
-    vt = to_hierarchical(sv, ids, max_codes_per_visit=2)
+    vt = to_hierarchical(sv, ids, Limits(max_codes_per_visit=2))
     vb = hier_from_arrow(hier_to_arrow(vt, unit=1))
     for name in ("visit_offsets", "visit_ages", "time_deltas", "code_offsets", "codes", "event"):
         np.testing.assert_array_equal(getattr(vt, name), getattr(vb, name), err_msg=name)
