@@ -35,9 +35,8 @@ Subjects/s counts the subjects that reach a batch (the pyarrow read counts the c
 from __future__ import annotations
 
 import gc
-import json
+import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import threading
@@ -50,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ehrsurv_dist import atomic
+from ehrsurv_dist.bench.ingest_summary import ingest_summary
 from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data.collate import BatchStats, batches_from_blocks
 from ehrsurv_dist.data.meds import data_files
@@ -233,8 +233,6 @@ def _driver_memory_child(
 
 
 def _driver_memory(*args: Any) -> dict[str, float]:
-    import multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     proc = ctx.Process(target=_driver_memory_child, args=(*args, q))
@@ -392,7 +390,7 @@ def run_ingest_bench(
         "ray_1cpu_median_s": statistics.median(t_1["ray"]),
     }
     atomic.write_json(res, os.path.join(out, "bench.json"))
-    atomic.write_text(_summary(cohort, res, pipe), os.path.join(out, "SUMMARY.md"))
+    atomic.write_text(ingest_summary(cohort, res, pipe.plan), os.path.join(out, "SUMMARY.md"))
     return res
 
 
@@ -401,52 +399,3 @@ def _with_pad(
 ) -> Iterator[dict[str, np.ndarray]]:
     spec = pipe.batch_spec(batch_size, pad_multiple=multiple)
     return batches_from_blocks(pipe.blocks(split), spec, 0, stats)
-
-
-def _summary(cohort: str, r: dict[str, Any], pipe: IngestPipeline) -> str:
-    def f(x: float) -> str:
-        return f"{x:,.0f}"
-
-    lines = [
-        "# Ingest benchmark",
-        "",
-        f"Cohort `{cohort}`: {r['cohort_subjects']:,} subjects, {pipe.plan.num_units} units "
-        f"({pipe.plan.mode}: {pipe.plan.reason}); batch size {r['batch_size']}, "
-        f"{r['num_cpus']} CPU(s), {platform.machine()} {platform.system()}, load average "
-        f"{r['load_avg_1m_at_start']:.2f} at start; best of {r['repeats']} interleaved rounds "
-        f"after a warm-up (medians: speedup {r['speedup_median']:.2f}, io_fraction "
-        f"{r['io_fraction_median']:.3f}).",
-        "",
-        "| path | subjects/s | tokens/s | vs single |",
-        "|---|---:|---:|---:|",
-        f"| pyarrow read (plain, I/O ceiling) | {f(r['pyarrow_read_subjects_per_s'])} | – | – |",
-        f"| pyarrow read (code dictionary-encoded) | {f(r['pyarrow_read_dict_subjects_per_s'])}"
-        " | – | – |",
-        f"| single process (reference) | {f(r['single_subjects_per_s'])} | "
-        f"{f(r['single_tokens_per_s'])} | 1.00 |",
-        f"| Ray Data blocks → consumer collate (training path), 1 CPU | "
-        f"{f(r['ray_1cpu_subjects_per_s'])} | "
-        f"{f(r['ray_1cpu_tokens_per_s'])} | {r['ray_1cpu_speedup']:.2f} |",
-        f"| Ray Data blocks → consumer collate (training path), {r['num_cpus']} CPUs | "
-        f"{f(r['ray_subjects_per_s'])} | "
-        f"{f(r['ray_tokens_per_s'])} | {r['speedup']:.2f} |",
-        "",
-        f"- io_fraction (single ÷ plain read): **{r['io_fraction']:.3f}** "
-        f"(÷ dictionary read: {r['io_fraction_vs_dict_read']:.3f})",
-        f"- speedup (Ray ÷ single): **{r['speedup']:.2f}**",
-        f"- real-token fraction: **{r['real_token_fraction']:.3f}** with padding to a multiple of "
-        f"{r['pad_multiple']} (multiple of 1: {r['real_token_fraction_pad_multiple_1']:.3f}; "
-        f"multiple of 8, the GPU default: {r['real_token_fraction_pad_multiple_8']:.3f})",
-        f"- a fresh driver streaming the Ray path: peak private RSS "
-        f"**{r['driver_peak_rss_mb']:.0f} MB**, rising by at most "
-        f"{r['driver_rss_growth_mb']:.0f} MB during an epoch (bench process: "
-        f"{r['bench_process_rss_during_ray_mb']:.0f} MB)",
-        f"- one-time steps: validation {r['validate_s']:.2f} s, vocabulary scan "
-        f"{r['fit_vocab_s']:.2f} s (vocabulary size {r['vocab_size']})",
-        "",
-        "```json",
-        json.dumps(r, indent=2),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
