@@ -10,8 +10,11 @@ the ``*_median_s`` keys keep the medians.
   read with the code column dictionary-encoded, which is what the pipeline reads.
 - ``single_subjects_per_s``: the single-process reference path, every subject of the cohort
   through read → visits → vocabulary → flatten → bucket → pad → fixed-shape batches.
-- ``ray_subjects_per_s`` / ``ray_1cpu_subjects_per_s``: the Ray Data path on a local Ray started
-  with all CPUs / one CPU, consumed by the driver exactly as a training loop would.
+- ``ray_subjects_per_s`` / ``ray_1cpu_subjects_per_s``: the path training takes, on a local Ray
+  started with all CPUs / one CPU: Ray Data map tasks emit Arrow blocks (one row per subject),
+  and the consumer (here the driver, in training a Ray Train worker) buckets, pads and masks
+  them (``collate.batches_from_blocks``). Both paths must give the same batches (the bench
+  checks their subject and real-token counts and fails otherwise).
 - ``speedup`` = ray ÷ single; ``io_fraction`` = single ÷ plain pyarrow read.
 - ``real_token_fraction``: real tokens ÷ token slots of the batches (flat layout), with the
   configured ``pad_multiple`` (``data.pad_multiple``; its CPU default is 1);
@@ -32,9 +35,8 @@ Subjects/s counts the subjects that reach a batch (the pyarrow read counts the c
 from __future__ import annotations
 
 import gc
-import json
+import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import threading
@@ -47,8 +49,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ehrsurv_dist import atomic
+from ehrsurv_dist.bench.ingest_summary import ingest_summary
 from ehrsurv_dist.config import DataConfig
-from ehrsurv_dist.data.collate import BatchStats
+from ehrsurv_dist.data.collate import BatchStats, batches_from_blocks
 from ehrsurv_dist.data.meds import data_files
 from ehrsurv_dist.data.pipeline import READ_COLUMNS, IngestPipeline
 
@@ -138,6 +141,23 @@ def _read_all(cohort: str, dictionary: bool) -> int:
     return rows
 
 
+def _start_local_ray(num_cpus: int) -> None:
+    """A quiet local Ray with ``num_cpus`` CPUs (no dashboard, no progress bars)."""
+    import ray  # the Ray edge: only the Ray paths of the bench need it
+    import ray.data
+
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
 def _ray_session(
     num_cpus: int,
     repeats: int,
@@ -152,23 +172,13 @@ def _ray_session(
         ``peak`` and ``growth`` (largest peak − start of a pass) private RSS, ``peak_total``
         RSS with shared object-store pages).
     """
-    import ray
-    import ray.data
+    import ray  # the Ray edge: the bench starts and stops its own local Ray
 
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    _start_local_ray(num_cpus)
     times: dict[str, list[float]] = {k: [] for k in passes}
     last: dict[str, Any] = {}
     mem = {"peak": 0.0, "growth": 0.0, "peak_total": 0.0}
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
         for fn in passes.values():
             fn()  # warm-up: workers started, caches filled
         for _ in range(repeats):
@@ -205,20 +215,10 @@ def _driver_memory_child(
 ) -> None:
     """In a fresh process (a training driver that only consumes batches): start a local Ray,
     stream the Ray path ``repeats`` times and report the private-RSS peak and growth."""
-    import ray
-    import ray.data
+    import ray  # the Ray edge: a fresh process with its own local Ray
 
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    _start_local_ray(num_cpus)
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
         pipe = IngestPipeline(cohort, cfg, report=report, vocab=vocab, **kw)
         before = _rss_mb()
         _consume(pipe.iter_ray_batches(split, 0, batch_size=batch_size))  # warm-up
@@ -233,8 +233,6 @@ def _driver_memory_child(
 
 
 def _driver_memory(*args: Any) -> dict[str, float]:
-    import multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     proc = ctx.Process(target=_driver_memory_child, args=(*args, q))
@@ -392,61 +390,12 @@ def run_ingest_bench(
         "ray_1cpu_median_s": statistics.median(t_1["ray"]),
     }
     atomic.write_json(res, os.path.join(out, "bench.json"))
-    atomic.write_text(_summary(cohort, res, pipe), os.path.join(out, "SUMMARY.md"))
+    atomic.write_text(ingest_summary(cohort, res, pipe.plan), os.path.join(out, "SUMMARY.md"))
     return res
 
 
 def _with_pad(
     pipe: IngestPipeline, split: str | None, batch_size: int, stats: BatchStats, multiple: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    from ehrsurv_dist.data.collate import batches_from_blocks
-
     spec = pipe.batch_spec(batch_size, pad_multiple=multiple)
     return batches_from_blocks(pipe.blocks(split), spec, 0, stats)
-
-
-def _summary(cohort: str, r: dict[str, Any], pipe: IngestPipeline) -> str:
-    def f(x: float) -> str:
-        return f"{x:,.0f}"
-
-    lines = [
-        "# Ingest benchmark",
-        "",
-        f"Cohort `{cohort}`: {r['cohort_subjects']:,} subjects, {pipe.plan.num_units} units "
-        f"({pipe.plan.mode}: {pipe.plan.reason}); batch size {r['batch_size']}, "
-        f"{r['num_cpus']} CPU(s), {platform.machine()} {platform.system()}, load average "
-        f"{r['load_avg_1m_at_start']:.2f} at start; best of {r['repeats']} interleaved rounds "
-        f"after a warm-up (medians: speedup {r['speedup_median']:.2f}, io_fraction "
-        f"{r['io_fraction_median']:.3f}).",
-        "",
-        "| path | subjects/s | tokens/s | vs single |",
-        "|---|---:|---:|---:|",
-        f"| pyarrow read (plain, I/O ceiling) | {f(r['pyarrow_read_subjects_per_s'])} | – | – |",
-        f"| pyarrow read (code dictionary-encoded) | {f(r['pyarrow_read_dict_subjects_per_s'])}"
-        " | – | – |",
-        f"| single process (reference) | {f(r['single_subjects_per_s'])} | "
-        f"{f(r['single_tokens_per_s'])} | 1.00 |",
-        f"| Ray Data, 1 CPU | {f(r['ray_1cpu_subjects_per_s'])} | "
-        f"{f(r['ray_1cpu_tokens_per_s'])} | {r['ray_1cpu_speedup']:.2f} |",
-        f"| Ray Data, {r['num_cpus']} CPUs | {f(r['ray_subjects_per_s'])} | "
-        f"{f(r['ray_tokens_per_s'])} | {r['speedup']:.2f} |",
-        "",
-        f"- io_fraction (single ÷ plain read): **{r['io_fraction']:.3f}** "
-        f"(÷ dictionary read: {r['io_fraction_vs_dict_read']:.3f})",
-        f"- speedup (Ray ÷ single): **{r['speedup']:.2f}**",
-        f"- real-token fraction: **{r['real_token_fraction']:.3f}** with padding to a multiple of "
-        f"{r['pad_multiple']} (multiple of 1: {r['real_token_fraction_pad_multiple_1']:.3f}; "
-        f"multiple of 8, the GPU default: {r['real_token_fraction_pad_multiple_8']:.3f})",
-        f"- a fresh driver streaming the Ray path: peak private RSS "
-        f"**{r['driver_peak_rss_mb']:.0f} MB**, rising by at most "
-        f"{r['driver_rss_growth_mb']:.0f} MB during an epoch (bench process: "
-        f"{r['bench_process_rss_during_ray_mb']:.0f} MB)",
-        f"- one-time steps: validation {r['validate_s']:.2f} s, vocabulary scan "
-        f"{r['fit_vocab_s']:.2f} s (vocabulary size {r['vocab_size']})",
-        "",
-        "```json",
-        json.dumps(r, indent=2),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)

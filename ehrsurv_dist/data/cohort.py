@@ -25,7 +25,7 @@ from ehrsurv_dist.data.meds import (
     validate_cohort,
 )
 from ehrsurv_dist.data.splits import subject_splits
-from ehrsurv_dist.data.visits import SubjectVisits, build_visits, select_subjects
+from ehrsurv_dist.data.visits import SubjectVisits, build_visits
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Cohort:
     report: CohortReport
 
     def subset(self, split: str) -> SubjectVisits:
-        return select_subjects(self.visits, np.flatnonzero(self.split == split))
+        return self.visits.take(np.flatnonzero(self.split == split))
 
 
 def load_cohort(

@@ -1,4 +1,4 @@
-"""Pretraining targets on the fly (seed-spec §4): MLM masks and patient-level NVP targets.
+"""Pretraining targets on the fly (seed-spec §4): MLM masks.
 
 Pure numpy. Every random draw is a **counter-based hash** of ``(seed, epoch, subject_id,
 position, stream)`` (splitmix64), not a stateful generator: a token's mask depends on nothing
@@ -13,25 +13,20 @@ at selected positions and ``IGNORE_INDEX`` everywhere else (padding included). T
 are ``where(mlm_labels != IGNORE_INDEX, mlm_labels, codes)`` (:func:`unmasked_codes`), which is
 what next-visit targets must be built from.
 
-NVP: under ``visit_causal`` attention the model builds per-visit targets itself from ``codes``,
-``visit_ids`` and ``attention_mask`` (``objectives.pretraining.build_nvp_targets``). For the
-patient-level variant used with ``bidirectional`` attention (DESIGN.md §3) the input is the visits
-before the last one and the target is the multi-hot set of the last visit's codes:
-:func:`nvp_targets` builds it.
+NVP targets are not built here: the model builds per-visit targets itself from ``codes``,
+``visit_ids`` and ``attention_mask`` under ``visit_causal`` attention
+(``objectives.pretraining.build_nvp_targets``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ehrsurv_dist.rng import (  # noqa: F401 - re-exported for the collate shuffles
+from ehrsurv_dist.rng import (
     STREAM_ACTION,
-    STREAM_BATCHES,
     STREAM_RANDOM,
     STREAM_SELECT,
-    STREAM_SUBJECTS,
     hash64,
-    splitmix64,
     stream_key,
     uniform,
 )
@@ -98,27 +93,3 @@ def mlm_mask(
 def unmasked_codes(codes: np.ndarray, mlm_labels: np.ndarray) -> np.ndarray:
     """The original codes of an MLM-masked batch (labels hold them at masked positions)."""
     return np.where(mlm_labels != IGNORE_INDEX, mlm_labels, codes)
-
-
-def nvp_targets(
-    codes: np.ndarray, offsets: np.ndarray, vocab_size: int, dtype: type = np.float32
-) -> np.ndarray:
-    """Multi-hot next-visit targets, one row per subject (patient-level NVP).
-
-    Args:
-        codes: int [n]; the target visit's codes of every subject, concatenated.
-        offsets: int64 [B + 1]; subject b's codes are ``codes[offsets[b]:offsets[b + 1]]``.
-        vocab_size: |V|.
-        dtype: output dtype.
-
-    Returns:
-        [B, |V|]; 1 where the code occurs in the subject's target visit. Special-token columns
-        (PAD, MASK, UNK) are always 0.
-    """
-    b = len(offsets) - 1
-    out: np.ndarray = np.zeros((b, vocab_size), dtype=dtype)
-    codes = np.asarray(codes, dtype=np.int64)
-    row = np.repeat(np.arange(b), np.diff(offsets))
-    keep = codes >= NUM_SPECIAL_TOKENS
-    out[row[keep], codes[keep]] = 1
-    return out

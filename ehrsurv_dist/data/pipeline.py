@@ -1,491 +1,84 @@
 """Ingest: a MEDS cohort streamed into fixed-shape training batches, on Ray Data or in one process.
 
-This is the only data module that uses Ray (imported lazily, so the single-process reference
-path runs without it). Both paths run the same pure functions on the same **units** of work and
-so produce bit-identical tensors and the same batches:
+The Ray Data module of the data layer: Ray is imported here only, inside the methods that need
+it, so the single-process reference path runs without it. Both paths run the same pure
+functions on the same **units** of work and so produce bit-identical tensors and batches:
 
-    units (plan_units) ──► read + group + label + vocab + truncate + flatten (encode_unit)
-          │                     a Ray Data map task per balanced run of units, or a plain loop
-          ├──► epoch-independent dataset: compact blocks, one Arrow row per subject (list
-          │    columns, never ragged numpy); the consumer buckets, pads and masks
-          └──► epoch-specific dataset: the task also buckets, pads and masks (collate_unit);
-               blocks carry finished batches as aligned binary buffers (one row per unit)
+    units (plan.plan_units) ──► read + group + label + vocab + truncate + layout
+          │                     (encode.encode_events): a Ray Data map task per balanced run of
+          │                     units (plan.task_groups), or a plain loop in one process
           ▼
-    collate.batches_from_blocks: fixed-shape numpy batches, always-on checks on the first ones
+    Arrow blocks, one row per subject (blocks), epoch-independent: one dataset serves every
+    epoch and is what Ray Train's ``datasets=`` gets
+          ▼
+    collate.batches_from_blocks in the consumer (the driver, or a Ray Train worker through
+    shards.KeptShard / shards.iter_shard_batches): bucketing, padding, MLM masks of the epoch,
+    always-on checks on the first batches
 
-**Units.** MEDS shards normally hold whole subjects, sorted. When the Parquet row-group statistics
-prove that subject-id ranges do not overlap, a unit is a run of row groups of one file (about
-``rows_per_unit`` rows, no shuffle). Otherwise, when validation found no subject in two shards, a
-unit is a file. Otherwise (a subject spans shards) the rows are hash-partitioned by subject into
-buckets: on Ray with a shuffle and ``groupby(bucket).map_groups`` (correct, slower), in one
-process by reading everything. The order of appearance of the rows (file, row) is carried along,
-so codes keep their order within a visit on every path. Units decide the batches; how they are
-grouped into Ray tasks (:func:`task_groups`) only decides the scheduling.
+**Hash mode.** When a subject spans shards (see :mod:`plan`), the rows are hash-partitioned by
+subject into buckets: on Ray with a shuffle and ``groupby(bucket).map_groups`` (correct, slower),
+in one process by reading everything. The order of appearance of the rows (file, row) is carried
+along, so codes keep their order within a visit on every path.
 
 **Epochs.** Everything that changes per epoch (subject shuffle, length bucketing, batch order, MLM
-masks) is a function of (seed, epoch, unit, subject), so it can run on the worker (an
-epoch-specific dataset, :meth:`IngestPipeline.iter_ray_batches`' default) or on the consumer (one
-epoch-independent dataset for every epoch, what Ray Train's ``datasets=`` wants).
+masks) is a function of (seed, epoch, unit, subject) and runs in the consumer.
 
-**Vocabulary.** :meth:`IngestPipeline.fit` scans every unit once (map: per-unit code counts per
-split, rejects, statistics; reduce: sums in the driver, whose memory is bounded by the number of
-distinct codes, not by the cohort) and fits the vocabulary on the train counts.
+**Vocabulary.** :meth:`IngestPipeline.fit` scans every unit once (:mod:`scan`: per-unit facts,
+summed in the driver) and fits the vocabulary on the train counts.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import DataConfig
-from ehrsurv_dist.data import io
+from ehrsurv_dist.data.blocks import Layout
 from ehrsurv_dist.data.collate import (
     BatchSpec,
     BatchStats,
-    Layout,
-    PaddedBlock,
     batches_from_blocks,
     collate_block,
     emit_batches,
-    padded_to_arrow,
 )
-from ehrsurv_dist.data.flatten import (
-    EventArrays,
-    FlatTokens,
-    OutcomeArrays,
-    Truncation,
-    VisitTokens,
-    event_arrays,
-    flat_to_arrow,
-    flatten,
-    group_visits,
-    hier_to_arrow,
-    split_last_visit,
-    to_hierarchical,
+from ehrsurv_dist.data.encode import (
+    READ_COLUMNS,
+    EncodeSpec,
+    bucket_of,
+    encode_events,
+    encode_unit,
+    read_buckets,
+    read_unit,
+    with_string_codes,
 )
-from ehrsurv_dist.data.masking import splitmix64
-from ehrsurv_dist.data.meds import CohortReport, data_files, validate_cohort
-from ehrsurv_dist.data.splits import hash_splits
-from ehrsurv_dist.data.visits import SubjectVisits, select_subjects
-from ehrsurv_dist.data.vocab import (
-    COUNT_CODE,
-    COUNT_VALUE,
-    Vocabulary,
-    count_codes,
-    fit_vocabulary,
-    merge_counts,
+from ehrsurv_dist.data.meds import CohortReport, validate_cohort
+from ehrsurv_dist.data.plan import ROWS_PER_UNIT, Unit, UnitPlan, plan_units, task_groups
+from ehrsurv_dist.data.scan import (
+    IngestFit,
+    count_unknown_tokens,
+    reduce_facts,
+    rejects_table,
+    scan_events,
 )
-from ehrsurv_dist.errors import CohortError
+from ehrsurv_dist.data.shards import KeptShard, shard_blocks
+from ehrsurv_dist.data.vocab import Vocabulary, fit_vocabulary
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["row_groups", "files", "hash"]
-READ_COLUMNS = (S.SUBJECT_ID, S.TIME, S.CODE)
-ROWS_PER_UNIT = 100_000
 BUCKET = "__bucket"
-ROW = "__row"
-_ROW_SHIFT = 40  # row key = file index << 40 | row in file
 
-# --------------------------------------------------------------------------------------------
-# Units
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One piece of work: row groups of a file (all of them when ``row_groups`` is None)."""
-
-    unit_id: int
-    file_index: int
-    path: str
-    row_groups: tuple[int, ...] | None
-    num_rows: int
-    first_row: int = 0  # row number of the unit's first row in its file
-
-
-@dataclass
-class UnitPlan:
-    """How a cohort is cut into units (see the module doc).
-
-    Attributes:
-        mode: ``row_groups``, ``files`` or ``hash``.
-        files: the Parquet shards, sorted.
-        units: the units (``row_groups``/``files``); in ``hash`` mode, the read tasks (each
-            then contributes rows to every bucket).
-        num_buckets: number of hash buckets (``hash`` mode), each becoming one unit id.
-        reason: why this mode was chosen.
-    """
-
-    mode: Mode
-    files: list[str]
-    units: list[Unit]
-    num_buckets: int = 0
-    reason: str = ""
-
-    @property
-    def num_units(self) -> int:
-        return self.num_buckets if self.mode == "hash" else len(self.units)
-
-
-def _row_group_ranges(fs: Any, files: list[str]) -> tuple[list[list[tuple[int, int, int]]], bool]:
-    """Per file: (num_rows, min subject_id, max subject_id) per row group; stats complete?"""
-    out: list[list[tuple[int, int, int]]] = []
-    complete = True
-    for path in files:
-        with fs.open_input_file(path) as f:
-            md = pq.ParquetFile(f).metadata
-        col = md.schema.to_arrow_schema().get_field_index(S.SUBJECT_ID)
-        rgs = []
-        for i in range(md.num_row_groups):
-            rg = md.row_group(i)
-            st = rg.column(col).statistics if col >= 0 else None
-            if st is None or not st.has_min_max or rg.num_rows == 0:
-                complete = complete and rg.num_rows == 0
-                rgs.append((rg.num_rows, 0, -1))
-            else:
-                rgs.append((rg.num_rows, int(st.min), int(st.max)))
-        out.append(rgs)
-    return out, complete
-
-
-def _disjoint(ranges: list[tuple[int, int]]) -> bool:
-    r = sorted(x for x in ranges if x[0] <= x[1])
-    return all(a[1] < b[0] for a, b in zip(r[:-1], r[1:], strict=True))
-
-
-def plan_units(
-    cohort: str, report: CohortReport | None = None, rows_per_unit: int = ROWS_PER_UNIT
-) -> UnitPlan:
-    """Cut a cohort into units of work without reading any data (Parquet metadata only).
-
-    Args:
-        cohort: cohort directory or URI.
-        report: the validation report, if any: without row-group statistics, files are units
-            only when it shows no ``subject_spans_shards`` warning.
-        rows_per_unit: target rows per unit in ``row_groups`` mode (and per bucket in ``hash``).
-
-    Raises:
-        CohortError: no Parquet files.
-    """
-    fs, files, _ = data_files(cohort)
-    if not files:
-        raise CohortError(f"no Parquet files under {io.join(cohort, S.DATA_SUBDIR)}")
-    per_file, complete = _row_group_ranges(fs, files)
-    file_rows = [sum(r[0] for r in rgs) for rgs in per_file]
-    total_rows = sum(file_rows)
-    rg_ranges = [(lo, hi) for rgs in per_file for (_, lo, hi) in rgs]
-    if complete and _disjoint(rg_ranges):
-        # Balanced units: each file gets ceil(rows / rows_per_unit) units; a row group goes to
-        # the unit its middle row falls in (contiguous runs of row groups, near-equal rows).
-        units: list[Unit] = []
-        for fi, (path, rgs) in enumerate(zip(files, per_file, strict=True)):
-            n_rows = file_rows[fi]
-            k = max(1, min(len(rgs), math.ceil(n_rows / rows_per_unit)))
-            start = 0
-            cur: list[int] = []
-            cur_k, cur_rows, cur_first = -1, 0, 0
-            for i, (n, _, _) in enumerate(rgs):
-                j = min(k - 1, int(k * (start + n / 2) / max(n_rows, 1)))
-                if j != cur_k and cur:
-                    units.append(Unit(len(units), fi, path, tuple(cur), cur_rows, cur_first))
-                    cur, cur_rows = [], 0
-                if not cur:
-                    cur_first = start
-                cur_k = j
-                cur.append(i)
-                cur_rows += n
-                start += n
-            if cur:
-                units.append(Unit(len(units), fi, path, tuple(cur), cur_rows, cur_first))
-        return UnitPlan("row_groups", files, units, reason="row-group subject ranges are disjoint")
-    file_ranges = [
-        (
-            min((lo for _, lo, hi in rgs if lo <= hi), default=0),
-            max((hi for *_, hi in rgs), default=-1),
-        )
-        for rgs in per_file
-    ]
-    spans = report is not None and any(p.check == "subject_spans_shards" for p in report.problems)
-    if (complete and _disjoint(file_ranges)) or (report is not None and not spans):
-        units = [
-            Unit(i, i, p, None, n) for i, (p, n) in enumerate(zip(files, file_rows, strict=True))
-        ]
-        return UnitPlan("files", files, units, reason="every subject lies in one shard")
-    units = []
-    for fi, (path, rgs) in enumerate(zip(files, per_file, strict=True)):
-        start = 0
-        for i, (n, _, _) in enumerate(rgs):
-            units.append(Unit(len(units), fi, path, (i,), n, start))
-            start += n
-    k = max(1, math.ceil(total_rows / rows_per_unit))
-    why = (
-        "subjects span shards (validation)"
-        if spans
-        else "subject ranges overlap and no validation report"
-    )
-    return UnitPlan("hash", files, units, num_buckets=k, reason=why)
-
-
-# --------------------------------------------------------------------------------------------
-# Per-unit work (pure; runs in Ray tasks and in the reference loop)
-
-
-@dataclass(frozen=True)
-class EncodeSpec:
-    """Everything a worker needs to turn a unit into a block (picklable).
-
-    Attributes mirror :class:`config.DataConfig`; ``bad_subjects`` are dropped (sorted int64);
-    ``splits_path`` is the MEDS split file or None; ``nvp_patient`` drops each subject's last
-    visit from the input and ships its codes as the patient-level NVP target.
-    """
-
-    cohort: str
-    outcomes: str | None
-    granularity: str = "day"
-    split_seed: int = 0
-    splits_path: str | None = None
-    bad_subjects: tuple[int, ...] = ()
-    layout: Layout = "flat"
-    max_seq_len: int = 512
-    max_visits: int = 256
-    max_codes_per_visit: int = 32
-    truncation: Truncation = "keep_recent"
-    nvp_patient: bool = False
-
-
-_CACHE: dict[tuple[str, str], Any] = {}
-
-
-def _cache_key(kind: str, path: str) -> tuple[str, str]:
-    fs, p = io.resolve(path)
-    info = fs.get_file_info(p)
-    return kind, f"{path}|{info.size}|{info.mtime_ns}"
-
-
-def _outcome_arrays(path: str) -> OutcomeArrays:
-    """The outcome table, read once per process (each Ray worker caches it)."""
-    key = _cache_key("outcomes", path)
-    if key not in _CACHE:
-        from ehrsurv_dist.data.meds import read_outcomes
-
-        _CACHE[key] = OutcomeArrays.from_table(read_outcomes(path))
-    return _CACHE[key]  # type: ignore[no-any-return]
-
-
-def _split_table(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sorted subject ids, int32 index into names, split names), read once per process."""
-    key = _cache_key("splits", path)
-    if key not in _CACHE:
-        fs, p = io.resolve(path)
-        try:
-            with fs.open_input_file(p) as f:
-                t = pq.read_table(f, columns=[S.SUBJECT_ID, S.SPLIT])
-        except Exception as e:
-            raise CohortError(f"cannot read splits file {path}: {e}") from None
-        sid = np.asarray(t[S.SUBJECT_ID].cast(pa.int64()).to_numpy(zero_copy_only=False))
-        enc = pc.dictionary_encode(t[S.SPLIT].cast(pa.string())).combine_chunks()
-        idx = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), np.int32)
-        names = np.asarray(enc.dictionary.to_pylist(), dtype=object)
-        order = np.argsort(sid, kind="stable")
-        _CACHE[key] = (sid[order], idx[order], names)
-    return _CACHE[key]  # type: ignore[no-any-return]
-
-
-def subject_split(spec: EncodeSpec, subject_id: np.ndarray) -> np.ndarray:
-    """Split name per subject: the MEDS split file, else the hash (as ``splits.subject_splits``)."""
-    out = hash_splits(subject_id, spec.split_seed)
-    if spec.splits_path is None or len(subject_id) == 0:
-        return out
-    sid, idx, names = _split_table(spec.splits_path)
-    if len(sid) == 0:
-        return out
-    pos = np.minimum(np.searchsorted(sid, subject_id), len(sid) - 1)
-    found = (sid[pos] == subject_id) & (idx[pos] >= 0)
-    out[found] = names[idx[pos[found]]]
-    return out
-
-
-def read_unit(unit: Unit, cohort: str, with_row: bool = False) -> pa.Table:
-    """The unit's rows: ``subject_id``, ``time``, ``code`` (dictionary-encoded), column-pruned.
-
-    Args:
-        unit: the unit.
-        cohort: the cohort directory or URI (selects the filesystem).
-        with_row: add ``__row`` (file index << 40 | row in file): the order of appearance.
-    """
-    fs, _ = io.resolve(cohort)
-    with fs.open_input_file(unit.path) as f:
-        pf = pq.ParquetFile(f, read_dictionary=[S.CODE])
-        cols = list(READ_COLUMNS)
-        if unit.row_groups is None:
-            t = pf.read(columns=cols)
-        else:
-            t = pf.read_row_groups(list(unit.row_groups), columns=cols)
-    if with_row:
-        rows = (np.int64(unit.file_index) << _ROW_SHIFT) + unit.first_row + np.arange(t.num_rows)
-        t = t.append_column(ROW, pa.array(rows, pa.int64()))
-    return t
-
-
-def _events(table: pa.Table, spec: EncodeSpec) -> EventArrays:
-    if ROW in table.column_names:  # hash buckets: restore the order of appearance
-        row = np.asarray(table[ROW].to_numpy(), dtype=np.int64)
-        if len(row) > 1 and not bool(np.all(row[1:] > row[:-1])):
-            table = table.take(pa.array(np.argsort(row, kind="stable")))
-    ev = event_arrays(table)
-    if spec.bad_subjects:
-        bad = np.asarray(spec.bad_subjects, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(bad, ev.subject_id), len(bad) - 1)
-        keep = bad[pos] != ev.subject_id
-        if not bool(keep.all()):
-            ev = ev.take(np.flatnonzero(keep))
-    return ev
-
-
-def _visits(table: pa.Table, spec: EncodeSpec) -> tuple[SubjectVisits, Any]:
-    ev = _events(table, spec)
-    out = _outcome_arrays(spec.outcomes) if spec.outcomes else None
-    gu = group_visits(ev, out, spec.granularity)
-    return gu.visits, gu
-
-
-def encode_unit(
-    table: pa.Table, spec: EncodeSpec, vocab: Vocabulary, split: str | None
-) -> FlatTokens | VisitTokens:
-    """One unit's rows → its subjects' token sequences (flat or hierarchical layout).
-
-    Args:
-        table: every row of the unit's subjects (``subject_id``, ``time``, ``code``).
-        spec: the encoding parameters.
-        vocab: the fitted vocabulary.
-        split: keep only this split's subjects; None keeps all.
-    """
-    sv, _ = _visits(table, spec)
-    if split is not None:
-        sv = select_subjects(sv, np.flatnonzero(subject_split(spec, sv.subject_id) == split))
-    if spec.layout == "hierarchical":
-        ids, _ = vocab.lookup(sv.codes)
-        return to_hierarchical(sv, ids, spec.max_visits, spec.max_codes_per_visit, spec.truncation)
-    if spec.nvp_patient:
-        hist, tpos, toff = split_last_visit(sv)
-        ids, _ = vocab.lookup(sv.codes)
-        hids, _ = vocab.lookup(hist.codes)
-        ft = flatten(hist, hids, spec.max_seq_len, spec.max_visits, spec.truncation)
-        return replace(ft, nvp_codes=ids[tpos], nvp_offsets=toff)
-    ids, _ = vocab.lookup(sv.codes)
-    return flatten(sv, ids, spec.max_seq_len, spec.max_visits, spec.truncation)
-
-
-def encode_events(
-    table: pa.Table, spec: EncodeSpec, vocab: Vocabulary, split: str | None, unit_id: int
-) -> pa.Table:
-    """:func:`encode_unit` as a compact wire-format block (one row per subject)."""
-    block = encode_unit(table, spec, vocab, split)
-    if isinstance(block, VisitTokens):
-        return hier_to_arrow(block, unit_id)
-    return flat_to_arrow(block, unit_id)
-
-
-def collate_unit(
-    table: pa.Table,
-    spec: EncodeSpec,
-    vocab: Vocabulary,
-    split: str | None,
-    unit_id: int,
-    batch_spec: BatchSpec,
-    epoch: int,
-) -> PaddedBlock:
-    """:func:`encode_unit`, then bucketed and padded into the epoch's batches."""
-    return collate_block(encode_unit(table, spec, vocab, split), batch_spec, epoch, unit_id)
-
-
-FACTS_SCHEMA = pa.schema(
-    [("kind", pa.string()), ("split", pa.string()), ("key", pa.string()), ("value", pa.int64())]
-)
-STAT_KEYS = (
-    "subjects",
-    "events",
-    "visits",
-    "tokens",
-    "truncated_flat",
-    "truncated_hierarchical",
-)
-
-
-def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
-    """One unit's rows → facts (long format): code counts and statistics per split, rejects.
-
-    Rows: ``kind='count'`` (split, code, count), ``kind='stat'`` (split, name, value),
-    ``kind='reject'`` (split null, reason, subject_id).
-    """
-    sv, gu = _visits(table, spec)
-    spl = subject_split(spec, sv.subject_id)
-    nv = sv.num_visits
-    ntok = sv.code_offsets[sv.visit_offsets[1:]] - sv.code_offsets[sv.visit_offsets[:-1]]
-    vsize = np.diff(sv.code_offsets)
-    big_visit = np.zeros(len(nv), dtype=bool)
-    if len(vsize):
-        over = np.concatenate([[0], np.cumsum(vsize > spec.max_codes_per_visit)])
-        big_visit = (over[sv.visit_offsets[1:]] - over[sv.visit_offsets[:-1]]) > 0
-    trunc_flat = (ntok > spec.max_seq_len) | (nv > spec.max_visits)
-    trunc_hier = (nv > spec.max_visits) | big_visit
-    parts: list[pa.Table] = []
-    for name in S.SPLITS:
-        m = spl == name
-        if not bool(m.any()):
-            continue
-        counts = count_codes(sv.codes, np.repeat(m, ntok))
-        parts.append(_facts("count", name, counts[COUNT_CODE], counts[COUNT_VALUE]))
-        vals = [
-            int(m.sum()),
-            int(sv.event[m].sum()),
-            int(nv[m].sum()),
-            int(ntok[m].sum()),
-            int(trunc_flat[m].sum()),
-            int(trunc_hier[m].sum()),
-        ]
-        parts.append(_facts("stat", name, pa.array(STAT_KEYS), pa.array(vals, pa.int64())))
-    if len(gu.reject_subjects):
-        parts.append(
-            _facts(
-                "reject",
-                None,
-                pa.array(gu.reject_reasons.tolist(), pa.string()),
-                pa.array(gu.reject_subjects, pa.int64()),
-            )
-        )
-    return pa.concat_tables(parts) if parts else FACTS_SCHEMA.empty_table()
-
-
-def _facts(kind: str, split: str | None, key: Any, value: Any) -> pa.Table:
-    n = len(key)
-    return pa.table(
-        {
-            "kind": pa.array([kind] * n, pa.string()),
-            "split": pa.array([split] * n, pa.string()),
-            "key": pa.array(key, pa.string())
-            if not isinstance(key, pa.Array | pa.ChunkedArray)
-            else key,
-            "value": value,
-        },
-        schema=FACTS_SCHEMA,
-    )
-
+# Names other packages import from here (they moved to plan/shards/encode).
+__all__ = ["READ_COLUMNS", "IngestPipeline", "KeptShard", "task_groups"]
 
 # Ray map functions (module level: pickled by reference) ------------------------------------
-
-
-def _bucket_of(subject_id: np.ndarray, k: int) -> np.ndarray:
-    return (splitmix64(subject_id.astype(np.int64).view(np.uint64)) % np.uint64(k)).astype(np.int64)
 
 
 def _task_units(batch: pa.Table, plan: UnitPlan, groups: list[list[int]]) -> list[Unit]:
@@ -499,17 +92,10 @@ def _ray_encode_tasks(
     spec: EncodeSpec,
     vocab: Vocabulary,
     split: str | None,
-    batch_spec: BatchSpec | None,
-    epoch: int | None,
 ) -> Iterator[pa.Table]:
-    """One table per unit (streamed: Ray emits blocks while the task runs)."""
+    """One block per unit (streamed: Ray emits blocks while the task runs)."""
     for u in _task_units(batch, plan, groups):
-        table = read_unit(u, spec.cohort)
-        if epoch is None or batch_spec is None:  # compact blocks, collated by the consumer
-            yield encode_events(table, spec, vocab, split, u.unit_id)
-        else:
-            pb = collate_unit(table, spec, vocab, split, u.unit_id, batch_spec, epoch)
-            yield padded_to_arrow([(u.unit_id, pb)])
+        yield encode_events(read_unit(u, spec.cohort), spec, vocab, split, u.unit_id)
 
 
 def _ray_scan_tasks(
@@ -525,78 +111,25 @@ def _ray_read_bucketed(
 ) -> pa.Table:
     parts = []
     for u in _task_units(batch, plan, groups):
-        t = read_unit(u, cohort, with_row=True)
-        t = t.set_column(t.schema.get_field_index(S.CODE), S.CODE, t[S.CODE].cast(pa.string()))
+        t = with_string_codes(read_unit(u, cohort, with_row=True))
         sid = np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
-        parts.append(t.append_column(BUCKET, pa.array(_bucket_of(sid, plan.num_buckets))))
+        parts.append(t.append_column(BUCKET, pa.array(bucket_of(sid, plan.num_buckets))))
     return pa.concat_tables(parts)
 
 
 def _ray_encode_group(
-    group: pa.Table,
-    spec: EncodeSpec,
-    vocab: Vocabulary,
-    split: str | None,
-    batch_spec: BatchSpec | None,
-    epoch: int | None,
+    group: pa.Table, spec: EncodeSpec, vocab: Vocabulary, split: str | None
 ) -> pa.Table:
     unit = int(group[BUCKET][0].as_py())
-    table = group.drop_columns([BUCKET])
-    if epoch is None or batch_spec is None:
-        return encode_events(table, spec, vocab, split, unit)
-    return padded_to_arrow(
-        [(unit, collate_unit(table, spec, vocab, split, unit, batch_spec, epoch))]
-    )
+    return encode_events(group.drop_columns([BUCKET]), spec, vocab, split, unit)
 
 
 def _ray_scan_group(group: pa.Table, spec: EncodeSpec) -> pa.Table:
     return scan_events(group.drop_columns([BUCKET]), spec)
 
 
-def task_groups(plan: UnitPlan, num_tasks: int) -> list[list[int]]:
-    """Contiguous runs of units, balanced by rows: what each Ray task processes.
-
-    The units (and so the batches) do not depend on this grouping, only the scheduling does.
-    """
-    rows = np.array([u.num_rows for u in plan.units], dtype=np.float64)
-    n = len(rows)
-    k = max(1, min(num_tasks, n))
-    mid = np.cumsum(rows) - rows / 2
-    which = np.minimum((mid * k / max(rows.sum(), 1.0)).astype(np.int64), k - 1)
-    return [g for g in (np.flatnonzero(which == j).tolist() for j in range(k)) if g]
-
-
 # --------------------------------------------------------------------------------------------
 # The pipeline
-
-
-@dataclass
-class IngestFit:
-    """What :meth:`IngestPipeline.fit` learned from one scan of the cohort.
-
-    Attributes:
-        vocab: the vocabulary (fitted on train, or the one passed in).
-        code_counts: per split, the ``code``/``count`` table of input tokens (before
-            truncation).
-        stats: per split, ``subjects``, ``events``, ``visits``, ``tokens``,
-            ``truncated_flat`` (subjects cut by max_seq_len/max_visits),
-            ``truncated_hierarchical`` (cut by max_visits/max_codes_per_visit),
-            ``unknown_tokens`` (tokens that map to UNK).
-        rejects: ``subject_id``, ``reason`` of every dropped subject.
-    """
-
-    vocab: Vocabulary
-    code_counts: dict[str, pa.Table]
-    stats: dict[str, dict[str, int]]
-    rejects: pa.Table
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "vocab_size": self.vocab.size,
-            "vocab_hash": self.vocab.hash,
-            "rejects": self.rejects.num_rows,
-            "splits": self.stats,
-        }
 
 
 class IngestPipeline:
@@ -611,8 +144,6 @@ class IngestPipeline:
         pad_multiple: each batch's padded length is a multiple of this (None: ``data``'s,
             resolved for CPU; the training launcher passes the value for its device).
         mlm: add MLM masks (``codes`` masked, ``mlm_labels``).
-        nvp_patient: patient-level NVP (bidirectional): input = all visits but the last,
-            ``nvp_targets`` = multi-hot of the last visit's codes (flat layout).
         rows_per_unit: target rows per unit of work.
         check_batches: contract checks on this many first batches of each iteration (-1: all).
         report: a validation report to reuse; None runs :func:`meds.validate_cohort`.
@@ -638,7 +169,6 @@ class IngestPipeline:
         window_batches: int | None = None,
         pad_multiple: int | None = None,
         mlm: bool = False,
-        nvp_patient: bool = False,
         rows_per_unit: int = ROWS_PER_UNIT,
         check_batches: int = 8,
         report: CohortReport | None = None,
@@ -651,8 +181,6 @@ class IngestPipeline:
     ) -> None:
         self.cohort = cohort
         self.data = data or DataConfig(cohort=cohort)
-        if nvp_patient and layout != "flat":
-            raise ValueError("nvp_patient needs the flat layout")
         if report is None:
             report = validate_cohort(
                 cohort, self.data.outcomes, self.data.granularity, require_outcomes=require_outcomes
@@ -660,25 +188,7 @@ class IngestPipeline:
         report.raise_if_unusable(self.data.drop_bad_subjects)
         self.report = report
         self.plan = plan_units(cohort, report, rows_per_unit)
-        fs, root = io.resolve(cohort)
-        sp = io.join(root, S.SUBJECT_SPLITS_PATH)
-        splits_path = (
-            sp if "://" not in cohort else cohort.rstrip("/") + "/" + S.SUBJECT_SPLITS_PATH
-        )
-        self.spec = EncodeSpec(
-            cohort=cohort,
-            outcomes=report.outcomes,
-            granularity=self.data.granularity,
-            split_seed=self.data.split_seed,
-            splits_path=splits_path if io.exists(fs, sp) else None,
-            bad_subjects=tuple(sorted(int(s) for s in report.bad_subjects)),
-            layout=layout,
-            max_seq_len=self.data.max_seq_len,
-            max_visits=self.data.max_visits,
-            max_codes_per_visit=self.data.max_codes_per_visit,
-            truncation=self.data.truncation,
-            nvp_patient=nvp_patient,
-        )
+        self.spec = EncodeSpec.for_cohort(cohort, self.data, report, layout)
         self.layout: Layout = layout
         self.seed = seed
         self.window_batches = window_batches or self.data.window_batches
@@ -712,53 +222,16 @@ class IngestPipeline:
             vocab_path: save the vocabulary JSON here (atomically).
             rejects_path: write the rejects Parquet here (atomically) if any subject is dropped.
         """
-        facts = self._scan_ray() if use_ray else self._scan_single()
-        counts: dict[str, list[pa.Table]] = {s: [] for s in S.SPLITS}
-        stats: dict[str, dict[str, int]] = {s: dict.fromkeys(STAT_KEYS, 0) for s in S.SPLITS}
-        rej_sid: list[np.ndarray] = []
-        rej_why: list[list[str]] = []
-        for t in facts:
-            kind = np.asarray(t["kind"].to_pylist(), dtype=object)
-            for name in S.SPLITS:
-                sel = (kind == "count") & (np.asarray(t["split"].to_pylist(), dtype=object) == name)
-                if bool(sel.any()):
-                    sub = t.filter(pa.array(sel))
-                    counts[name].append(
-                        pa.table({COUNT_CODE: sub["key"], COUNT_VALUE: sub["value"]})
-                    )
-                    if len(counts[name]) >= 64:  # bound the driver's memory: merge as we go
-                        counts[name] = [merge_counts(counts[name])]
-            st = t.filter(pa.array(kind == "stat"))
-            for split, key, value in zip(
-                st["split"].to_pylist(), st["key"].to_pylist(), st["value"].to_pylist(), strict=True
-            ):
-                stats[split][key] += int(value)
-            rj = t.filter(pa.array(kind == "reject"))
-            if rj.num_rows:
-                rej_sid.append(np.asarray(rj["value"].to_numpy(), dtype=np.int64))
-                rej_why.append(rj["key"].to_pylist())
-        merged = {s: merge_counts(c) for s, c in counts.items()}
+        totals = reduce_facts(self._scan_ray() if use_ray else self._scan_single())
         if vocab is None:
             vocab = fit_vocabulary(
-                merged[S.TRAIN_SPLIT],
+                totals.counts[S.TRAIN_SPLIT],
                 self.data.min_count,
                 self.data.max_vocab_size,
                 meta={"cohort": self.cohort, "fitted_on": S.TRAIN_SPLIT},
             )
-        for s, c in merged.items():
-            ids, _ = vocab.lookup(c[COUNT_CODE])
-            n = np.asarray(c[COUNT_VALUE].to_numpy(), dtype=np.int64)
-            stats[s]["unknown_tokens"] = int(n[ids == S.UNK_ID].sum())
-        bad = self.report.bad_subjects
-        sid = np.concatenate([np.array(sorted(bad), dtype=np.int64), *rej_sid])
-        why = [bad[int(s)] for s in sorted(bad)] + [w for ws in rej_why for w in ws]
-        order = np.argsort(sid, kind="stable")
-        rejects = pa.table(
-            {
-                S.SUBJECT_ID: pa.array(sid[order], pa.int64()),
-                S.REJECT_REASON: pa.array([why[i] for i in order], pa.string()),
-            }
-        )
+        count_unknown_tokens(totals, vocab)
+        rejects = rejects_table(self.report.bad_subjects, totals)
         if rejects.num_rows:
             log.warning("dropped %d subject(s); reasons are in the rejects file", rejects.num_rows)
             if rejects_path is not None:
@@ -766,12 +239,11 @@ class IngestPipeline:
         if vocab_path is not None:
             vocab.save(vocab_path)
         self.vocab = vocab
-        self.fitted = IngestFit(vocab, merged, stats, rejects)
+        self.fitted = IngestFit(vocab, totals.counts, totals.stats, rejects)
         return self.fitted
 
     def _scan_single(self) -> Iterator[pa.Table]:
-        for unit_id, table in self._unit_tables():
-            del unit_id
+        for _, table in self._unit_tables():
             yield scan_events(table, self.spec)
 
     def _scan_ray(self) -> Iterator[pa.Table]:
@@ -781,7 +253,6 @@ class IngestPipeline:
     # -- batches ---------------------------------------------------------------------------
     def batch_spec(self, batch_size: int | None = None, **overrides: Any) -> BatchSpec:
         """The consumer-side parameters (pass it to :func:`collate.batches_from_blocks`)."""
-        vs = self._vocab().size
         spec = BatchSpec(
             layout=self.layout,
             batch_size=batch_size or self.data.batch_size,
@@ -791,8 +262,7 @@ class IngestPipeline:
             max_visits=self.data.max_visits,
             max_codes_per_visit=self.data.max_codes_per_visit,
             seed=self.seed,
-            mlm_vocab_size=vs if self.mlm else None,
-            nvp_vocab_size=vs if self.spec.nvp_patient else None,
+            mlm_vocab_size=self._vocab().size if self.mlm else None,
             check_batches=self.check_batches,
         )
         return replace(spec, **overrides) if overrides else spec
@@ -808,22 +278,10 @@ class IngestPipeline:
             for u in self.plan.units:
                 yield u.unit_id, read_unit(u, self.cohort)
             return
-        # Hash buckets: every shard contributes to every bucket; read them all (reference path).
-        tables = [read_unit(u, self.cohort, with_row=True) for u in self.plan.units]
-        t = pa.concat_tables([x.cast(tables[0].schema) for x in tables]) if tables else None
-        if t is None:
-            return
-        t = t.set_column(t.schema.get_field_index(S.CODE), S.CODE, t[S.CODE].cast(pa.string()))
-        b = _bucket_of(
-            np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64), self.plan.num_buckets
-        )
-        for k in range(self.plan.num_buckets):
-            rows = np.flatnonzero(b == k)
-            if len(rows):
-                yield k, t.take(pa.array(rows))
+        yield from read_buckets(self.plan, self.cohort)
 
     def blocks(self, split: str | None) -> Iterator[pa.Table]:
-        """Wire-format blocks of ``split`` (None = all subjects), one process, unit order."""
+        """Arrow blocks of ``split`` (None = all subjects), one process, unit order."""
         vocab = self._vocab()
         for unit_id, table in self._unit_tables():
             yield encode_events(table, self.spec, vocab, split, unit_id)
@@ -838,8 +296,9 @@ class IngestPipeline:
     ) -> Iterator[dict[str, np.ndarray]]:
         """The single-process reference path: plain Python over the Parquet files.
 
-        Yields the same batches as :meth:`iter_ray_batches` for the same split, seed and epoch
-        (the batch order may differ, since Ray delivers units as they finish).
+        The blocks never leave this process, so they skip the Arrow encoding; the batches are
+        the same as :meth:`iter_ray_batches` gives for the same split, seed and epoch (the batch
+        order may differ, since Ray delivers units as they finish).
         """
         spec = self.batch_spec(batch_size)
         vocab = self._vocab()
@@ -853,7 +312,7 @@ class IngestPipeline:
         """Tasks per dataset: ``tasks_per_cpu`` per cluster CPU, more if tasks would exceed
         ``max_rows_per_task`` rows. Few, balanced tasks: Ray Data adds a fixed cost per task and
         delivers outputs in ~100 ms scheduling rounds."""
-        import ray
+        import ray  # the Ray edge: imported where used, so the module imports without Ray
 
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else 1
         total = sum(u.num_rows for u in self.plan.units)
@@ -862,7 +321,7 @@ class IngestPipeline:
     def _ray_map(self, task_fn: Any, group_fn: Any, kwargs: dict[str, Any]) -> Any:
         """Units → Ray Data map tasks (a balanced run of units per task); in hash mode, read
         tasks, then a shuffle on the bucket and one ``map_groups`` call per bucket."""
-        import ray.data
+        import ray.data  # the Ray edge: imported where used, so the module imports without Ray
         from ray.data.context import ShuffleStrategy
 
         groups = task_groups(self.plan, self._num_tasks())
@@ -883,7 +342,7 @@ class IngestPipeline:
             ds.context.op_resource_reservation_enabled = False
             # Small blocks: a task's units leave as they are done (the consumer starts early
             # and its memory does not grow with the task). Ray only cuts a block between
-            # rows: units of padded blocks, subjects of compact ones (reassembled downstream).
+            # rows, i.e. between subjects (the consumer reassembles a unit Ray split).
             ds.context.target_max_block_size = self.block_bytes
             return ds
         ds = ds.map_batches(
@@ -900,29 +359,13 @@ class IngestPipeline:
             group_fn, batch_format="pyarrow", fn_kwargs=kwargs, **self.ray_remote_args
         )
 
-    def dataset(
-        self, split: str | None, epoch: int | None = None, *, batch_size: int | None = None
-    ) -> Any:
-        """A lazy Ray Dataset of ``split`` (None = all subjects).
-
-        Args:
-            split: split name, or None for every subject.
-            epoch: None: compact blocks (one row per subject, epoch-independent), so one dataset
-                serves every epoch and can be passed to Ray Train's ``datasets=``; batches come
-                from ``collate.batches_from_blocks(blocks, self.batch_spec(), epoch)`` on the
-                consumer (see :func:`iter_shard_batches`). An int: the workers also bucket, pad
-                and mask for that epoch, and the blocks carry finished batches (the consumer
-                only slices views).
-            batch_size: override ``data.batch_size`` (with ``epoch``).
-        """
-        bspec = self.batch_spec(batch_size) if epoch is not None else None
-        kwargs = {
-            "spec": self.spec,
-            "vocab": self._vocab(),
-            "split": split,
-            "batch_spec": bspec,
-            "epoch": epoch,
-        }
+    def dataset(self, split: str | None) -> Any:
+        """A lazy Ray Dataset of ``split`` (None = all subjects): Arrow blocks, one row per
+        subject, epoch-independent, so one dataset serves every epoch and can be passed to Ray
+        Train's ``datasets=``; batches come from
+        ``collate.batches_from_blocks(blocks, self.batch_spec(), epoch)`` in the consumer (see
+        :mod:`shards`)."""
+        kwargs = {"spec": self.spec, "vocab": self._vocab(), "split": split}
         return self._ray_map(_ray_encode_tasks, _ray_encode_group, kwargs)
 
     def iter_ray_batches(
@@ -932,120 +375,22 @@ class IngestPipeline:
         *,
         dataset: Any = None,
         batch_size: int | None = None,
-        collate_on: Literal["workers", "consumer"] = "workers",
         prefetch_blocks: int = 2,
         stats: BatchStats | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of ``split`` through Ray Data (needs ``ray.init`` first).
+        """Batches of ``split`` through Ray Data (needs ``ray.init`` first): the training path,
+        Ray Data blocks collated in this process.
 
         Args:
             split: split name, or None for all subjects.
             epoch: selects fresh shuffles and masks.
             dataset: a dataset (or a Ray Train shard / ``DataIterator``) from :meth:`dataset`;
-                built if None. An epoch-specific dataset must have been built for ``epoch``.
+                built if None.
             batch_size: override ``data.batch_size``.
-            collate_on: ``workers`` (default): bucketing, padding and masking run in the Ray
-                tasks; ``consumer``: here, from compact blocks.
             prefetch_blocks: blocks Ray prefetches ahead of the consumer.
             stats: filled while iterating.
         """
-        if dataset is None:
-            dataset = self.dataset(
-                split, epoch if collate_on == "workers" else None, batch_size=batch_size
-            )
+        ds = dataset if dataset is not None else self.dataset(split)
         yield from batches_from_blocks(
-            shard_blocks(dataset, prefetch_blocks), self.batch_spec(batch_size), epoch, stats
+            shard_blocks(ds, prefetch_blocks), self.batch_spec(batch_size), epoch, stats
         )
-
-
-def shard_blocks(shard: Any, prefetch_blocks: int = 2) -> Iterator[pa.Table]:
-    """The blocks of a dataset or shard, whole, as Arrow tables (one Ray Data execution)."""
-    return shard.iter_batches(  # type: ignore[no-any-return]
-        batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks
-    )
-
-
-def iter_shard_batches(
-    shard: Any, spec: BatchSpec, epoch: int, prefetch_blocks: int = 2
-) -> Iterable[dict[str, np.ndarray]]:
-    """Batches from a Ray Train dataset shard (``ray.train.get_dataset_shard``)."""
-    return batches_from_blocks(shard_blocks(shard, prefetch_blocks), spec, epoch)
-
-
-class KeptShard:
-    """A dataset shard whose blocks are the same at every read: read through Ray Data once,
-    then kept in this process (within a byte budget) and read from there.
-
-    Every ``iter_batches`` over a shard starts a Ray Data execution in the calling process (an
-    executor thread, iterator and prefetcher threads, calls to Ray Data's stats actor), even
-    when the dataset is materialised and the execution only hands over the same blocks again.
-    In a training worker those threads take the GIL from the training thread (measured in
-    docs/benchmarks.md). For a shard that is the same every epoch (a materialised split that is
-    not split between workers: the train split of a 1-worker run, every worker's validation
-    split), the blocks of the first complete read are kept: Arrow tables that reference the
-    object store's copies, so keeping them costs no copy, but pins them (they cannot be spilled
-    while kept). A shard whose blocks add up to more than ``max_bytes`` is not kept and is read
-    through Ray Data every time; so is one whose read stopped early.
-
-    Args:
-        shard: a Ray Data ``DataIterator`` (or dataset) of compact, epoch-independent blocks.
-        max_bytes: keep the blocks only if they add up to at most this (0 = never keep).
-        prefetch_blocks: blocks Ray prefetches ahead while reading through Ray Data.
-    """
-
-    def __init__(self, shard: Any, max_bytes: int, prefetch_blocks: int = 2) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        self._shard = shard
-        self._max_bytes = max_bytes
-        self._prefetch_blocks = prefetch_blocks
-        self._kept: list[pa.Table] | None = None
-        self.reads = 0  # reads that went through Ray Data
-
-    @property
-    def kept(self) -> bool:
-        """Whether the blocks are kept (later reads do not go through Ray Data)."""
-        return self._kept is not None
-
-    def blocks(self) -> Iterator[pa.Table]:
-        """The shard's blocks, from memory once kept."""
-        if self._kept is not None:
-            yield from self._kept
-            return
-        self.reads += 1
-        keep: list[pa.Table] | None = [] if self._max_bytes > 0 else None
-        size = 0
-        for table in shard_blocks(self._shard, self._prefetch_blocks):
-            if keep is not None:
-                size += table.nbytes
-                if size <= self._max_bytes:
-                    keep.append(table)
-                else:
-                    keep = None  # too large: read through Ray Data every time
-            yield table
-        if keep is not None:  # reached only when the read was complete
-            self._kept = keep
-
-    def batches(self, spec: BatchSpec, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of ``epoch``, as :func:`iter_shard_batches` makes them."""
-        return batches_from_blocks(self.blocks(), spec, epoch)
-
-
-__all__ = [
-    "EncodeSpec",
-    "IngestFit",
-    "IngestPipeline",
-    "KeptShard",
-    "Unit",
-    "UnitPlan",
-    "collate_unit",
-    "encode_events",
-    "encode_unit",
-    "iter_shard_batches",
-    "plan_units",
-    "read_unit",
-    "scan_events",
-    "shard_blocks",
-    "subject_split",
-    "task_groups",
-]

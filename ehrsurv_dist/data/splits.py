@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data import io
-from ehrsurv_dist.data.masking import splitmix64
 from ehrsurv_dist.errors import CohortError
+from ehrsurv_dist.rng import splitmix64
 
 TRAIN_FRACTION = 0.70
 TUNING_FRACTION = 0.15  # the rest (0.15) is held_out

@@ -5,12 +5,19 @@ the granularity (default: calendar day). Within a visit, codes keep their order 
 ``MEDS_BIRTH`` sets the age and ``MEDS_DEATH`` is an outcome: neither is an input token, and
 static rows (null time) form no visit.
 
-Labels: for an **event**, the input history is the visits strictly before the outcome's visit
-key (an event on a visit day excludes that visit); for a **censored** subject, the visits at or
-before it (censoring on a visit day keeps that visit). ``T`` is the index of the last input
-visit. A subject left with no input visit is rejected with a reason, never silently dropped.
+**The leakage cut.** For an **event**, the input history is the visits strictly before the
+outcome's visit key (an event on a visit day excludes that visit: nothing at or after the event
+enters the model); for a **censored** subject, the visits at or before it (censoring on a visit
+day keeps that visit). ``T`` is the index of the last input visit. A subject left with no input
+visit is rejected with a reason, never silently dropped.
 
-Everything is vectorised over all subjects at once (no per-subject Python loop).
+:func:`group_visits` is the one implementation, built for throughput: codes stay
+dictionary-encoded, the sort is skipped when rows already come in (subject, time) order (the
+MEDS norm), label look-ups run per subject, and the row-level cut is skipped when it cuts
+nothing. ``tests/oracles/visits_reference.py`` states the same rules row by row, and a
+randomised test keeps the two equal.
+
+Shape vocabulary: ``N`` subjects, ``NV`` visits, ``NC`` codes.
 """
 
 from __future__ import annotations
@@ -19,9 +26,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.constants import US_PER_YEAR
+from ehrsurv_dist.data.events import (
+    EventArrays,
+    OutcomeArrays,
+    dictionary_codes,
+    event_arrays,
+    lookup,
+    sorted_unique,
+    time_us,  # noqa: F401 - re-exported: data.meds imports it from here
+)
+from ehrsurv_dist.data.views import RaggedField
+from ehrsurv_dist.ragged import (
+    Ragged,
+    concat_ranges,  # noqa: F401 - re-exported: train.loop and evaluate import it from here
+)
 
 GRANULARITY_US: dict[str, int] = {
     "day": 86_400_000_000,
@@ -29,241 +50,307 @@ GRANULARITY_US: dict[str, int] = {
     "minute": 60_000_000,
     "second": 1_000_000,
 }
-US_PER_YEAR = 365.25 * 86_400 * 1_000_000
 
 # Reasons written to the rejects file.
 REJECT_NO_BIRTH = "no_birth: no MEDS_BIRTH event, age unknown"
 REJECT_NO_OUTCOME = "no_outcome: subject has no outcome row"
 REJECT_NO_VISITS = "no_visits: no timed events besides birth/death"
 REJECT_NO_HISTORY = "no_history: no visit before the outcome"
+_REASONS = np.array(
+    [REJECT_NO_BIRTH, REJECT_NO_VISITS, REJECT_NO_OUTCOME, REJECT_NO_HISTORY], dtype=object
+)
+_NO_LIMIT = np.iinfo(np.int64).min
 
 
 @dataclass
-class SubjectVisits:
-    """Visits of many subjects in CSR layout (offsets into flat arrays).
+class SubjectLabels:
+    """Per-subject survival labels, the part every per-subject container shares.
 
     Attributes:
-        subject_id: int64 [N], sorted ascending.
+        subject_id: int64 [N].
         event: bool [N]; True = event in the interval after visit T.
-        last_visit: int64 [N]; T = index of the last input visit (``num_visits - 1``).
-        visit_offsets: int64 [N + 1]; visits of subject i are ``visit_offsets[i]:[i + 1]``.
-        visit_time: int64 [NV]; time (µs since epoch) of the visit's first event.
-        visit_age: float32 [NV]; age in years at ``visit_time``.
-        code_offsets: int64 [NV + 1]; codes of visit j are ``codes[code_offsets[j]:[j + 1]]``.
-        codes: string array [NC]; the visit's codes in order of appearance.
+        last_visit: int64 [N]; T = index of the last input visit.
     """
 
     subject_id: np.ndarray
     event: np.ndarray
     last_visit: np.ndarray
-    visit_offsets: np.ndarray
-    visit_time: np.ndarray
-    visit_age: np.ndarray
-    code_offsets: np.ndarray
-    codes: pa.Array
 
     @property
     def num_subjects(self) -> int:
         return len(self.subject_id)
 
-    @property
-    def num_visits(self) -> np.ndarray:
-        """int64 [N]: T + 1 per subject."""
-        return np.diff(self.visit_offsets)
-
-    def subject(self, i: int) -> dict[str, object]:
-        """Plain-Python view of subject ``i`` (for tests and debugging)."""
-        v0, v1 = int(self.visit_offsets[i]), int(self.visit_offsets[i + 1])
-        visits = []
-        for j in range(v0, v1):
-            c0, c1 = int(self.code_offsets[j]), int(self.code_offsets[j + 1])
-            visits.append(
-                {
-                    "time": int(self.visit_time[j]),
-                    "age": float(self.visit_age[j]),
-                    "codes": self.codes[c0:c1].to_pylist(),
-                }
-            )
+    def labels_of(self, i: int) -> dict[str, object]:
+        """Plain-Python labels of subject ``i``."""
         return {
             "subject_id": int(self.subject_id[i]),
             "event": bool(self.event[i]),
             "last_visit": int(self.last_visit[i]),
-            "visits": visits,
         }
 
 
-def _bool(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+@dataclass
+class SubjectVisits(SubjectLabels):
+    """Visits of N subjects (sorted by ``subject_id``): labels over a two-level :class:`Ragged`.
+
+    Attributes:
+        visits: subjects → visits; its values are ``time`` int64 [NV] (µs of the visit's first
+            event), ``age`` float32 [NV] (years at ``time``) and ``codes``, visits → codes
+            (a string or dictionary array [NC], in order of appearance). ``visit_offsets``,
+            ``visit_time``, ``visit_age``, ``code_offsets``, ``codes`` read its parts.
+    """
+
+    visits: Ragged
+
+    num_visits = RaggedField("visits", part="lengths")  # int64 [N]: T + 1 per subject
+    visit_offsets = RaggedField("visits", part="offsets")  # int64 [N + 1]
+    visit_time = RaggedField("visits", "time")  # int64 [NV]
+    visit_age = RaggedField("visits", "age")  # float32 [NV]
+    visit_codes = RaggedField("visits", "codes")  # Ragged: visits → codes
+    code_offsets = RaggedField("visits", "codes", part="offsets")  # int64 [NV + 1]
+    codes = RaggedField("visits", "codes", part="values")  # string or dictionary array [NC]
+
+    @property
+    def tokens_per_subject(self) -> np.ndarray:
+        """int64 [N]: codes of each subject's visits."""
+        co, vo = self.code_offsets, self.visit_offsets
+        return co[vo[1:]] - co[vo[:-1]]  # type: ignore[no-any-return]
+
+    def take(self, idx: np.ndarray) -> SubjectVisits:
+        """The subjects at positions ``idx`` (in that order), with their visits and codes."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return SubjectVisits(
+            self.subject_id[idx], self.event[idx], self.last_visit[idx], self.visits.take(idx)
+        )
+
+    def subject(self, i: int) -> dict[str, object]:
+        """Plain-Python view of subject ``i`` (for tests and debugging)."""
+        visits = [
+            {
+                "time": int(self.visit_time[j]),
+                "age": float(self.visit_age[j]),
+                "codes": self.visit_codes.row(j).to_pylist(),
+            }
+            for j in range(int(self.visit_offsets[i]), int(self.visit_offsets[i + 1]))
+        ]
+        return {**self.labels_of(i), "visits": visits}
 
 
-def time_us(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 µs with nulls as 0, bool null mask), straight from the Arrow buffers."""
-    arr = col.cast(pa.timestamp("us")).cast(pa.int64())
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    n = len(arr)
-    if arr.null_count == 0:
-        return np.asarray(arr.to_numpy(), dtype=np.int64), np.zeros(n, dtype=bool)
-    validity, data = arr.buffers()[0], arr.buffers()[1]
-    off = arr.offset
-    vals = np.frombuffer(data, dtype=np.int64, count=off + n)[off:]
-    bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
-    valid = bits[off : off + n].view(bool)
-    return np.where(valid, vals, 0), ~valid
+@dataclass
+class GroupedUnit:
+    """:func:`group_visits` output: visits (codes as dictionary indices) and rejects.
+
+    Attributes:
+        visits: the kept subjects' visits; ``visits.codes`` is a dictionary array.
+        code_index: int32 [NC]; index into ``dictionary`` per code of ``visits``.
+        dictionary: string array of the distinct codes.
+        reject_subjects: int64 [K], sorted.
+        reject_reasons: object [K] (reason strings).
+    """
+
+    visits: SubjectVisits
+    code_index: np.ndarray
+    dictionary: pa.Array
+    reject_subjects: np.ndarray
+    reject_reasons: np.ndarray
+
+    def rejects_table(self) -> pa.Table:
+        """``subject_id``, ``reason`` of every rejected subject."""
+        return pa.table(
+            {
+                S.SUBJECT_ID: pa.array(self.reject_subjects, pa.int64()),
+                S.REJECT_REASON: pa.array(self.reject_reasons.tolist(), pa.string()),
+            }
+        )
 
 
-def _lookup(keys: np.ndarray, table_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of ``keys`` in sorted ``table_keys`` and whether each was found."""
-    if len(table_keys) == 0:
-        return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
-    pos = np.searchsorted(table_keys, keys)
-    pos_c = np.minimum(pos, len(table_keys) - 1)
-    return pos_c, table_keys[pos_c] == keys
+@dataclass
+class _TokenRows:
+    """Input-token rows in (subject, visit key) order: row index, subject, time, visit key."""
+
+    rows: np.ndarray
+    sid: np.ndarray
+    tu: np.ndarray
+    key: np.ndarray
+
+    def take(self, sel: np.ndarray) -> _TokenRows:
+        return _TokenRows(self.rows[sel], self.sid[sel], self.tu[sel], self.key[sel])
+
+    def subject_starts(self) -> np.ndarray:
+        """bool [n]: the row starts a subject's run."""
+        new_s = np.empty(len(self.rows), dtype=bool)
+        new_s[:1] = True
+        np.not_equal(self.sid[1:], self.sid[:-1], out=new_s[1:])
+        return new_s
 
 
-def build_visits(
-    events: pa.Table,
-    outcomes: pa.Table | None,
+def _births(ev: EventArrays, is_birth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted subjects with a timed MEDS_BIRTH, int64 µs of their earliest one)."""
+    bsel = np.flatnonzero(is_birth[ev.code_index] & ~ev.time_null)
+    b_sid, b_tu = ev.subject_id[bsel], ev.time_us[bsel]
+    if len(b_sid) > 1 and not bool(np.all(b_sid[1:] > b_sid[:-1])):
+        o = np.lexsort((b_tu, b_sid))
+        b_sid, b_tu = b_sid[o], b_tu[o]
+        first = np.concatenate([[True], b_sid[1:] != b_sid[:-1]])
+        b_sid, b_tu = b_sid[first], b_tu[first]
+    return b_sid, b_tu
+
+
+def _token_rows(ev: EventArrays, skip: np.ndarray, g: int) -> _TokenRows:
+    """Timed rows whose code is an input token, stably sorted by (subject, visit key); the
+    sort keeps codes in their order of appearance and is skipped when rows are in order."""
+    rows = np.flatnonzero(~(ev.time_null | skip[ev.code_index]))
+    r_tu = ev.time_us[rows]
+    tr = _TokenRows(rows, ev.subject_id[rows], r_tu, np.floor_divide(r_tu, g))
+    s, k = tr.sid, tr.key
+    if len(rows) > 1 and not bool(
+        np.all((s[1:] > s[:-1]) | ((s[1:] == s[:-1]) & (k[1:] >= k[:-1])))
+    ):
+        tr = tr.take(np.lexsort((k, s)))
+    return tr
+
+
+def _history_limits(
+    subjects: np.ndarray, b_sid: np.ndarray, outcomes: OutcomeArrays | None, g: int
+) -> np.ndarray:
+    """int64 [n]: the last visit key each subject's history may hold (the leakage cut).
+
+    Events keep visits strictly before the outcome's key, censored subjects those at or before
+    it; subjects without a birth (or, with outcomes, without a usable outcome) get no visit.
+    """
+    _, keep = lookup(subjects, b_sid)
+    limit = np.full(len(subjects), np.iinfo(np.int64).max, dtype=np.int64)
+    if outcomes is not None:
+        opos, has_out = lookup(subjects, outcomes.subject_id)
+        if len(outcomes.subject_id):
+            has_out &= outcomes.ok[opos]
+            okey = np.floor_divide(outcomes.time_us[opos], g)
+            limit = np.where(outcomes.event[opos], okey - 1, okey)
+        keep = keep & has_out
+    return np.where(keep, limit, _NO_LIMIT)
+
+
+def _cut_history(tr: _TokenRows, new_s: np.ndarray, limit: np.ndarray) -> _TokenRows | None:
+    """The rows within their subject's limit; None when nothing is cut. Keys are sorted within
+    a subject, so comparing each subject's last key settles the common case without a pass
+    over the rows."""
+    s_start = np.flatnonzero(new_s)
+    run_len = np.diff(np.append(s_start, len(tr.rows)))
+    last_key = tr.key[s_start + run_len - 1] if len(tr.rows) else tr.key
+    if bool(np.all(last_key <= limit)):
+        return None
+    return tr.take(tr.key <= np.repeat(limit, run_len))
+
+
+def _rejects(
+    all_subjects: np.ndarray,
+    kept: np.ndarray,
+    b_sid: np.ndarray,
+    tok_subjects: np.ndarray,
+    outcomes: OutcomeArrays | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted rejected subjects, reasons); the first reason wins: no birth, no visits, no
+    outcome, no history."""
+    if len(all_subjects) == len(kept):  # every subject kept (kept ⊆ all_subjects)
+        return all_subjects[:0], _REASONS[:0]
+    reason = np.full(len(all_subjects), -1, dtype=np.int64)
+    _, has_b_all = lookup(all_subjects, b_sid)
+    _, has_tok_all = lookup(all_subjects, tok_subjects)
+    _, kept_all = lookup(all_subjects, kept)
+    reason[~has_b_all] = 0
+    reason[(reason < 0) & ~has_tok_all] = 1
+    if outcomes is not None:
+        _, has_ok_all = lookup(all_subjects, outcomes.subject_id[outcomes.ok])
+        reason[(reason < 0) & ~has_ok_all] = 2
+        reason[(reason < 0) & has_ok_all & ~kept_all] = 3
+    rej = reason >= 0
+    return all_subjects[rej], _REASONS[reason[rej]]
+
+
+def group_visits(
+    ev: EventArrays,
+    outcomes: OutcomeArrays | None,
     granularity: str = "day",
-) -> tuple[SubjectVisits, pa.Table]:
-    """Group MEDS events into visits and cut each history at its outcome.
+) -> GroupedUnit:
+    """Visits and survival labels of every subject in ``ev``, cut at the outcome.
 
     Args:
-        events: columns ``subject_id`` int64, ``time`` timestamp[us], ``code`` string; rows of a
-            subject may be unsorted and spread over the table (they are re-grouped).
-        outcomes: ``subject_id``, ``event`` bool, ``time`` timestamp[us], one row per subject;
-            ``None`` for pretraining (all visits kept, ``event`` False).
+        ev: all rows of the unit's subjects (any order; every subject must be complete).
+        outcomes: outcome rows (may hold other subjects); None for pretraining (all visits kept,
+            ``event`` False).
         granularity: one of :data:`GRANULARITY_US`.
 
     Returns:
-        ``(visits, rejects)``; ``rejects`` has ``subject_id`` and ``reason`` for every subject
-        that appears in ``events`` (or ``outcomes``) but not in ``visits``.
+        A :class:`GroupedUnit`; ``visits.codes`` is a dictionary array of the codes.
     """
     g = GRANULARITY_US[granularity]
-    sid = np.asarray(events[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
-    tu, tnull = time_us(events[S.TIME])
-    codes = events[S.CODE]
-    is_birth = _bool(pc.equal(codes, S.BIRTH_CODE))
-    is_death = _bool(pc.equal(codes, S.DEATH_CODE))
-    all_subjects = np.unique(sid)
+    dnames = np.asarray(ev.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+    is_birth = np.append(dnames == S.BIRTH_CODE, False)  # extra slot: null code
+    skip = is_birth | np.append(dnames == S.DEATH_CODE, False)
+    all_subjects = sorted_unique(ev.subject_id)
+    if outcomes is not None and len(all_subjects):
+        outcomes = outcomes.between(int(all_subjects[0]), int(all_subjects[-1]))
+    b_sid, b_tu = _births(ev, is_birth)
 
-    # Birth per subject (earliest MEDS_BIRTH with a time).
-    bsel = is_birth & ~tnull
-    order_b = np.lexsort((tu[bsel], sid[bsel]))
-    b_subj, b_first = np.unique(sid[bsel][order_b], return_index=True)
-    b_time = tu[bsel][order_b][b_first]
+    tr = _token_rows(ev, skip, g)
+    new_s = tr.subject_starts()
+    tok_subjects = tr.sid[new_s]  # subjects with at least one token row
+    cut = _cut_history(tr, new_s, _history_limits(tok_subjects, b_sid, outcomes, g))
+    if cut is not None:
+        tr, new_s = cut, cut.subject_starts()
 
-    tok = ~tnull & ~is_birth & ~is_death
-    rows = np.flatnonzero(tok)
-    r_sid = sid[rows]
-    r_key = np.floor_divide(tu[rows], g)
-
-    rejects: dict[int, str] = {}
-    _, has_birth = _lookup(r_sid, b_subj)
-    for s in np.setdiff1d(all_subjects, b_subj):
-        rejects[int(s)] = REJECT_NO_BIRTH
-    for s in np.setdiff1d(all_subjects, np.unique(r_sid)):
-        rejects.setdefault(int(s), REJECT_NO_VISITS)
-    keep = has_birth
-
-    if outcomes is not None:
-        o_sid = np.asarray(outcomes[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
-        o_order = np.argsort(o_sid, kind="stable")
-        o_sid = o_sid[o_order]
-        o_ev = _bool(outcomes[S.OUTCOME_EVENT])[o_order]
-        o_tu, o_null = time_us(outcomes[S.OUTCOME_TIME])
-        o_key = np.floor_divide(o_tu[o_order], g)
-        o_ok = ~o_null[o_order]
-        for s in np.setdiff1d(all_subjects, o_sid[o_ok]):
-            rejects.setdefault(int(s), REJECT_NO_OUTCOME)
-        opos, has_out = _lookup(r_sid, o_sid)
-        has_out &= o_ok[opos]
-        ev_row = o_ev[opos]
-        okey_row = o_key[opos]
-        in_hist = np.where(ev_row, r_key < okey_row, r_key <= okey_row)
-        keep = keep & has_out & in_hist
-
-    rows, r_sid, r_key = rows[keep], r_sid[keep], r_key[keep]
-    # Stable sort by (subject, visit key): codes keep their order of appearance in a visit.
-    order = np.lexsort((r_key, r_sid))
-    rows, r_sid, r_key = rows[order], r_sid[order], r_key[order]
-    r_time = tu[rows]
-
-    n_rows = len(rows)
-    new_subj = np.ones(n_rows, dtype=bool)
-    new_visit = np.ones(n_rows, dtype=bool)
-    if n_rows > 1:
-        new_subj[1:] = r_sid[1:] != r_sid[:-1]
-        new_visit[1:] = new_subj[1:] | (r_key[1:] != r_key[:-1])
-    visit_start = np.flatnonzero(new_visit)
-    subj_start_rows = np.flatnonzero(new_subj)
-    subjects = r_sid[subj_start_rows]
-    # visit index of each subject's first visit = cumulative count of visits before it
-    visit_of_row = np.cumsum(new_visit) - 1
-    visit_offsets = np.append(visit_of_row[subj_start_rows], len(visit_start)).astype(np.int64)
-    code_offsets = np.append(visit_start, n_rows).astype(np.int64)
-    visit_time = r_time[visit_start]
-    bpos_v, _ = _lookup(r_sid[visit_start], b_subj)
-    visit_age = ((visit_time - b_time[bpos_v]) / US_PER_YEAR).astype(np.float32)
-
-    if outcomes is not None:
-        opos_s, _ = _lookup(subjects, o_sid)
-        event = o_ev[opos_s].copy()
-        lost = np.setdiff1d(np.intersect1d(o_sid[o_ok], all_subjects), subjects)
-        for s in lost:
-            rejects.setdefault(int(s), REJECT_NO_HISTORY)
+    new_v = new_s.copy()
+    if len(tr.rows) > 1:
+        new_v[1:] |= tr.key[1:] != tr.key[:-1]
+    visit_start = np.flatnonzero(new_v)
+    subjects = tr.sid[new_s]
+    visit_offsets = np.append(np.flatnonzero(new_s[visit_start]), len(visit_start))
+    nv = np.diff(visit_offsets)
+    visit_time = tr.tu[visit_start]
+    bpos, _ = lookup(subjects, b_sid)
+    b_time_v = np.repeat(b_tu[bpos], nv) if len(subjects) else np.zeros(0, np.int64)
+    visit_age = ((visit_time - b_time_v) / US_PER_YEAR).astype(np.float32)
+    if outcomes is not None and len(outcomes.subject_id):
+        event = outcomes.event[lookup(subjects, outcomes.subject_id)[0]].copy()
     else:
         event = np.zeros(len(subjects), dtype=bool)
-    last_visit = (np.diff(visit_offsets) - 1).astype(np.int64)
 
+    code_index = ev.code_index[tr.rows]
+    codes = Ragged(
+        dictionary_codes(code_index, ev.dictionary), np.append(visit_start, len(tr.rows))
+    )
     visits = SubjectVisits(
         subject_id=subjects,
         event=event,
-        last_visit=last_visit,
-        visit_offsets=visit_offsets,
-        visit_time=visit_time,
-        visit_age=visit_age,
-        code_offsets=code_offsets,
-        codes=pc.take(codes, pa.array(rows)).combine_chunks()
-        if isinstance(codes, pa.ChunkedArray)
-        else pc.take(codes, pa.array(rows)),
+        last_visit=(nv - 1).astype(np.int64),
+        visits=Ragged({"time": visit_time, "age": visit_age, "codes": codes}, visit_offsets),
     )
-    rej_ids = np.array(sorted(rejects), dtype=np.int64)
-    rej = pa.table(
-        {
-            S.SUBJECT_ID: pa.array(rej_ids, pa.int64()),
-            S.REJECT_REASON: pa.array([rejects[int(s)] for s in rej_ids], pa.string()),
-        }
+    rej_sid, rej_reason = _rejects(all_subjects, subjects, b_sid, tok_subjects, outcomes)
+    return GroupedUnit(visits, code_index, ev.dictionary, rej_sid, rej_reason)
+
+
+def build_visits(
+    events: pa.Table, outcomes: pa.Table | None, granularity: str = "day"
+) -> tuple[SubjectVisits, pa.Table]:
+    """Visits and labels of a MEDS events table (:func:`group_visits` on Arrow tables).
+
+    Args:
+        events: columns ``subject_id`` int64, ``time`` timestamp[us], ``code`` string (or
+            dictionary); rows of a subject may be unsorted and spread over the table.
+        outcomes: ``subject_id``, ``event`` bool, ``time`` timestamp[us]; ``None`` for
+            pretraining (all visits kept, ``event`` False).
+        granularity: one of :data:`GRANULARITY_US`.
+
+    Returns:
+        ``(visits, rejects)``; ``visits.codes`` are strings; ``rejects`` has ``subject_id`` and
+        ``reason`` for every subject of ``events`` that is not in ``visits``.
+    """
+    gu = group_visits(
+        event_arrays(events),
+        OutcomeArrays.from_table(outcomes) if outcomes is not None else None,
+        granularity,
     )
-    return visits, rej
-
-
-def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``, vectorised."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    before = np.cumsum(lengths) - lengths  # output position where each range starts
-    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(total)
-
-
-def select_subjects(sv: SubjectVisits, idx: np.ndarray) -> SubjectVisits:
-    """The subjects at positions ``idx`` (in that order), with their visits and codes."""
-    idx = np.asarray(idx, dtype=np.int64)
-    v0 = sv.visit_offsets[idx]
-    nv = sv.visit_offsets[idx + 1] - v0
-    vis = concat_ranges(v0, nv)
-    c0 = sv.code_offsets[vis]
-    nc = sv.code_offsets[vis + 1] - c0
-    cod = concat_ranges(c0, nc)
-    return SubjectVisits(
-        subject_id=sv.subject_id[idx],
-        event=sv.event[idx],
-        last_visit=sv.last_visit[idx],
-        visit_offsets=np.concatenate([[0], np.cumsum(nv)]).astype(np.int64),
-        visit_time=sv.visit_time[vis],
-        visit_age=sv.visit_age[vis],
-        code_offsets=np.concatenate([[0], np.cumsum(nc)]).astype(np.int64),
-        codes=pc.take(sv.codes, pa.array(cod, pa.int64())),
-    )
+    sv = gu.visits
+    codes = sv.visit_codes.with_values(sv.codes.cast(pa.string()))
+    visits = Ragged({"time": sv.visit_time, "age": sv.visit_age, "codes": codes}, sv.visit_offsets)
+    return SubjectVisits(sv.subject_id, sv.event, sv.last_visit, visits), gu.rejects_table()

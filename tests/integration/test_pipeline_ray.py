@@ -20,14 +20,10 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data.cohort import load_cohort
 from ehrsurv_dist.data.collate import BatchStats
-from ehrsurv_dist.data.flatten import flatten, to_hierarchical
-from ehrsurv_dist.data.pipeline import (
-    IngestPipeline,
-    KeptShard,
-    iter_shard_batches,
-    plan_units,
-    task_groups,
-)
+from ehrsurv_dist.data.layouts import Limits, flatten, to_hierarchical
+from ehrsurv_dist.data.pipeline import IngestPipeline
+from ehrsurv_dist.data.plan import plan_units, task_groups
+from ehrsurv_dist.data.shards import KeptShard, iter_shard_batches
 from ehrsurv_dist.data.synthetic import synthesize
 from ehrsurv_dist.errors import CohortError
 from ehrsurv_dist.testing import write_cohort
@@ -128,13 +124,11 @@ def test_flat_ray_batches_are_bit_identical_to_single_process(ray_local: None, s
     for epoch in (0, 1):
         stats = BatchStats()
         consumer = _collect(pipe.iter_ray_batches(S.TRAIN_SPLIT, epoch, dataset=ds, stats=stats))
-        workers = _collect(pipe.iter_ray_batches(S.TRAIN_SPLIT, epoch, collate_on="workers"))
         shard = _collect(iter_shard_batches(ds.iterator(), pipe.batch_spec(), epoch))
         single = _collect(pipe.iter_batches(S.TRAIN_SPLIT, epoch))
         assert stats.checked_batches == len(consumer)  # every batch passed the contract checks
-        for other in (workers, shard):
-            assert _batch_sets(other) == _batch_sets(single)
-            assert _per_subject(other) == _per_subject(single)
+        assert _batch_sets(shard) == _batch_sets(single)
+        assert _per_subject(shard) == _per_subject(single)
         assert _batch_sets(consumer) == _batch_sets(single)
         assert _per_subject(consumer) == _per_subject(single)
         assert all(b[S.CODES].shape[1] % 8 == 0 or b[S.CODES].shape[1] == 24 for b in consumer)
@@ -145,7 +139,7 @@ def test_flat_ray_batches_are_bit_identical_to_single_process(ray_local: None, s
     ref = load_cohort(smoke)
     sv = ref.subset(S.TRAIN_SPLIT)
     assert pipe.vocab is not None
-    ft = flatten(sv, pipe.vocab.lookup(sv.codes)[0], 24, 10)
+    ft = flatten(sv, pipe.vocab.lookup(sv.codes)[0], Limits(max_seq_len=24, max_visits=10))
     plain = IngestPipeline(smoke, data, rows_per_unit=500, report=pipe.report)
     plain.vocab = pipe.vocab
     got = _per_subject(_collect(plain.iter_ray_batches(S.TRAIN_SPLIT, 0)))
@@ -206,7 +200,9 @@ def test_hierarchical_ray_equals_single_process(ray_local: None, smoke: str) -> 
     assert _per_subject(ray_b) == _per_subject(one_b)
     ref = load_cohort(smoke).subset(S.HELD_OUT_SPLIT)
     assert pipe.vocab is not None
-    vt = to_hierarchical(ref, pipe.vocab.lookup(ref.codes)[0], 6, 3)
+    vt = to_hierarchical(
+        ref, pipe.vocab.lookup(ref.codes)[0], Limits(max_visits=6, max_codes_per_visit=3)
+    )
     got = _per_subject(ray_b)
     for i in range(vt.num_subjects):
         c0, c1 = vt.code_offsets[vt.visit_offsets[i]], vt.code_offsets[vt.visit_offsets[i + 1]]
@@ -238,20 +234,6 @@ def test_subjects_spanning_shards_take_the_hash_path(
     assert single_fit.vocab == IngestPipeline(smoke).fit().vocab
 
 
-def test_patient_nvp_targets(ray_local: None, smoke: str, tmp_path: Any) -> None:
-    pipe = IngestPipeline(smoke, DataConfig(cohort=smoke, batch_size=32), nvp_patient=True)
-    fit = pipe.fit(vocab_path=str(tmp_path / "vocab.json"))
-    assert os.path.exists(tmp_path / "vocab.json")
-    ray_b = _collect(pipe.iter_ray_batches(S.TRAIN_SPLIT, 0))
-    one_b = _collect(pipe.iter_batches(S.TRAIN_SPLIT, 0))
-    key = {int(s): b["nvp_targets"][r].tobytes() for b in one_b for r, s in enumerate(b[S.SUBJECT])}
-    for b in ray_b:
-        assert b["nvp_targets"].shape == (len(b[S.SUBJECT]), fit.vocab.size)
-        for r, s in enumerate(b[S.SUBJECT]):
-            assert key[int(s)] == b["nvp_targets"][r].tobytes()
-    assert all(b["nvp_targets"].sum(1).min() >= 1 for b in ray_b)  # no empty targets here
-
-
 def test_task_groups_are_balanced_and_do_not_change_units(smoke: str) -> None:
     plan = plan_units(smoke, rows_per_unit=300)
     for k in (1, 2, 3, 100):
@@ -281,7 +263,8 @@ def test_bad_subjects_are_refused_or_dropped_and_recorded(ray_local: None, tmp_p
     data = DataConfig(cohort=cohort, drop_bad_subjects=True, batch_size=4)
     pipe = IngestPipeline(cohort, data)
     rejects = str(tmp_path / "rejects.parquet")
-    fit = pipe.fit(rejects_path=rejects)
+    fit = pipe.fit(rejects_path=rejects, vocab_path=str(tmp_path / "vocab.json"))
+    assert os.path.exists(tmp_path / "vocab.json")
     assert fit.rejects[S.SUBJECT_ID].to_pylist() == [2, 4]
     assert pq.read_table(rejects).equals(fit.rejects)
     assert load_cohort(cohort, drop_bad_subjects=True).rejects.equals(fit.rejects)

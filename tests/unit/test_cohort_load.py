@@ -11,7 +11,6 @@ import pytest
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data.cohort import load_cohort
 from ehrsurv_dist.data.meds import validate_cohort
-from ehrsurv_dist.data.visits import select_subjects
 from ehrsurv_dist.errors import CohortError
 from ehrsurv_dist.testing import write_cohort
 
@@ -50,10 +49,10 @@ def test_file_uri(tmp_path: Path) -> None:
     assert c.visits.subject_id.tolist() == [1, 3]
 
 
-def test_select_subjects_matches_per_subject_view(tmp_path: Path) -> None:
+def test_take_subjects_matches_per_subject_view(tmp_path: Path) -> None:
     cohort = write_cohort(tmp_path / "c", [r for r in ROWS if r[0] != 2], [OUT[0], OUT[2]])
     sv = load_cohort(cohort).visits
-    sub = select_subjects(sv, np.array([1, 0]))
+    sub = sv.take(np.array([1, 0]))
     assert [sub.subject(i) for i in range(2)] == [sv.subject(1), sv.subject(0)]
-    empty = select_subjects(sv, np.array([], dtype=np.int64))
+    empty = sv.take(np.array([], dtype=np.int64))
     assert empty.num_subjects == 0 and len(empty.codes) == 0

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.data.blocks import flat_to_arrow, hier_to_arrow
 from ehrsurv_dist.data.checks import check_flat_batch, check_hierarchical_batch
 from ehrsurv_dist.data.collate import (
     BatchSpec,
@@ -19,11 +20,10 @@ from ehrsurv_dist.data.collate import (
     collate_block,
     pad_flat,
     pad_hierarchical,
-    padded_from_arrow,
-    padded_to_arrow,
     round_up,
 )
-from ehrsurv_dist.data.flatten import FlatTokens, VisitTokens, flat_to_arrow, hier_to_arrow
+from ehrsurv_dist.data.layouts import FlatTokens, VisitTokens
+from ehrsurv_dist.ragged import Ragged
 
 
 def make_flat(lengths: list[int], first_id: int = 100, seed: int = 0) -> FlatTokens:
@@ -40,11 +40,15 @@ def make_flat(lengths: list[int], first_id: int = 100, seed: int = 0) -> FlatTok
         subject_id=sid,
         event=rng.random(len(n)) < 0.5,
         last_visit=last,
-        offsets=off.astype(np.int64),
-        codes=(3 + (tok_sid + pos) % 50).astype(np.int32),
-        ages=(50 + vids / 10).astype(np.float32),
-        visit_ids=vids,
         truncated=np.zeros(len(n), bool),
+        tokens=Ragged(
+            {
+                S.CODES: (3 + (tok_sid + pos) % 50).astype(np.int32),
+                S.AGES: (50 + vids / 10).astype(np.float32),
+                S.VISIT_IDS: vids,
+            },
+            off.astype(np.int64),
+        ),
     )
 
 
@@ -78,7 +82,7 @@ def test_pad_flat_shapes_values_and_cap() -> None:
     ft = make_flat([3, 9, 1, 20, 5])
     order = np.array([2, 0, 4, 1, 3])
     bounds = np.array([0, 3, 5])
-    pb = pad_flat(ft, order, bounds, pad_multiple=8, max_len=20)
+    pb = pad_flat(ft, Ragged(order, bounds), BatchSpec(pad_multiple=8, max_seq_len=20))
     b0, b1 = pb.batch(0), pb.batch(1)
     assert b0[S.CODES].shape == (3, 8)  # longest 5 -> 8
     assert b1[S.CODES].shape == (2, 20)  # longest 20 -> 24, capped at max_len 20
@@ -108,8 +112,8 @@ def test_pad_flat_shapes_values_and_cap() -> None:
 def test_padding_does_not_change_real_positions() -> None:
     """seed-spec §1.7 test (a), data side: a subject padded in a longer batch has the same prefix."""
     ft = make_flat([4, 4, 30])
-    short = pad_flat(ft, np.array([0, 1]), np.array([0, 2])).batch(0)
-    long = pad_flat(ft, np.array([0, 2]), np.array([0, 2])).batch(0)
+    short = pad_flat(ft, Ragged(np.array([0, 1]), np.array([0, 2])), BatchSpec()).batch(0)
+    long = pad_flat(ft, Ragged(np.array([0, 2]), np.array([0, 2])), BatchSpec()).batch(0)
     for name in (S.CODES, S.AGES, S.VISIT_IDS, S.ATTENTION_MASK):
         np.testing.assert_array_equal(short[name][0], long[name][0, : short[name].shape[1]])
         assert not long[S.ATTENTION_MASK][0, 4:].any()
@@ -155,18 +159,24 @@ def _hier() -> VisitTokens:
         subject_id=np.arange(4, dtype=np.int64) + 1,
         event=np.array([True, False, True, False]),
         last_visit=(nv - 1).astype(np.int64),
-        visit_offsets=np.concatenate([[0], np.cumsum(nv)]).astype(np.int64),
-        visit_ages=np.arange(len(flat_sizes), dtype=np.float32) + 40,
-        time_deltas=np.ones(len(flat_sizes), dtype=np.float32),
-        code_offsets=np.concatenate([[0], np.cumsum(flat_sizes)]).astype(np.int64),
-        codes=codes,
         truncated=np.zeros(4, bool),
+        visits=Ragged.from_lengths(
+            {
+                S.AGES: np.arange(len(flat_sizes), dtype=np.float32) + 40,
+                S.TIME_DELTAS: np.ones(len(flat_sizes), dtype=np.float32),
+                S.CODES: Ragged.from_lengths(codes, flat_sizes),
+            },
+            nv,
+        ),
     )
+
+
+HIER_1 = BatchSpec(layout="hierarchical", pad_multiple=1)
 
 
 def test_pad_hierarchical() -> None:
     vt = _hier()
-    pb = pad_hierarchical(vt, np.array([2, 0, 1, 3]), np.array([0, 2, 4]), pad_multiple=1)
+    pb = pad_hierarchical(vt, Ragged(np.array([2, 0, 1, 3]), np.array([0, 2, 4])), HIER_1)
     b = pb.batch(0)
     assert b[S.CODES].shape == (2, 4, 4) and b[S.VISIT_MASK].shape == (2, 4)
     assert b[S.CODES][0, 3].tolist() == [12, 13, 14, 15]  # subject 3's 4th visit
@@ -177,7 +187,9 @@ def test_pad_hierarchical() -> None:
     b1 = pb.batch(1)
     assert b1[S.CODES].shape == (2, 1, 3)
     check_hierarchical_batch(b1)
-    capped = pad_hierarchical(vt, np.arange(4), np.array([0, 4]), pad_multiple=8, max_visits=5)
+    capped = pad_hierarchical(
+        vt, Ragged(np.arange(4), np.array([0, 4])), BatchSpec(layout="hierarchical", max_visits=5)
+    )
     assert capped.batch(0)[S.CODES].shape == (4, 5, 8)
 
 
@@ -211,37 +223,14 @@ def test_batch_spec_validation() -> None:
 def test_pure_modules_import_without_ray() -> None:
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "import ehrsurv_dist.data.vocab, ehrsurv_dist.data.flatten, ehrsurv_dist.data.collate\n"
-        "import ehrsurv_dist.data.masking, ehrsurv_dist.data.checks\n"
+        "import ehrsurv_dist.data.vocab, ehrsurv_dist.data.events, ehrsurv_dist.data.visits\n"
+        "import ehrsurv_dist.data.layouts, ehrsurv_dist.data.blocks, ehrsurv_dist.data.padding\n"
+        "import ehrsurv_dist.data.collate, ehrsurv_dist.data.masking, ehrsurv_dist.data.checks\n"
+        "import ehrsurv_dist.data.plan, ehrsurv_dist.data.encode, ehrsurv_dist.data.scan\n"
+        "import ehrsurv_dist.data.cohort, ehrsurv_dist.data.shards, ehrsurv_dist.data.pipeline\n"
         "assert 'ray.data' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_padded_blocks_on_the_wire_roundtrip_aligned() -> None:
-    """Worker-finished batches travel as binary buffers and come back as aligned views."""
-    ft = make_flat([3, 1, 9, 4, 4, 12, 2], first_id=20)
-    ft.nvp_codes = np.array([5, 6, 7, 5, 8, 9, 3, 4, 10], dtype=np.int32)
-    ft.nvp_offsets = np.array([0, 2, 3, 4, 5, 6, 8, 9])
-    spec = BatchSpec(batch_size=3, mlm_vocab_size=60, nvp_vocab_size=60, pad_multiple=1)
-    flat = collate_block(ft, spec, epoch=2, unit=4)
-    hier = pad_hierarchical(_hier(), np.arange(4), np.array([0, 3, 4]), pad_multiple=1)
-    table = padded_to_arrow([(4, flat), (6, hier)])
-    back = padded_from_arrow(table)
-    assert [u for u, _ in back] == [4, 6]
-    for original, (_, decoded) in zip((flat, hier), back, strict=True):
-        assert len(decoded) == len(original)
-        for k in range(len(original)):
-            a, b = original.batch(k), decoded.batch(k)
-            assert a.keys() == b.keys()
-            for name in a:
-                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-                assert a[name].dtype == b[name].dtype
-                if b[name].size:
-                    assert b[name].ctypes.data % b[name].dtype.itemsize == 0, name
-    got = list(batches_from_blocks([table.slice(0, 1)], spec, epoch=2))
-    assert sum(len(b[S.SUBJECT]) for b in got) == 7
-    assert all(b["nvp_targets"].shape == (len(b[S.SUBJECT]), 60) for b in got)
 
 
 def test_a_unit_split_over_blocks_is_reassembled() -> None:
@@ -267,6 +256,4 @@ def test_an_empty_block_gives_no_batches() -> None:
     ft = make_flat([])
     pb = collate_block(ft, BatchSpec(), 0, 0)
     assert len(pb) == 0
-    back = padded_from_arrow(padded_to_arrow([(0, pb)]))
-    assert len(back[0][1]) == 0
     assert list(batches_from_blocks([flat_to_arrow(ft, 0)], BatchSpec(), 0)) == []

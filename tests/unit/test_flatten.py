@@ -1,4 +1,4 @@
-"""Grouping (same as visits.build_visits), flattening, truncation and the hierarchical layout."""
+"""Grouping (against the reference oracle), flattening, truncation and the hierarchical layout."""
 
 from __future__ import annotations
 
@@ -7,19 +7,11 @@ import pyarrow as pa
 import pytest
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data.flatten import (
-    FlatTokens,
-    build_visits_fast,
-    flat_from_arrow,
-    flat_to_arrow,
-    flatten,
-    hier_from_arrow,
-    hier_to_arrow,
-    split_last_visit,
-    to_hierarchical,
-)
+from ehrsurv_dist.data.blocks import flat_from_arrow, flat_to_arrow, hier_from_arrow, hier_to_arrow
+from ehrsurv_dist.data.layouts import Limits, flatten, to_hierarchical
 from ehrsurv_dist.data.visits import SubjectVisits, build_visits
 from ehrsurv_dist.testing import events_table, outcomes_table
+from tests.oracles.visits_reference import build_visits_reference
 
 BIRTH = "1960-01-01"
 
@@ -67,16 +59,16 @@ def _random_cohort(seed: int) -> tuple[pa.Table, pa.Table]:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("granularity", ["day", "hour"])
-def test_group_visits_matches_build_visits(seed: int, granularity: str) -> None:
+def test_group_visits_matches_the_reference_oracle(seed: int, granularity: str) -> None:
     ev, out = _random_cohort(seed)
-    sv_ref, rej_ref = build_visits(ev, out, granularity)
-    sv, rej = build_visits_fast(ev, out, granularity)
+    sv_ref, rej_ref = build_visits_reference(ev, out, granularity)
+    sv, rej = build_visits(ev, out, granularity)
     _same_visits(sv, sv_ref)
     assert rej.equals(rej_ref)
     # dictionary-encoded input and no outcomes (pretraining) agree too
     ev_d = ev.set_column(2, S.CODE, ev[S.CODE].dictionary_encode())
-    sv2, rej2 = build_visits_fast(ev_d, None, granularity)
-    sv2_ref, rej2_ref = build_visits(ev, None, granularity)
+    sv2, rej2 = build_visits(ev_d, None, granularity)
+    sv2_ref, rej2_ref = build_visits_reference(ev, None, granularity)
     _same_visits(sv2, sv2_ref)
     assert rej2.equals(rej2_ref)
 
@@ -112,28 +104,28 @@ def test_flatten_seed_example() -> None:
 
 def test_keep_recent_cuts_tokens_rebases_visits_and_shifts_last_visit() -> None:
     sv, ids = _seed_example()
-    ft = flatten(sv, ids, max_seq_len=4, truncation="keep_recent")
+    ft = flatten(sv, ids, Limits(max_seq_len=4, truncation="keep_recent"))
     s = ft.subject(0)
     # the last 4 tokens: visit 0 keeps its last code only, visits are rebased to 0
     assert s["codes"] == [500, 250, 428, 428]
     assert s["visit_ids"] == [0, 1, 1, 2]
     assert s["last_visit"] == 2 and s["event"] is True
     assert ft.truncated[0]
-    ft = flatten(sv, ids, max_seq_len=3, truncation="keep_recent")
+    ft = flatten(sv, ids, Limits(max_seq_len=3, truncation="keep_recent"))
     assert ft.subject(0)["visit_ids"] == [0, 0, 1] and ft.last_visit[0] == 1
-    ft = flatten(sv, ids, max_visits=1, truncation="keep_recent")
+    ft = flatten(sv, ids, Limits(max_visits=1, truncation="keep_recent"))
     assert ft.subject(0)["codes"] == [428] and ft.last_visit[0] == 0 and ft.event[0]
 
 
 def test_keep_oldest_censors_when_the_last_visit_is_cut() -> None:
     sv, ids = _seed_example()
-    ft = flatten(sv, ids, max_seq_len=4, truncation="keep_oldest")
+    ft = flatten(sv, ids, Limits(max_seq_len=4, truncation="keep_oldest"))
     s = ft.subject(0)
     assert s["codes"] == [250, 401, 500, 250] and s["visit_ids"] == [0, 0, 0, 1]
     assert s["last_visit"] == 1 and s["event"] is False  # the event came after visit 2
-    ft = flatten(sv, ids, max_seq_len=5, truncation="keep_oldest")
+    ft = flatten(sv, ids, Limits(max_seq_len=5, truncation="keep_oldest"))
     assert ft.last_visit[0] == 1 and not ft.event[0]
-    ft = flatten(sv, ids, max_seq_len=512, truncation="keep_oldest")
+    ft = flatten(sv, ids, Limits(max_seq_len=512, truncation="keep_oldest"))
     assert ft.last_visit[0] == 2 and ft.event[0]  # nothing cut: label kept
 
 
@@ -142,7 +134,7 @@ def test_flatten_many_subjects_vectorised_equals_per_subject() -> None:
     sv, _ = build_visits(ev, out)
     ids = np.arange(len(sv.codes), dtype=np.int32) + 10  # a distinct id per code occurrence
     for trunc in ("keep_recent", "keep_oldest"):
-        ft = flatten(sv, ids, max_seq_len=5, max_visits=3, truncation=trunc)  # type: ignore[arg-type]
+        ft = flatten(sv, ids, Limits(max_seq_len=5, max_visits=3, truncation=trunc))  # type: ignore[arg-type]
         for i in range(sv.num_subjects):
             v0, v1 = sv.visit_offsets[i], sv.visit_offsets[i + 1]
             visits = [
@@ -160,7 +152,7 @@ def test_flatten_many_subjects_vectorised_equals_per_subject() -> None:
 
 def test_hierarchical_caps_deltas_and_rebasing() -> None:
     sv, ids = _seed_example()
-    vt = to_hierarchical(sv, ids, max_visits=2, max_codes_per_visit=1)
+    vt = to_hierarchical(sv, ids, Limits(max_visits=2, max_codes_per_visit=1))
     assert vt.num_visits.tolist() == [2]
     assert vt.codes.tolist() == [250, 428]  # first code of each of the last 2 visits
     assert vt.last_visit.tolist() == [1] and vt.event.tolist() == [True]
@@ -169,35 +161,26 @@ def test_hierarchical_caps_deltas_and_rebasing() -> None:
     assert vt.truncated.tolist() == [True]
     full = to_hierarchical(sv, ids)
     assert full.visit_sizes.tolist() == [3, 2, 1] and not full.truncated[0]
-    old = to_hierarchical(sv, ids, max_visits=2, truncation="keep_oldest")
+    old = to_hierarchical(sv, ids, Limits(max_visits=2, truncation="keep_oldest"))
     assert old.last_visit.tolist() == [1] and old.event.tolist() == [False]
-
-
-def test_split_last_visit() -> None:
-    sv, ids = _seed_example()
-    hist, tpos, toff = split_last_visit(sv)
-    assert hist.num_visits.tolist() == [2] and hist.last_visit.tolist() == [1]
-    assert ids[tpos].tolist() == [428] and toff.tolist() == [0, 1]
-    assert hist.codes.to_pylist() == ["250", "401", "500", "250", "428"]
 
 
 def test_wire_format_roundtrip() -> None:
     ev, out = _random_cohort(4)
     sv, _ = build_visits(ev, out)
     ids = np.arange(len(sv.codes), dtype=np.int32) + 3
-    ft = flatten(sv, ids, max_seq_len=6)
+    ft = flatten(sv, ids, Limits(max_seq_len=6))
     back = flat_from_arrow(flat_to_arrow(ft, unit=7))
-    for name in FlatTokens.__dataclass_fields__:
+    names = ("subject_id", "event", "last_visit", "truncated", "offsets", "codes", "ages")
+    for name in (*names, "visit_ids"):
         a, b = getattr(ft, name), getattr(back, name)
-        if a is None:
-            assert b is None
-        else:
-            np.testing.assert_array_equal(a, b, err_msg=name)
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        assert a.dtype == b.dtype, name
     # a sliced table (as Ray may hand over) decodes the same rows
     t = flat_to_arrow(ft, unit=7).slice(2, 5)
     part = flat_from_arrow(t)
     assert part.subject(0) == ft.subject(2)
-    vt = to_hierarchical(sv, ids, max_codes_per_visit=2)
+    vt = to_hierarchical(sv, ids, Limits(max_codes_per_visit=2))
     vb = hier_from_arrow(hier_to_arrow(vt, unit=1))
     for name in ("visit_offsets", "visit_ages", "time_deltas", "code_offsets", "codes", "event"):
         np.testing.assert_array_equal(getattr(vt, name), getattr(vb, name), err_msg=name)

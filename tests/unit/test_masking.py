@@ -1,4 +1,4 @@
-"""MLM masks and patient-level NVP targets: rates, invariants, determinism."""
+"""MLM masks: rates, invariants, determinism."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data.masking import (
-    hash64,
-    mlm_mask,
-    nvp_targets,
-    stream_key,
-    uniform,
-    unmasked_codes,
-)
+from ehrsurv_dist.data.masking import mlm_mask, unmasked_codes
+from ehrsurv_dist.rng import hash64, stream_key, uniform
 
 VOCAB = 99  # odd size, so a swapped dimension cannot pass
 
@@ -89,14 +83,3 @@ def test_mlm_argument_checks() -> None:
         mlm_mask(codes, sid, pos, VOCAB, 0, 0, prob=0.0)
     with pytest.raises(ValueError, match="vocab_size"):
         mlm_mask(codes, sid, pos, S.NUM_SPECIAL_TOKENS, 0, 0)
-
-
-def test_nvp_targets_multi_hot() -> None:
-    codes = np.array([5, 7, 5, S.UNK_ID, 4], dtype=np.int64)
-    off = np.array([0, 3, 3, 5])
-    t = nvp_targets(codes, off, VOCAB)
-    assert t.shape == (3, VOCAB) and t.dtype == np.float32
-    assert np.flatnonzero(t[0]).tolist() == [5, 7]
-    assert t[1].sum() == 0
-    assert np.flatnonzero(t[2]).tolist() == [4]  # UNK is never a target
-    assert t[:, : S.NUM_SPECIAL_TOKENS].sum() == 0

@@ -11,8 +11,9 @@ import pytest
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data.checks import BatchCheckError, check_flat_batch, visit_token_counts
 from ehrsurv_dist.data.collate import BatchSpec, collate_block, pad_flat
-from ehrsurv_dist.data.flatten import FlatTokens, flatten
+from ehrsurv_dist.data.layouts import FlatTokens, flatten
 from ehrsurv_dist.data.visits import build_visits
+from ehrsurv_dist.ragged import Ragged
 from ehrsurv_dist.testing import events_table, outcomes_table
 
 
@@ -32,7 +33,7 @@ def _tokens() -> FlatTokens:
 
 def _batch() -> tuple[dict[str, np.ndarray], np.ndarray]:
     ft = _tokens()
-    pb = pad_flat(ft, np.arange(3), np.array([0, 3]), pad_multiple=8)
+    pb = pad_flat(ft, Ragged(np.arange(3), np.array([0, 3])), BatchSpec(pad_multiple=8))
     return {k: v.copy() for k, v in pb.batch(0).items()}, pb.expected_for(0)["tokens"]
 
 

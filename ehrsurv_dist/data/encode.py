@@ -1,0 +1,232 @@
+"""Per-unit work: a unit's rows → visits → vocabulary ids → a token block (pure; no Ray).
+
+The same functions run in the Ray Data map tasks and in the single-process reference loop, so
+both paths produce bit-identical blocks: read the unit (:func:`read_unit`), group its visits and
+cut them at the outcome (:func:`unit_visits`), keep one split, look the codes up and lay the
+visits out (:func:`encode_unit`), and write the Arrow block (:func:`encode_events`). Outcome and
+split tables are read once per process (each Ray worker caches them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ehrsurv_dist import schema as S
+from ehrsurv_dist.config import DataConfig
+from ehrsurv_dist.data import io
+from ehrsurv_dist.data.blocks import Layout, flat_to_arrow, hier_to_arrow
+from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, event_arrays
+from ehrsurv_dist.data.layouts import FlatTokens, Limits, VisitTokens, flatten, to_hierarchical
+from ehrsurv_dist.data.meds import CohortReport, read_outcomes
+from ehrsurv_dist.data.plan import Unit, UnitPlan
+from ehrsurv_dist.data.splits import hash_splits
+from ehrsurv_dist.data.visits import GroupedUnit, group_visits
+from ehrsurv_dist.data.vocab import Vocabulary
+from ehrsurv_dist.errors import CohortError
+from ehrsurv_dist.rng import splitmix64
+
+READ_COLUMNS = (S.SUBJECT_ID, S.TIME, S.CODE)
+ROW = "__row"
+_ROW_SHIFT = 40  # row key = file index << 40 | row in file
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """Everything a worker needs to turn a unit into a block (picklable).
+
+    Attributes mirror :class:`config.DataConfig`; ``bad_subjects`` are dropped (sorted int64);
+    ``splits_path`` is the MEDS split file or None; ``limits`` are the layouts' truncation.
+    """
+
+    cohort: str
+    outcomes: str | None
+    granularity: str = "day"
+    split_seed: int = 0
+    splits_path: str | None = None
+    bad_subjects: tuple[int, ...] = ()
+    layout: Layout = "flat"
+    limits: Limits = Limits()
+
+    @classmethod
+    def for_cohort(
+        cls, cohort: str, data: DataConfig, report: CohortReport, layout: Layout
+    ) -> EncodeSpec:
+        """The spec of a validated cohort under a data configuration."""
+        return cls(
+            cohort=cohort,
+            outcomes=report.outcomes,
+            granularity=data.granularity,
+            split_seed=data.split_seed,
+            splits_path=cohort_splits_path(cohort),
+            bad_subjects=tuple(sorted(int(s) for s in report.bad_subjects)),
+            layout=layout,
+            limits=Limits(
+                data.max_seq_len, data.max_visits, data.max_codes_per_visit, data.truncation
+            ),
+        )
+
+
+def cohort_splits_path(cohort: str) -> str | None:
+    """The cohort's MEDS split file, or None when it has none."""
+    fs, root = io.resolve(cohort)
+    sp = io.join(root, S.SUBJECT_SPLITS_PATH)
+    if not io.exists(fs, sp):
+        return None
+    return sp if "://" not in cohort else cohort.rstrip("/") + "/" + S.SUBJECT_SPLITS_PATH
+
+
+_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def _cache_key(kind: str, path: str) -> tuple[str, str]:
+    fs, p = io.resolve(path)
+    info = fs.get_file_info(p)
+    return kind, f"{path}|{info.size}|{info.mtime_ns}"
+
+
+def _outcome_arrays(path: str) -> OutcomeArrays:
+    """The outcome table, read once per process (each Ray worker caches it)."""
+    key = _cache_key("outcomes", path)
+    if key not in _CACHE:
+        _CACHE[key] = OutcomeArrays.from_table(read_outcomes(path))
+    return _CACHE[key]  # type: ignore[no-any-return]
+
+
+def _split_table(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted subject ids, int32 index into names, split names), read once per process."""
+    key = _cache_key("splits", path)
+    if key not in _CACHE:
+        fs, p = io.resolve(path)
+        try:
+            with fs.open_input_file(p) as f:
+                t = pq.read_table(f, columns=[S.SUBJECT_ID, S.SPLIT])
+        except Exception as e:
+            raise CohortError(f"cannot read splits file {path}: {e}") from None
+        sid = np.asarray(t[S.SUBJECT_ID].cast(pa.int64()).to_numpy(zero_copy_only=False))
+        enc = pc.dictionary_encode(t[S.SPLIT].cast(pa.string())).combine_chunks()
+        idx = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), np.int32)
+        names = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+        order = np.argsort(sid, kind="stable")
+        _CACHE[key] = (sid[order], idx[order], names)
+    return _CACHE[key]  # type: ignore[no-any-return]
+
+
+def subject_split(spec: EncodeSpec, subject_id: np.ndarray) -> np.ndarray:
+    """Split name per subject: the MEDS split file, else the hash (as ``splits.subject_splits``)."""
+    out = hash_splits(subject_id, spec.split_seed)
+    if spec.splits_path is None or len(subject_id) == 0:
+        return out
+    sid, idx, names = _split_table(spec.splits_path)
+    if len(sid) == 0:
+        return out
+    pos = np.minimum(np.searchsorted(sid, subject_id), len(sid) - 1)
+    found = (sid[pos] == subject_id) & (idx[pos] >= 0)
+    out[found] = names[idx[pos[found]]]
+    return out
+
+
+def read_unit(unit: Unit, cohort: str, with_row: bool = False) -> pa.Table:
+    """The unit's rows: ``subject_id``, ``time``, ``code`` (dictionary-encoded), column-pruned.
+
+    Args:
+        unit: the unit.
+        cohort: the cohort directory or URI (selects the filesystem).
+        with_row: add ``__row`` (file index << 40 | row in file): the order of appearance.
+    """
+    fs, _ = io.resolve(cohort)
+    with fs.open_input_file(unit.path) as f:
+        pf = pq.ParquetFile(f, read_dictionary=[S.CODE])
+        cols = list(READ_COLUMNS)
+        if unit.row_groups is None:
+            t = pf.read(columns=cols)
+        else:
+            t = pf.read_row_groups(list(unit.row_groups), columns=cols)
+    if with_row:
+        rows = (np.int64(unit.file_index) << _ROW_SHIFT) + unit.first_row + np.arange(t.num_rows)
+        t = t.append_column(ROW, pa.array(rows, pa.int64()))
+    return t
+
+
+def read_buckets(plan: UnitPlan, cohort: str) -> Iterator[tuple[int, pa.Table]]:
+    """(bucket, every row of its subjects) of a ``hash`` plan, in one process: every shard
+    contributes to every bucket, so everything is read (the reference path)."""
+    tables = [read_unit(u, cohort, with_row=True) for u in plan.units]
+    if not tables:
+        return
+    t = with_string_codes(pa.concat_tables([x.cast(tables[0].schema) for x in tables]))
+    b = bucket_of(np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64), plan.num_buckets)
+    for k in range(plan.num_buckets):
+        rows = np.flatnonzero(b == k)
+        if len(rows):
+            yield k, t.take(pa.array(rows))
+
+
+def _events(table: pa.Table, spec: EncodeSpec) -> EventArrays:
+    """The unit's rows as arrays, in order of appearance, without the bad subjects."""
+    if ROW in table.column_names:  # hash buckets: restore the order of appearance
+        row = np.asarray(table[ROW].to_numpy(), dtype=np.int64)
+        if len(row) > 1 and not bool(np.all(row[1:] > row[:-1])):
+            table = table.take(pa.array(np.argsort(row, kind="stable")))
+    ev = event_arrays(table)
+    if spec.bad_subjects:
+        bad = np.asarray(spec.bad_subjects, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(bad, ev.subject_id), len(bad) - 1)
+        keep = bad[pos] != ev.subject_id
+        if not bool(keep.all()):
+            ev = ev.take(np.flatnonzero(keep))
+    return ev
+
+
+def unit_visits(table: pa.Table, spec: EncodeSpec) -> GroupedUnit:
+    """Visits, labels and rejects of one unit's rows (every row of its subjects)."""
+    out = _outcome_arrays(spec.outcomes) if spec.outcomes else None
+    return group_visits(_events(table, spec), out, spec.granularity)
+
+
+def encode_unit(
+    table: pa.Table, spec: EncodeSpec, vocab: Vocabulary, split: str | None
+) -> FlatTokens | VisitTokens:
+    """One unit's rows → its subjects' token sequences (flat or hierarchical layout).
+
+    Args:
+        table: every row of the unit's subjects (``subject_id``, ``time``, ``code``).
+        spec: the encoding parameters.
+        vocab: the fitted vocabulary.
+        split: keep only this split's subjects; None keeps all.
+    """
+    sv = unit_visits(table, spec).visits
+    if split is not None:
+        sv = sv.take(np.flatnonzero(subject_split(spec, sv.subject_id) == split))
+    ids, _ = vocab.lookup(sv.codes)
+    if spec.layout == "hierarchical":
+        return to_hierarchical(sv, ids, spec.limits)
+    return flatten(sv, ids, spec.limits)
+
+
+def encode_events(
+    table: pa.Table, spec: EncodeSpec, vocab: Vocabulary, split: str | None, unit_id: int
+) -> pa.Table:
+    """:func:`encode_unit` as an Arrow block (one row per subject, :mod:`blocks`)."""
+    block = encode_unit(table, spec, vocab, split)
+    if isinstance(block, VisitTokens):
+        return hier_to_arrow(block, unit_id)
+    return flat_to_arrow(block, unit_id)
+
+
+def bucket_of(subject_id: np.ndarray, k: int) -> np.ndarray:
+    """int64 hash bucket in ``[0, k)`` of each subject (hash mode: a bucket is a unit)."""
+    return (splitmix64(subject_id.astype(np.int64).view(np.uint64)) % np.uint64(k)).astype(np.int64)
+
+
+def with_string_codes(table: pa.Table) -> pa.Table:
+    """``table`` with its ``code`` column as plain strings (so tables of several files, each
+    with its own dictionary, can be concatenated and shuffled)."""
+    i = table.schema.get_field_index(S.CODE)
+    return table.set_column(i, S.CODE, table[S.CODE].cast(pa.string()))
