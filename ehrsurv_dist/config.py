@@ -46,6 +46,8 @@ __all__ = [
     "DataConfig",
     "JobConfig",
     "Override",
+    "PRESETS",
+    "Preset",
     "RayConfig",
     "SynthConfig",
     "apply_overrides",
@@ -199,6 +201,22 @@ class DataConfig:
         if self.pad_multiple is not None:
             return self.pad_multiple
         return 8 if use_gpu else 1
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A size of synthetic cohort (``ehrsurv synth --preset``)."""
+
+    subjects: int
+    max_visits: int  # planned visits per subject are capped at this
+    shards: int  # data/ Parquet shards
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(200, 25, 1),
+    "local": Preset(2_000, 50, 2),
+    "pod": Preset(20_000, 80, 4),
+}
 
 
 @dataclass(kw_only=True)

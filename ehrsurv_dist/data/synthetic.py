@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.config import PRESETS, Preset
 from ehrsurv_dist.data.splits import hash_splits
 from ehrsurv_dist.data.synth_block import Block, HazardParams, generate_block
 from ehrsurv_dist.data.synth_codes import CODE_KIND, CODE_NAMES, KIND_DESCRIPTION, SEX_CODES
@@ -50,20 +51,6 @@ __all__ = [
 ]
 
 BLOCK = 8192
-
-
-@dataclass(frozen=True)
-class Preset:
-    subjects: int
-    max_visits: int
-    shards: int
-
-
-PRESETS: dict[str, Preset] = {
-    "smoke": Preset(200, 25, 1),
-    "local": Preset(2_000, 50, 2),
-    "pod": Preset(20_000, 80, 4),
-}
 
 
 _TS = pa.timestamp("us")
