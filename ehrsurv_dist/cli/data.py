@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from typing import get_args, get_type_hints
+from collections.abc import Callable
+from typing import Any, get_args, get_type_hints
 
 from ehrsurv_dist.cli.args import (
     EXIT_INVALID,
@@ -12,10 +14,36 @@ from ehrsurv_dist.cli.args import (
     Subparsers,
     add_quiet,
     nonneg_float,
+    pick,
     positive_int,
 )
 from ehrsurv_dist.config import PRESETS, SynthConfig
 from ehrsurv_dist.errors import EhrsurvError
+
+# `synth`'s options after --preset, in --help order: SynthConfig field -> (type, help); the
+# defaults are SynthConfig's, and a help text's {field} shows that default.
+SYNTH_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "subjects": (positive_int, "number of subjects (overrides the preset)"),
+    "seed": (int, "random seed; same seed, same cohort (default {seed})"),
+    "shards": (
+        positive_int,
+        "number of data/ Parquet shards (default: the preset's, at least one per 250k subjects); "
+        "the data do not depend on it",
+    ),
+    "signal": (
+        float,
+        "multiplier of the hazard's feature coefficients: 1 = the seed's values (a low "
+        "ceiling), 3 = room to tell models apart (default {signal:g})",
+    ),
+    "frailty": (
+        nonneg_float,
+        "SD of the unobservable per-subject frailty on the logit scale (default {frailty:g})",
+    ),
+    "dropout": (
+        float,
+        "per-visit probability of drop-out (non-informative censoring) (default {dropout:g})",
+    ),
+}
 
 
 def add_synth_parser(sub: Subparsers) -> None:
@@ -42,46 +70,11 @@ def add_synth_parser(sub: Subparsers) -> None:
         default=d.preset,
         help=f"size preset: {sizes} (default: {d.preset})",
     )
-    s.add_argument(
-        "--subjects",
-        type=positive_int,
-        default=d.subjects,
-        help="number of subjects (overrides the preset)",
-    )
-    s.add_argument(
-        "--seed",
-        type=int,
-        default=d.seed,
-        help=f"random seed; same seed, same cohort (default {d.seed})",
-    )
-    s.add_argument(
-        "--shards",
-        type=positive_int,
-        default=d.shards,
-        help="number of data/ Parquet shards (default: the preset's, at least one per 250k subjects); "
-        "the data do not depend on it",
-    )
-    s.add_argument(
-        "--signal",
-        type=float,
-        default=d.signal,
-        help="multiplier of the hazard's feature coefficients: 1 = the seed's values (a low "
-        f"ceiling), 3 = room to tell models apart (default {d.signal:g})",
-    )
-    s.add_argument(
-        "--frailty",
-        type=nonneg_float,
-        default=d.frailty,
-        help="SD of the unobservable per-subject frailty on the logit scale "
-        f"(default {d.frailty:g})",
-    )
-    s.add_argument(
-        "--dropout",
-        type=float,
-        default=d.dropout,
-        help="per-visit probability of drop-out (non-informative censoring) "
-        f"(default {d.dropout:g})",
-    )
+    defaults = dataclasses.asdict(d)
+    for name, (tp, help_text) in SYNTH_OPTIONS.items():
+        s.add_argument(
+            f"--{name}", type=tp, default=defaults[name], help=help_text.format(**defaults)
+        )
     s.add_argument("--out", required=True, help="output directory (must be new or empty)")
     s.add_argument("--no-report", action="store_true", help="skip the ground-truth report")
     add_quiet(s, "no progress bar")
@@ -103,14 +96,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     with tqdm(total=total, unit="subj", desc="synth", disable=args.quiet, file=sys.stderr) as bar:
         res = synthesize(
             args.out,
-            preset=args.preset,
-            subjects=args.subjects,
-            seed=args.seed,
-            shards=args.shards,
-            signal=args.signal,
-            frailty=args.frailty,
-            dropout=args.dropout,
             progress=bar.update,
+            **pick(args, *(f.name for f in dataclasses.fields(SynthConfig))),
         )
     print(
         f"wrote {res.subjects:,} subjects, {res.rows:,} rows in {res.shards} shard(s) to "

@@ -22,8 +22,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import meds
@@ -118,11 +118,23 @@ class SynthResult:
     seconds: float
 
 
-@contextmanager
-def _parquet_stream(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A Parquet writer of row groups to ``path``, renamed into place only on success."""
-    with atomic.atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        yield writer
+class _ParquetStream:
+    """Row groups streamed into one Parquet file through ``atomic.atomic_path``.
+
+    The file opens at the first write (the schema is the first table's) and belongs to
+    ``files``: closing that stack renames it into place, unwinding it on an error removes it.
+    """
+
+    def __init__(self, files: ExitStack, path: str) -> None:
+        self.files = files
+        self.path = path
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            tmp = self.files.enter_context(atomic.atomic_path(self.path))
+            self.writer = self.files.enter_context(pq.ParquetWriter(tmp, table.schema))
+        self.writer.write_table(table)
 
 
 def _write_blocks(
@@ -147,21 +159,16 @@ def _write_blocks(
     outcomes: list[pa.Table] = []
     rows = 0
     with ExitStack() as files:
-        truth_w: pq.ParquetWriter | None = None
-        shard_w: pq.ParquetWriter | None = None
-        shard_files = ExitStack()  # the open shard, finished with .close() when the next starts
-        files.enter_context(shard_files)
+        truth = _ParquetStream(files, os.path.join(out, S.TRUTH_FILE))
+        # the open shard, finished with .close() when the next one starts
+        shard_files = files.enter_context(ExitStack())
+        shard: _ParquetStream | None = None
         open_shard = -1
         for bi in range(-(-n_total // BLOCK)):
             lo_g, hi_g = bi * BLOCK, min((bi + 1) * BLOCK, n_total)
             blk = generate_block(bi, hi_g - lo_g, first_id + lo_g, seed, max_visits, hp)
             outcomes.append(_block_outcomes(blk))
-            tt = _block_truth(blk)
-            if truth_w is None:
-                truth_w = files.enter_context(
-                    _parquet_stream(os.path.join(out, S.TRUTH_FILE), tt.schema)
-                )
-            truth_w.write_table(tt)
+            truth.write(_block_truth(blk))
             # split the block's subjects over the shards whose ranges it overlaps
             for sh in range(k_shards):
                 a, b = max(bounds[sh], lo_g), min(bounds[sh + 1], hi_g)
@@ -169,13 +176,11 @@ def _write_blocks(
                     continue
                 tbl = _block_data_table(blk, int(a - lo_g), int(b - lo_g))
                 rows += tbl.num_rows
-                if sh != open_shard:
+                if shard is None or sh != open_shard:
                     shard_files.close()
                     path = os.path.join(out, S.DATA_SUBDIR, f"shard_{sh:04d}.parquet")
-                    shard_w = shard_files.enter_context(_parquet_stream(path, tbl.schema))
-                    open_shard = sh
-                assert shard_w is not None
-                shard_w.write_table(tbl)
+                    shard, open_shard = _ParquetStream(shard_files, path), sh
+                shard.write(tbl)
             if progress is not None:
                 progress(hi_g - lo_g)
         shard_files.close()  # the last shard before truth.parquet, as shards always come first
