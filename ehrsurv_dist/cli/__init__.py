@@ -3,7 +3,7 @@
 Each subcommand is a thin wrapper over a library function; its parser and its command live in
 one module of this package (:mod:`~ehrsurv_dist.cli.data`: synth, validate;
 :mod:`~ehrsurv_dist.cli.jobs`: pretrain, finetune, evaluate, predict, tune, config;
-:mod:`~ehrsurv_dist.cli.bench`: bench; :mod:`ehrsurv_dist.cluster`: cluster). Errors caused by
+:mod:`~ehrsurv_dist.cli.bench`: bench; :mod:`~ehrsurv_dist.cli.cluster`: cluster). Errors caused by
 the user's input (:class:`~ehrsurv_dist.errors.EhrsurvError`, config errors) are printed on one
 line, naming the file, column, subject or key, and exit non-zero without a Python traceback.
 """
@@ -14,9 +14,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ehrsurv_dist import cluster
 from ehrsurv_dist.cli.args import EXIT_ERROR, EXIT_INVALID, EXIT_OK
 from ehrsurv_dist.cli.bench import add_bench_parsers
+from ehrsurv_dist.cli.cluster import add_cluster_parser
 from ehrsurv_dist.cli.data import add_synth_parser, add_validate_parser
 from ehrsurv_dist.cli.jobs import (
     add_config_parser,
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_predict_parser,
         add_bench_parsers,
         add_tune_parser,
-        cluster.add_parser,
+        add_cluster_parser,
         add_config_parser,
     ):
         add(sub)
