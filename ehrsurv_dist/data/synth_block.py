@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ehrsurv_dist.constants import DAY_US, US_PER_YEAR
+from ehrsurv_dist.constants import DAY_US, US_PER_SECOND, US_PER_YEAR
 from ehrsurv_dist.data.synth_codes import (
     CHRONIC,
     CODE_KIND,
@@ -35,9 +35,10 @@ from ehrsurv_dist.data.synth_codes import (
     TX,
     TX_TAB,
 )
+from ehrsurv_dist.ragged import offsets_of
 
 STUDY_START = np.datetime64("2010-01-01T00:00:00", "us").astype(np.int64)
-US_PER_MINUTE = 60_000_000
+US_PER_MINUTE = 60 * US_PER_SECOND
 SLOTS = 5  # code slots of a planned visit
 
 
@@ -207,7 +208,7 @@ def _plan_visits(rng: np.random.Generator, has: np.ndarray) -> _Planned:
     h_subj = np.repeat(healthy, nv)
     h_gap = 30 + rng.exponential(180.0, len(h_subj)).astype(np.int64)
     # cumulative gaps restarted per subject
-    h_first = np.concatenate([[0], np.cumsum(nv)[:-1]])
+    h_first = offsets_of(nv)[:-1]
     h_cum = np.cumsum(h_gap)
     h_day = h_cum - np.repeat(h_cum[h_first] - h_gap[h_first], nv) + 1
     subj_l.append(h_subj)
@@ -418,5 +419,5 @@ def generate_block(
         last_visit=o.last.astype(np.int64),
         hazard=h[o.kept].astype(np.float32),
         hazard_observable=h_obs[o.kept].astype(np.float32),
-        hazard_offsets=np.concatenate([[0], np.cumsum(o.last + 1)]).astype(np.int64),
+        hazard_offsets=offsets_of(o.last + 1),
     )
