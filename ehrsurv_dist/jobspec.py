@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ehrsurv_dist.config import JobConfig, option, require, section
+from ehrsurv_dist.models.config import AttentionMode, VisitPooling
 from ehrsurv_dist.train.engine import EngineConfig
 
 
@@ -23,14 +24,14 @@ class ModelSpec:
     size: Literal["tiny", "small", "medium", "large"] = option(
         "small", "Preset size (seed-spec §3; tiny is for CPU tests and smoke runs)."
     )
-    attention: Literal["visit_causal", "bidirectional"] = option(
+    attention: AttentionMode = option(
         "visit_causal",
         "visit_causal: visit t sees visits <= t (no leakage, DESIGN.md §3); bidirectional: "
         "seed parity, leaks the sequence end.",
     )
     dropout: float = option(0.1, "Dropout in embeddings and transformer blocks, in [0, 1).")
     sinusoidal: bool = option(False, "Fixed sinusoidal positions instead of learned ones.")
-    visit_pooling: Literal["mean", "attention"] = option(
+    visit_pooling: VisitPooling = option(
         "mean", "How token states become a visit state for the hazard head (flat BEHRT)."
     )
 

@@ -1,7 +1,11 @@
 """Typed configuration dataclasses for the models (one per concern).
 
-Each field has a docstring; ``__post_init__`` raises a ``ValueError`` that names the offending
-field. ``vocab_size`` may be left ``None`` in YAML: it is only known once the vocabulary is built,
+Each field has a docstring; ``__post_init__`` raises a
+:class:`~ehrsurv_dist.errors.ConfigError` (a ``ValueError``) keyed by the offending field, as
+the job config's dataclasses do. These configs are built from a job's ``model`` and
+``finetune`` sections by ``train/modeling.py`` (``model.dropout`` → ``dropout``,
+``model.sinusoidal`` → ``use_sinusoidal``, ``finetune.lora_rank`` → ``LoRAConfig.rank``, ...),
+where the job spec has already checked the values it sets. ``vocab_size`` may be left ``None`` in YAML: it is only known once the vocabulary is built,
 and is filled in with ``dataclasses.replace(cfg, vocab_size=n)`` (or by the builders in
 ``models/builders.py``) before a model is constructed. The models refuse a config whose
 ``vocab_size`` is still ``None``.
@@ -12,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ehrsurv_dist.errors import require
 from ehrsurv_dist.schema import NUM_SPECIAL_TOKENS
 
 AttentionMode = Literal["visit_causal", "bidirectional"]
@@ -22,25 +27,47 @@ VISIT_POOLINGS: tuple[str, ...] = ("mean", "attention")
 
 
 def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+    require(value > 0, name, f"must be > 0, got {value!r}")
 
 
 def _probability(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    require(0.0 <= value < 1.0, name, f"must be in [0, 1), got {value!r}")
 
 
 def _vocab(value: int | None) -> None:
-    if value is not None and value <= NUM_SPECIAL_TOKENS:
-        raise ValueError(
-            f"vocab_size must be > NUM_SPECIAL_TOKENS ({NUM_SPECIAL_TOKENS}) or None, got {value!r}"
-        )
+    require(
+        value is None or value > NUM_SPECIAL_TOKENS,
+        "vocab_size",
+        f"must be > NUM_SPECIAL_TOKENS ({NUM_SPECIAL_TOKENS}) or None, got {value!r}",
+    )
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    require(value in choices, name, f"must be one of {choices}, got {value!r}")
+
+
+def _check_encoder(
+    cfg: BEHRTConfig | HierarchicalConfig, positive: tuple[str, ...], optional: tuple[str, ...]
+) -> None:
+    """The checks both transformer configs share: sizes, heads, dropouts, attention, pooling.
+
+    ``positive`` fields must be > 0; ``optional`` ones too unless None (checked in that order).
+    """
+    _vocab(cfg.vocab_size)
+    for name in positive:
+        _positive(name, getattr(cfg, name))
+    for name in optional:
+        if getattr(cfg, name) is not None:
+            _positive(name, getattr(cfg, name))
+    require(
+        cfg.hidden_dim % cfg.num_heads == 0,
+        "hidden_dim",
+        f"must be divisible by num_heads ({cfg.num_heads}), got {cfg.hidden_dim}",
+    )
+    for name in ("dropout", "attention_dropout", "head_dropout"):
+        _probability(name, getattr(cfg, name))
+    _choice("attention", cfg.attention, ATTENTION_MODES)
+    _choice("visit_pooling", cfg.visit_pooling, VISIT_POOLINGS)
 
 
 @dataclass
@@ -88,30 +115,25 @@ class BEHRTConfig:
     """Tie the MLM output matrix to the code embedding (needs embedding_dim == hidden_dim)."""
 
     def __post_init__(self) -> None:
-        _vocab(self.vocab_size)
-        for name in ("embedding_dim", "hidden_dim", "num_layers", "num_heads", "max_position"):
-            _positive(name, getattr(self, name))
-        _positive("max_visits", self.max_visits)
-        _positive("max_age", self.max_age)
-        _positive("age_bin_size", self.age_bin_size)
-        if self.intermediate_dim is not None:
-            _positive("intermediate_dim", self.intermediate_dim)
-        if self.hazard_hidden_dim is not None:
-            _positive("hazard_hidden_dim", self.hazard_hidden_dim)
-        if self.hidden_dim % self.num_heads != 0:
-            raise ValueError(
-                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
-            )
-        _probability("dropout", self.dropout)
-        _probability("attention_dropout", self.attention_dropout)
-        _probability("head_dropout", self.head_dropout)
-        _choice("attention", self.attention, ATTENTION_MODES)
-        _choice("visit_pooling", self.visit_pooling, VISIT_POOLINGS)
-        if self.tie_mlm_weights and self.embedding_dim != self.hidden_dim:
-            raise ValueError(
-                "tie_mlm_weights requires embedding_dim == hidden_dim, got "
-                f"{self.embedding_dim} != {self.hidden_dim}"
-            )
+        _check_encoder(
+            self,
+            (
+                "embedding_dim",
+                "hidden_dim",
+                "num_layers",
+                "num_heads",
+                "max_position",
+                "max_visits",
+                "max_age",
+                "age_bin_size",
+            ),
+            ("intermediate_dim", "hazard_hidden_dim"),
+        )
+        require(
+            not self.tie_mlm_weights or self.embedding_dim == self.hidden_dim,
+            "tie_mlm_weights",
+            f"requires embedding_dim == hidden_dim, got {self.embedding_dim} != {self.hidden_dim}",
+        )
 
     @property
     def ffn_dim(self) -> int:
@@ -164,23 +186,21 @@ class HierarchicalConfig:
     """Dropout inside the hazard MLP."""
 
     def __post_init__(self) -> None:
-        _vocab(self.vocab_size)
-        for name in ("hidden_dim", "num_heads", "num_layers", "max_visits", "max_codes_per_visit"):
-            _positive(name, getattr(self, name))
-        for name in ("max_age", "age_bin_size", "max_time_delta", "time_bin_size"):
-            _positive(name, getattr(self, name))
-        _positive("hazard_hidden_dim", self.hazard_hidden_dim)
-        if self.intermediate_dim is not None:
-            _positive("intermediate_dim", self.intermediate_dim)
-        if self.hidden_dim % self.num_heads != 0:
-            raise ValueError(
-                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
-            )
-        _probability("dropout", self.dropout)
-        _probability("attention_dropout", self.attention_dropout)
-        _probability("head_dropout", self.head_dropout)
-        _choice("attention", self.attention, ATTENTION_MODES)
-        _choice("visit_pooling", self.visit_pooling, VISIT_POOLINGS)
+        _check_encoder(
+            self,
+            (
+                "hidden_dim",
+                "num_heads",
+                "num_layers",
+                "max_visits",
+                "max_codes_per_visit",
+                "max_age",
+                "age_bin_size",
+                "max_time_delta",
+                "time_bin_size",
+            ),
+            ("hazard_hidden_dim", "intermediate_dim"),
+        )
 
     @property
     def ffn_dim(self) -> int:
@@ -246,5 +266,8 @@ class LoRAConfig:
         _positive("rank", self.rank)
         _positive("alpha", self.alpha)
         _probability("dropout", self.dropout)
-        if not (self.target_attention or self.target_ffn):
-            raise ValueError("target_attention and target_ffn cannot both be False")
+        require(
+            self.target_attention or self.target_ffn,
+            "target_ffn",
+            "target_attention and target_ffn cannot both be False",
+        )

@@ -67,3 +67,23 @@ def test_help_explains_every_option() -> None:
             assert action.help and len(action.help) > 10, f"{name} {action.dest} has no help"
         r = _cli(name, "--help")
         assert r.returncode == 0 and "usage: ehrsurv " + name in r.stdout
+
+
+def test_synth_defaults_and_choices_are_synth_config_and_presets() -> None:
+    import dataclasses
+    from typing import get_args, get_type_hints
+
+    from ehrsurv_dist.cli import build_parser
+    from ehrsurv_dist.config import PRESETS, SynthConfig
+
+    args = build_parser().parse_args(["synth", "--out", "x"])
+    for f in dataclasses.fields(SynthConfig):
+        assert getattr(args, f.name) == getattr(SynthConfig(), f.name), f.name
+    choices = get_args(get_type_hints(SynthConfig)["preset"])
+    assert choices == tuple(PRESETS)
+    (preset,) = [
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices["synth"]._actions
+        if a.dest == "preset"
+    ]  # type: ignore[union-attr]
+    assert tuple(preset.choices or ()) == choices

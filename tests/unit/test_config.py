@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_type_hints
+from typing import Literal, get_args, get_type_hints
 
 import pytest
 
@@ -26,6 +26,16 @@ from ehrsurv_dist.config import (
     section,
     to_dict,
 )
+from ehrsurv_dist.jobspec import FinetuneSpec, ModelSpec
+from ehrsurv_dist.models.config import (
+    ATTENTION_MODES,
+    VISIT_POOLINGS,
+    BEHRTConfig,
+    HierarchicalConfig,
+    LoRAConfig,
+    LSTMConfig,
+)
+from ehrsurv_dist.schema import RISK_SCORES
 
 # --- A test-only tree exercising every supported annotation -----------------------------------
 
@@ -435,3 +445,33 @@ def test_pad_multiple_auto_is_8_on_gpu_and_1_on_cpu() -> None:
         DataConfig(pad_multiple=0)
     with pytest.raises(ConfigError, match="window_batches"):
         DataConfig(window_batches=0)
+
+
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (lambda: BEHRTConfig(hidden_dim=0), "hidden_dim"),
+        (lambda: BEHRTConfig(hidden_dim=30, num_heads=4), "hidden_dim"),
+        (lambda: BEHRTConfig(vocab_size=2), "vocab_size"),
+        (lambda: BEHRTConfig(attention="both"), "attention"),  # type: ignore[arg-type]
+        (lambda: BEHRTConfig(tie_mlm_weights=True, embedding_dim=64), "tie_mlm_weights"),
+        (lambda: HierarchicalConfig(max_time_delta=0), "max_time_delta"),
+        (lambda: HierarchicalConfig(head_dropout=1.0), "head_dropout"),
+        (lambda: LSTMConfig(num_layers=0), "num_layers"),
+        (lambda: LoRAConfig(alpha=0), "alpha"),
+        (lambda: LoRAConfig(target_attention=False), "target_ffn"),
+    ],
+)
+def test_model_configs_raise_config_errors_naming_the_field(build, key) -> None:  # type: ignore[no-untyped-def]
+    # one validation style: the model configs raise ConfigError keyed like the job config's
+    with pytest.raises(ConfigError) as ei:
+        build()
+    assert ei.value.key == key and str(ei.value).startswith(f"{key}: ")
+
+
+def test_job_choices_are_the_model_and_schema_lists() -> None:
+    model = get_type_hints(ModelSpec)
+    assert get_args(model["attention"]) == ATTENTION_MODES
+    assert get_args(model["visit_pooling"]) == VISIT_POOLINGS
+    # finetune.risk_score's choices are schema.RISK_SCORES, the one list of risk-score names
+    assert get_args(get_type_hints(FinetuneSpec)["risk_score"]) == RISK_SCORES

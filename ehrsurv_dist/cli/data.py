@@ -1,0 +1,155 @@
+"""``ehrsurv synth`` and ``ehrsurv validate``: write a synthetic cohort, check a real one."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any, get_args, get_type_hints
+
+from ehrsurv_dist.cli.args import (
+    EXIT_INVALID,
+    EXIT_OK,
+    Subparsers,
+    add_quiet,
+    nonneg_float,
+    pick,
+    positive_int,
+)
+from ehrsurv_dist.config import PRESETS, SynthConfig
+from ehrsurv_dist.errors import EhrsurvError
+
+# `synth`'s options after --preset, in --help order: SynthConfig field -> (type, help); the
+# defaults are SynthConfig's, and a help text's {field} shows that default.
+SYNTH_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "subjects": (positive_int, "number of subjects (overrides the preset)"),
+    "seed": (int, "random seed; same seed, same cohort (default {seed})"),
+    "shards": (
+        positive_int,
+        "number of data/ Parquet shards (default: the preset's, at least one per 250k subjects); "
+        "the data do not depend on it",
+    ),
+    "signal": (
+        float,
+        "multiplier of the hazard's feature coefficients: 1 = the seed's values (a low "
+        "ceiling), 3 = room to tell models apart (default {signal:g})",
+    ),
+    "frailty": (
+        nonneg_float,
+        "SD of the unobservable per-subject frailty on the logit scale (default {frailty:g})",
+    ),
+    "dropout": (
+        float,
+        "per-visit probability of drop-out (non-informative censoring) (default {dropout:g})",
+    ),
+}
+
+
+def add_synth_parser(sub: Subparsers) -> None:
+    """``ehrsurv synth``: its defaults and choices are :class:`SynthConfig`'s and the presets'."""
+    d = SynthConfig()
+    s = sub.add_parser(
+        "synth",
+        help="write a synthetic MEDS cohort with known hazards",
+        description=(
+            "Write a synthetic MEDS cohort (data/ shards, metadata/, outcomes.parquet) plus "
+            "truth.parquet with the generator's true per-visit hazards, and print the "
+            "ground-truth report (oracle C-indices on the held-out split)."
+        ),
+    )
+    sizes = ", ".join(
+        f"{name} {p.subjects:,} subjects / max {p.max_visits} visits"
+        if i == 0
+        else f"{name} {p.subjects:,} / {p.max_visits}"
+        for i, (name, p) in enumerate(PRESETS.items())
+    )
+    s.add_argument(
+        "--preset",
+        choices=list(get_args(get_type_hints(SynthConfig)["preset"])),
+        default=d.preset,
+        help=f"size preset: {sizes} (default: {d.preset})",
+    )
+    defaults = dataclasses.asdict(d)
+    for name, (tp, help_text) in SYNTH_OPTIONS.items():
+        s.add_argument(
+            f"--{name}", type=tp, default=defaults[name], help=help_text.format(**defaults)
+        )
+    s.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    s.add_argument("--no-report", action="store_true", help="skip the ground-truth report")
+    add_quiet(s, "no progress bar")
+    s.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    # tqdm and the generator are imported when the command runs, not when the parser is built
+    from tqdm import tqdm
+
+    from ehrsurv_dist.data.synth_report import format_synth_report, write_synth_report
+    from ehrsurv_dist.data.synthetic import synthesize
+
+    if not 0 <= args.dropout < 1:
+        raise EhrsurvError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.signal <= 0:
+        raise EhrsurvError(f"--signal must be > 0, got {args.signal}")
+    total = args.subjects or PRESETS[args.preset].subjects
+    with tqdm(total=total, unit="subj", desc="synth", disable=args.quiet, file=sys.stderr) as bar:
+        res = synthesize(
+            args.out,
+            progress=bar.update,
+            **pick(args, *(f.name for f in dataclasses.fields(SynthConfig))),
+        )
+    print(
+        f"wrote {res.subjects:,} subjects, {res.rows:,} rows in {res.shards} shard(s) to "
+        f"{res.out} in {res.seconds:.1f} s ({res.subjects / max(res.seconds, 1e-9):,.0f} subjects/s)"
+    )
+    if not args.no_report:
+        rep = write_synth_report(args.out)
+        print(format_synth_report(rep))
+        print(f"report written to {args.out}/synth_report.json")
+    return EXIT_OK
+
+
+def add_validate_parser(sub: Subparsers) -> None:
+    """``ehrsurv validate COHORT``."""
+    v = sub.add_parser(
+        "validate",
+        help="check a MEDS cohort and its outcome table",
+        description=(
+            "Read every shard of a MEDS cohort and its outcome table and print a data-quality "
+            "report: counts per problem with file, column and a few example subject ids. "
+            "Exit code 0 = usable (warnings allowed), 1 = errors found, 2 = could not run."
+        ),
+    )
+    v.add_argument("cohort", help="cohort directory (local path or pyarrow filesystem URI)")
+    v.add_argument("--outcomes", help="outcome table (default: COHORT/outcomes.parquet)")
+    v.add_argument(
+        "--granularity",
+        choices=["day", "hour", "minute", "second"],
+        default="day",
+        help="visit granularity: events sharing the truncated timestamp form one visit (default day)",
+    )
+    v.add_argument(
+        "--require-outcomes",
+        action="store_true",
+        help="treat a missing outcome table as an error (default: a warning; pretraining needs none)",
+    )
+    v.add_argument("--json", help="also write the report as JSON to this path")
+    v.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    # the validator (pyarrow) is imported when the command runs, not when the parser is built
+    from ehrsurv_dist.atomic import write_json as write_json_atomic
+    from ehrsurv_dist.data.meds import validate_cohort
+
+    rep = validate_cohort(
+        args.cohort,
+        outcomes=args.outcomes,
+        granularity=args.granularity,
+        require_outcomes=args.require_outcomes,
+    )
+    print(rep.format())
+    if args.json:
+        write_json_atomic(rep.to_dict(), args.json)
+    return EXIT_OK if rep.ok else EXIT_INVALID

@@ -1,0 +1,233 @@
+"""The job commands: ``pretrain``, ``finetune``, ``evaluate``, ``predict``, ``tune``, ``config``.
+
+Ray, torch and the trainers are imported when a command runs, not when the parser is built, so
+that ``ehrsurv --help`` and argument errors stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ehrsurv_dist.cli.args import EXIT_OK, Subparsers, add_job_args, add_quiet, job_overrides
+from ehrsurv_dist.errors import EhrsurvError, OutputError
+from ehrsurv_dist.rundir import METRICS, PLOTS
+
+TRAIN_MODES = (
+    ("pretrain", "self-supervised MLM / next-visit pretraining of the BEHRT encoder"),
+    ("finetune", "survival fine-tuning (frozen / LoRA / full), then evaluation"),
+)
+
+
+def add_train_parsers(sub: Subparsers) -> None:
+    """``ehrsurv pretrain`` and ``ehrsurv finetune``."""
+    for mode, help_text in TRAIN_MODES:
+        t = sub.add_parser(
+            mode,
+            help=help_text,
+            description=(
+                f"{help_text[0].upper()}{help_text[1:]} as a Ray Train job (DeepSpeed or torch DDP "
+                "workers) on an in-process local Ray, or on the cluster at RAY_ADDRESS. "
+                "Re-running the same command resumes from the latest checkpoint."
+            ),
+        )
+        add_job_args(t)
+        if mode == "finetune":
+            t.add_argument("--init", help="pretrained run directory to initialise the encoder from")
+            t.add_argument(
+                "--no-eval", action="store_true", help="skip the evaluation after training"
+            )
+        t.set_defaults(func=lambda a, m=mode: cmd_train(a, m))
+
+
+@contextmanager
+def ray_cleanup() -> Iterator[None]:
+    """Shut down on exit the in-process Ray that the body started (not one already running)."""
+    import ray  # at the edge: only the commands that train start Ray
+
+    started = not ray.is_initialized()
+    try:
+        yield
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+
+
+def cmd_train(args: argparse.Namespace, mode: str) -> int:
+    from ehrsurv_dist.atomic import write_json as write_json_atomic
+    from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.jobspec import JobSpec
+    from ehrsurv_dist.metrics import plots
+    from ehrsurv_dist.metrics.survival import jsonable
+    from ehrsurv_dist.train.launch import run_training
+
+    spec = load_config(JobSpec, args.config, job_overrides(args))
+    with ray_cleanup():
+        res = run_training(spec, mode, args.out)
+        metrics: dict[str, Any] = {
+            "train": {
+                "mode": mode,
+                "best_epoch": res.best_epoch,
+                "best_val_score": res.best_score,
+                "history": res.history,
+            }
+        }
+        if res.history:
+            plots.plot_training_curves(res.history, f"{args.out}/plots/training_curves.png")
+        if mode == "finetune" and not args.no_eval:
+            from ehrsurv_dist.evaluate import evaluate_run
+
+            metrics.update(evaluate_run(args.out))
+        write_json_atomic(jsonable(metrics), f"{args.out}/{METRICS}")
+    print(summary(metrics, args.out))
+    return EXIT_OK
+
+
+def summary(metrics: dict[str, Any], out: str) -> str:
+    """The lines printed after a run: best epoch and score, then the metrics of each split."""
+    t = metrics["train"]
+    lines = [
+        f"run {out}: {t['mode']}, best epoch {t['best_epoch']}, val score {t['best_val_score']:.4f}"
+    ]
+    for split in ("tuning", "held_out"):
+        m = metrics.get(split)
+        if not m or not m.get("n_subjects"):
+            continue
+        ci = m.get("c_index_td_ci") or [float("nan"), float("nan")]
+        lines.append(
+            f"  {split:9s} n={m['n_subjects']:5d} events={m.get('n_events', 0):5d}  "
+            f"td-C {_f(m.get('c_index_td'))} [{_f(ci[0])}, {_f(ci[1])}]  "
+            f"Harrell {_f(m.get('c_index_harrell'))}  Uno {_f(m.get('c_index_uno'))}  "
+            f"IBS {_f(m.get('ibs'))}"
+        )
+    lines.append(f"metrics: {out}/{METRICS}   plots: {out}/{PLOTS}/")
+    return "\n".join(lines)
+
+
+def _f(x: Any) -> str:
+    return "  n/a " if x is None else f"{float(x):.4f}"
+
+
+def add_evaluate_parser(sub: Subparsers) -> None:
+    """``ehrsurv evaluate RUN``."""
+    e = sub.add_parser(
+        "evaluate",
+        help="score a fine-tuned run on whole splits",
+        description="Predict every subject of the given splits of the run's cohort with the best "
+        "model and write metrics.json, predictions/ and plots/ in the run directory.",
+    )
+    e.add_argument("run", help="run directory written by `ehrsurv finetune`")
+    e.add_argument(
+        "--split",
+        action="append",
+        choices=["train", "tuning", "held_out"],
+        default=None,
+        help="split to evaluate (repeatable; default tuning and held_out)",
+    )
+    e.add_argument(
+        "--n-boot",
+        type=int,
+        default=None,
+        help="bootstrap resamples (default: the run's eval.n_boot)",
+    )
+    e.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.atomic import write_json as write_json_atomic
+    from ehrsurv_dist.evaluate import evaluate_run
+
+    res = evaluate_run(
+        args.run, splits=tuple(args.split or ("tuning", "held_out")), n_boot=args.n_boot
+    )
+    path = f"{args.run}/{METRICS}"
+    old: dict[str, Any] = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            old = json.load(fh)
+    old.update(res)
+    write_json_atomic(old, path)
+    no_train = {"mode": "finetune", "best_epoch": -1, "best_val_score": float("nan")}
+    print(summary({"train": old.get("train", no_train), **res}, args.run))
+    return EXIT_OK
+
+
+def add_predict_parser(sub: Subparsers) -> None:
+    """``ehrsurv predict RUN --cohort COHORT --out FILE``."""
+    pr = sub.add_parser(
+        "predict",
+        help="predict hazards and survival for a cohort with a trained run",
+        description="Write per-subject hazards, survival and risk (no input codes) for every "
+        "subject of COHORT to a Parquet file.",
+    )
+    pr.add_argument("run", help="run directory written by `ehrsurv finetune`")
+    pr.add_argument("--cohort", required=True, help="MEDS cohort to predict")
+    pr.add_argument("--out", required=True, help="output Parquet file (written atomically)")
+    pr.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.evaluate import predict_cohort
+
+    if os.path.isdir(args.out):  # refuse before the work, not at the final rename
+        raise OutputError(f"--out {args.out} is a directory; give a Parquet file path")
+    report = predict_cohort(args.run, args.cohort, args.out)
+    print(report.summary(args.out))
+    return EXIT_OK
+
+
+def add_tune_parser(sub: Subparsers) -> None:
+    """``ehrsurv tune``."""
+    tu = sub.add_parser(
+        "tune",
+        help="Ray Tune sweep of fine-tuning runs (strategies, losses, learning rates)",
+        description="Run the search space of the job's `tune:` section as a Ray Tune sweep: one "
+        "Ray Train fine-tuning run per trial, ASHA on validation td-C, then a results table, a "
+        "td-C vs trainable-parameters plot, best.yaml and the best model on held_out. "
+        "Re-running the same command resumes the sweep. See docs/tuning.md.",
+    )
+    add_job_args(tu, out_required=False)
+    tu.add_argument("--init", help="pretrained run directory to initialise every trial from")
+    tu.add_argument(
+        "--dry-run", action="store_true", help="list the trials of the search space and exit"
+    )
+    add_quiet(tu, "no progress bar")
+    tu.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.tune import TuneJobSpec, expand_trials, format_trials, run_sweep
+
+    spec = load_config(TuneJobSpec, args.config, job_overrides(args))
+    if args.dry_run:
+        print(format_trials(expand_trials(spec)))
+        return EXIT_OK
+    if not args.out:
+        raise EhrsurvError("tune: --out is required (only --dry-run runs without it)")
+    with ray_cleanup():
+        res = run_sweep(spec, args.out, progress=not args.quiet)
+    print(res.summary())
+    return EXIT_OK
+
+
+def add_config_parser(sub: Subparsers) -> None:
+    """``ehrsurv config``: every job key."""
+    c = sub.add_parser(
+        "config",
+        help="list every job config key with its type, default and meaning",
+        description="Print every dotted key a job YAML or a KEY=VALUE override can set.",
+    )
+    c.set_defaults(func=cmd_config)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.config import format_help
+    from ehrsurv_dist.jobspec import JobSpec
+
+    print(format_help(JobSpec))
+    return EXIT_OK

@@ -1,0 +1,318 @@
+""":func:`validate_cohort`: check a MEDS cohort and its outcome table (DESIGN.md §1).
+
+Every shard is read once, file by file (bounded memory; :mod:`ehrsurv_dist.data.validate_files`),
+then the per-subject aggregates are merged across shards for the birth and age checks, and the
+outcome table is checked against the subjects and their first visits. The result is a
+:class:`~ehrsurv_dist.data.validation_report.CohortReport`: counts per problem with the file,
+column and a few example subject ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ehrsurv_dist import schema as S
+from ehrsurv_dist.constants import US_PER_YEAR
+from ehrsurv_dist.data import io
+from ehrsurv_dist.data.meds_read import (
+    data_files,
+    default_outcomes_path,
+    read_outcomes,
+    short_error,
+)
+from ehrsurv_dist.data.validate_files import NO_TIME_MAX, NO_TIME_MIN, FileSummary, check_file
+from ehrsurv_dist.data.validation_report import CohortReport, Problem
+from ehrsurv_dist.data.visits import GRANULARITY_US, time_us
+from ehrsurv_dist.errors import CohortError
+
+MAX_AGE_YEARS = 125.0
+
+
+def validate_cohort(
+    cohort: str,
+    outcomes: str | None = None,
+    granularity: str = "day",
+    require_outcomes: bool = False,
+) -> CohortReport:
+    """Check a MEDS cohort and its outcome table; never raises for bad data.
+
+    Args:
+        cohort: cohort directory (local path or pyarrow filesystem URI).
+        outcomes: outcome table path; default ``COHORT/outcomes.parquet`` when it exists.
+        granularity: visit granularity (used for the outcome-before-first-visit check).
+        require_outcomes: report a missing outcome table as an error rather than a warning.
+
+    Returns:
+        The report; ``report.ok`` is False when there is at least one error.
+    """
+    if granularity not in GRANULARITY_US:
+        raise ValueError(f"granularity must be one of {sorted(GRANULARITY_US)}")
+    rep = CohortReport(cohort=cohort, outcomes=None)
+    summaries = _check_files(rep, cohort)
+    if not summaries:
+        return rep
+    subj = _merge_summaries(summaries)
+    rep.n_subjects = len(subj.ids)
+    if rep.n_subjects == 0:
+        rep.add(Problem("error", "empty_cohort", "the cohort has no rows", fatal=True))
+        return rep
+    rep.add_subjects(
+        "warning",
+        "subject_spans_shards",
+        f"{len(subj.spans)} subject(s) appear in more than one shard "
+        "(MEDS expects one shard per subject; the reader merges them)",
+        subj.spans,
+        None,
+        S.SUBJECT_ID,
+    )
+    _check_birth_and_age(rep, subj)
+    _check_outcome_table(rep, cohort, outcomes, require_outcomes, subj, granularity)
+    return rep
+
+
+@dataclass
+class _Subjects:
+    """Per-subject aggregates over every shard: [S] each, sorted by subject id."""
+
+    ids: np.ndarray
+    spans: np.ndarray  # ids of the subjects found in more than one shard
+    birth: np.ndarray  # earliest MEDS_BIRTH, NO_TIME_MIN where none
+    birth_last: np.ndarray  # latest MEDS_BIRTH
+    first: np.ndarray  # first event time, NO_TIME_MAX where none
+    last: np.ndarray  # last event time, NO_TIME_MIN where none
+
+
+def _check_files(rep: CohortReport, cohort: str) -> list[FileSummary]:
+    """List and check every shard; the summaries of the usable ones (none: nothing to merge)."""
+    try:
+        fs, files, other = data_files(cohort)
+    except Exception as e:
+        rep.add_fatal("unreadable_cohort", f"cannot list {cohort}: {short_error(e)}", None)
+        return []
+    rep.files = files
+    for o in other:
+        rep.add(Problem("warning", "ignored_file", "not a .parquet file; ignored", o))
+    if not files:
+        rep.add_fatal(
+            "empty_cohort", f"no Parquet files under {io.join(cohort, S.DATA_SUBDIR)}", None
+        )
+        return []
+    summaries: list[FileSummary] = []
+    codes: set[str] = set()
+    for path in files:
+        summ, distinct = check_file(rep, path, fs)
+        if summ is not None:
+            summaries.append(summ)
+            codes |= distinct
+    rep.n_codes = len(codes - set(S.NON_INPUT_CODES))
+    return summaries
+
+
+def _merge_summaries(summaries: list[FileSummary]) -> _Subjects:
+    """Merge per-shard aggregates per subject.
+
+    Birth = the earliest MEDS_BIRTH over every shard (as the reader uses it, flatten.py).
+    """
+    all_sid = np.concatenate([s.subjects for s in summaries])
+    subjects, inv, nfiles = np.unique(all_sid, return_inverse=True, return_counts=True)
+    birth = np.full(len(subjects), NO_TIME_MAX, dtype=np.int64)
+    birth_last = np.full(len(subjects), NO_TIME_MIN, dtype=np.int64)
+    first = np.full(len(subjects), NO_TIME_MAX, dtype=np.int64)
+    last = np.full(len(subjects), NO_TIME_MIN, dtype=np.int64)
+    births = np.concatenate([s.birth for s in summaries])
+    np.minimum.at(birth, inv, np.where(births == NO_TIME_MIN, NO_TIME_MAX, births))
+    birth[birth == NO_TIME_MAX] = NO_TIME_MIN
+    np.maximum.at(birth_last, inv, np.concatenate([s.birth_last for s in summaries]))
+    np.minimum.at(first, inv, np.concatenate([s.first for s in summaries]))
+    np.maximum.at(last, inv, np.concatenate([s.last for s in summaries]))
+    return _Subjects(subjects, subjects[nfiles > 1], birth, birth_last, first, last)
+
+
+def _check_birth_and_age(rep: CohortReport, s: _Subjects) -> None:
+    """Birth present and unambiguous, events at ages in [0, MAX_AGE_YEARS], some visits."""
+    no_birth = s.ids[s.birth == NO_TIME_MIN]
+    rep.add_subjects(
+        "error",
+        "no_birth",
+        f"{len(no_birth)} subject(s) have no {S.BIRTH_CODE} event with a time "
+        "(age cannot be computed)",
+        no_birth,
+        None,
+        S.CODE,
+    )
+    hb = s.birth != NO_TIME_MIN
+    conflict = s.ids[hb & (s.birth_last != s.birth)]
+    rep.add_subjects(
+        "error",
+        "conflicting_birth",
+        f"{len(conflict)} subject(s) have {S.BIRTH_CODE} events at different times "
+        "(in one shard or across shards): the age is ambiguous",
+        conflict,
+        None,
+        S.TIME,
+    )
+    has_ev = s.first != NO_TIME_MAX
+    neg = s.ids[hb & has_ev & (s.first < s.birth)]
+    rep.add_subjects(
+        "error",
+        "negative_age",
+        f"{len(neg)} subject(s) have events before {S.BIRTH_CODE} (age < 0)",
+        neg,
+        None,
+        S.TIME,
+    )
+    old = s.ids[hb & has_ev & ((s.last - s.birth) / US_PER_YEAR > MAX_AGE_YEARS)]
+    rep.add_subjects(
+        "error",
+        "age_over_125",
+        f"{len(old)} subject(s) have events at an age over {MAX_AGE_YEARS:g} years",
+        old,
+        None,
+        S.TIME,
+    )
+    novis = s.ids[~has_ev]
+    rep.add_subjects(
+        "warning",
+        "no_visits",
+        f"{len(novis)} subject(s) have no timed events besides birth/death: no visits",
+        novis,
+        None,
+        S.TIME,
+    )
+
+
+def _check_outcome_table(
+    rep: CohortReport,
+    cohort: str,
+    outcomes: str | None,
+    require_outcomes: bool,
+    s: _Subjects,
+    granularity: str,
+) -> None:
+    """Check the outcome table if there is one; its absence is an error only when asked for."""
+    opath = outcomes or default_outcomes_path(cohort)
+    ofs, op = io.resolve(opath)
+    if io.exists(ofs, op):
+        rep.outcomes = opath
+        _check_outcomes(rep, opath, s.ids, s.first, granularity)
+    elif outcomes is not None or require_outcomes:
+        rep.add_fatal("no_outcomes", f"outcome table not found: {opath}", opath)
+    else:
+        rep.add(
+            Problem(
+                "warning",
+                "no_outcomes",
+                f"no outcome table at {opath}: the cohort can be used for pretraining only",
+                opath,
+            )
+        )
+
+
+def _check_outcomes(
+    rep: CohortReport,
+    path: str,
+    subjects: np.ndarray,
+    first: np.ndarray,
+    granularity: str,
+) -> None:
+    """Outcome rows: no nulls, one per subject, subjects known, some history before each."""
+    try:
+        t = read_outcomes(path)
+    except CohortError as e:
+        rep.add_fatal("bad_outcomes", str(e), path)
+        return
+    rep.n_outcome_rows = t.num_rows
+    for col in (S.SUBJECT_ID, S.OUTCOME_EVENT, S.OUTCOME_TIME):
+        nn = t[col].null_count
+        if nn:
+            rep.add(
+                Problem(
+                    "error",
+                    "null_outcome",
+                    f"{nn} outcome row(s) have a null '{col}'",
+                    path,
+                    col,
+                    count=nn,
+                    fatal=col == S.SUBJECT_ID,
+                ),
+                np.asarray(t.filter(pc.is_null(t[col]))[S.SUBJECT_ID].drop_null().to_numpy()),
+            )
+    t = t.filter(pc.is_valid(t[S.SUBJECT_ID]))
+    osid = np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
+    ev = np.asarray(pc.fill_null(t[S.OUTCOME_EVENT], False).to_numpy(zero_copy_only=False))
+    rep.n_events = int(ev.sum())
+    _check_outcome_subjects(rep, path, subjects, osid)
+    _check_history(rep, path, subjects, first, granularity, t, osid, ev)
+
+
+def _check_outcome_subjects(
+    rep: CohortReport, path: str, subjects: np.ndarray, osid: np.ndarray
+) -> None:
+    """One outcome row per subject, for subjects of the data; subjects without one are noted."""
+    uniq, counts = np.unique(osid, return_counts=True)
+    dup = uniq[counts > 1]
+    rep.add_subjects(
+        "error",
+        "duplicate_outcome",
+        f"{len(dup)} subject(s) have more than one outcome row",
+        dup,
+        path,
+        S.SUBJECT_ID,
+    )
+    unknown = np.setdiff1d(uniq, subjects)
+    rep.add_subjects(
+        "error",
+        "unknown_outcome_subject",
+        f"{len(unknown)} outcome row(s) name subjects that are not in the data",
+        unknown,
+        path,
+        S.SUBJECT_ID,
+    )
+    missing = np.setdiff1d(subjects, uniq)
+    rep.add_subjects(
+        "warning",
+        "no_outcome",
+        f"{len(missing)} subject(s) have no outcome row: usable for pretraining only",
+        missing,
+        path,
+        S.SUBJECT_ID,
+    )
+
+
+def _check_history(
+    rep: CohortReport,
+    path: str,
+    subjects: np.ndarray,
+    first: np.ndarray,
+    granularity: str,
+    t: pa.Table,
+    osid: np.ndarray,
+    ev: np.ndarray,
+) -> None:
+    """Outcome at or before the first visit: no input history (DESIGN.md §2)."""
+    tu, tnull = time_us(t[S.OUTCOME_TIME])
+    pos = np.searchsorted(subjects, osid)
+    pos_c = np.minimum(pos, max(len(subjects) - 1, 0))
+    known = (len(subjects) > 0) & (subjects[pos_c] == osid) & ~tnull
+    g = GRANULARITY_US[granularity]
+    f = first[pos_c]
+    has_visit = f != NO_TIME_MAX
+    okey = np.floor_divide(tu, g)
+    fkey = np.floor_divide(np.where(has_visit, f, 0), g)
+    no_hist = known & (
+        ~has_visit | np.where(ev, fkey >= okey, fkey > okey)
+    )  # event: needs a visit strictly before; censored: at or before
+    bad = np.unique(osid[no_hist])
+    rep.add_subjects(
+        "error",
+        "outcome_before_first_visit",
+        f"{len(bad)} subject(s) have their outcome before (or, for an event, on the day of)"
+        " their first visit: no input history",
+        bad,
+        path,
+        S.OUTCOME_TIME,
+    )

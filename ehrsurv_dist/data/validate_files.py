@@ -1,0 +1,245 @@
+"""The per-shard checks of the MEDS validator: schema, rows, order, and per-subject aggregates.
+
+Each shard is read once (bounded memory); what the cross-shard checks of
+:mod:`ehrsurv_dist.data.validate` need is kept as a :class:`FileSummary` per shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import meds
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ehrsurv_dist import schema as S
+from ehrsurv_dist.data.meds_read import read_events_table, short_error
+from ehrsurv_dist.data.validation_report import CohortReport, Problem
+from ehrsurv_dist.data.visits import time_us
+
+NO_TIME_MAX = np.iinfo(np.int64).max  # "no time yet" of a running minimum
+NO_TIME_MIN = np.iinfo(np.int64).min  # "no time yet" of a running maximum
+
+
+@dataclass
+class FileSummary:
+    """Per-subject aggregates of one shard, kept for the cross-file checks."""
+
+    subjects: np.ndarray  # unique subject ids in the file
+    birth: np.ndarray  # earliest MEDS_BIRTH, int64 us, or INT64_MIN sentinel where none
+    birth_last: np.ndarray  # latest MEDS_BIRTH (differs from birth: conflicting births)
+    first: np.ndarray  # first non-static, non-birth/death event time (us); INT64_MAX if none
+    last: np.ndarray  # last such time; INT64_MIN if none
+
+
+def check_file(rep: CohortReport, path: str, fs: Any) -> tuple[FileSummary | None, set[str]]:
+    """Check one shard and summarise it.
+
+    Returns:
+        The shard's summary (None when the file cannot be used) and its distinct codes.
+    """
+    t = _read_checked(rep, path, fs)
+    if t is None:
+        return None, set()
+    rep.n_rows += t.num_rows
+    t = _drop_null_subjects(rep, path, t)
+    sid = np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
+    _check_null_codes(rep, path, t, sid)
+    tu, tnull = time_us(t[S.TIME])
+    rep.n_static_rows += int(tnull.sum())
+    codes = t[S.CODE]
+    distinct = set(pc.unique(codes.drop_null()).to_pylist()) if t.num_rows else set()
+    if len(sid) > 1:
+        _check_order(rep, path, sid, tu, tnull)
+    return _summarise(
+        sid, tu, tnull, _is_code(codes, S.BIRTH_CODE), _is_code(codes, S.DEATH_CODE)
+    ), distinct
+
+
+def _read_checked(rep: CohortReport, path: str, fs: Any) -> pa.Table | None:
+    """The shard's event columns, or None (reported) when its schema or data are unusable."""
+    try:
+        with fs.open_input_file(path) as f:
+            sch = pq.read_schema(f)
+    except Exception as e:  # truncated / not Parquet / permission: name the file, no traceback
+        rep.add_fatal("unreadable_file", f"cannot read Parquet file: {short_error(e)}", path)
+        return None
+    if not check_schema(rep, path, sch):
+        return None
+    try:
+        return read_events_table(path, fs)
+    except Exception as e:
+        rep.add_fatal("unreadable_file", f"cannot read data: {short_error(e)}", path)
+        return None
+
+
+def check_schema(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
+    """Column presence and types. Returns False if the file cannot be read further."""
+    missing = [col for col in (S.SUBJECT_ID, S.TIME, S.CODE) if col not in sch.names]
+    for col in missing:
+        rep.add_fatal(
+            "missing_column",
+            f"required MEDS column '{col}' is missing "
+            f"(columns present: {', '.join(sch.names) or 'none'})",
+            path,
+            col,
+        )
+    if missing:
+        return False
+    ok = _check_subject_type(rep, path, sch)
+    ok = _check_time_type(rep, path, sch) and ok
+    ok = _check_code_type(rep, path, sch) and ok
+    if S.NUMERIC_VALUE in sch.names and not pa.types.is_floating(sch.field(S.NUMERIC_VALUE).type):
+        rep.add(
+            Problem(
+                "warning",
+                "wrong_dtype",
+                f"'{S.NUMERIC_VALUE}' has type {sch.field(S.NUMERIC_VALUE).type}, expected float32;"
+                " it is not used as a model input",
+                path,
+                S.NUMERIC_VALUE,
+            )
+        )
+    return ok
+
+
+def _check_subject_type(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
+    sid_t = sch.field(S.SUBJECT_ID).type
+    if pa.types.is_integer(sid_t):
+        return True
+    want = meds.DataSchema.schema().field(S.SUBJECT_ID).type
+    rep.add_fatal(
+        "wrong_dtype", f"'{S.SUBJECT_ID}' has type {sid_t}, expected {want}", path, S.SUBJECT_ID
+    )
+    return False
+
+
+def _check_time_type(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
+    time_t = sch.field(S.TIME).type
+    if not pa.types.is_timestamp(time_t):
+        hint = (
+            " (string times: parse them into timestamps in your ETL)"
+            if pa.types.is_string(time_t) or pa.types.is_large_string(time_t)
+            else ""
+        )
+        want = meds.DataSchema.schema().field(S.TIME).type
+        rep.add_fatal(
+            "wrong_dtype", f"'{S.TIME}' has type {time_t}, expected {want}{hint}", path, S.TIME
+        )
+        return False
+    if time_t.unit != "us" or time_t.tz is not None:
+        rep.add(
+            Problem(
+                "warning",
+                "time_unit",
+                f"'{S.TIME}' is {time_t}; it is read as timestamp[us] without a time zone",
+                path,
+                S.TIME,
+            )
+        )
+    return True
+
+
+def _check_code_type(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
+    code_t = sch.field(S.CODE).type
+    is_str = (
+        pa.types.is_string(code_t)
+        or pa.types.is_large_string(code_t)
+        or (pa.types.is_dictionary(code_t) and pa.types.is_string(code_t.value_type))
+    )
+    if not is_str:
+        rep.add_fatal("wrong_dtype", f"'{S.CODE}' has type {code_t}, expected string", path, S.CODE)
+    return is_str
+
+
+def _drop_null_subjects(rep: CohortReport, path: str, t: pa.Table) -> pa.Table:
+    """``t`` without rows whose subject_id is null (a fatal error when there are any)."""
+    sid_null = t[S.SUBJECT_ID].null_count
+    if not sid_null:
+        return t
+    rep.add(
+        Problem(
+            "error",
+            "null_subject_id",
+            f"{sid_null} row(s) have a null subject_id",
+            path,
+            S.SUBJECT_ID,
+            count=sid_null,
+            fatal=True,
+        )
+    )
+    return t.filter(pc.is_valid(t[S.SUBJECT_ID]))
+
+
+def _check_null_codes(rep: CohortReport, path: str, t: pa.Table, sid: np.ndarray) -> None:
+    code_null = np.asarray(pc.is_null(t[S.CODE]).to_numpy(zero_copy_only=False), dtype=bool)
+    rep.add_subjects(
+        "error",
+        "null_code",
+        f"{int(code_null.sum())} row(s) have a null code",
+        np.unique(sid[code_null]),
+        path,
+        S.CODE,
+        count=int(code_null.sum()),
+    )
+
+
+def _check_order(
+    rep: CohortReport, path: str, sid: np.ndarray, tu: np.ndarray, tnull: np.ndarray
+) -> None:
+    """Contiguity and time order within the file (allowed but reported; the reader sorts)."""
+    change = np.flatnonzero(sid[1:] != sid[:-1]) + 1
+    run_subj = sid[np.concatenate([[0], change])]
+    uniq, counts = np.unique(run_subj, return_counts=True)
+    split = uniq[counts > 1]
+    rep.add_subjects(
+        "warning",
+        "non_contiguous_subject",
+        f"{len(split)} subject(s) are not contiguous in the file "
+        "(MEDS expects contiguous, time-sorted rows; the reader re-groups them)",
+        split,
+        path,
+        S.SUBJECT_ID,
+    )
+    idx = np.flatnonzero(~tnull)
+    s2, t2 = sid[idx], tu[idx]
+    back = (s2[1:] == s2[:-1]) & (t2[1:] < t2[:-1])
+    bad = np.unique(s2[1:][back])
+    rep.add_subjects(
+        "warning",
+        "unsorted_times",
+        f"times are not sorted within {len(bad)} subject(s) (the reader sorts them)",
+        bad,
+        path,
+        S.TIME,
+    )
+
+
+def _is_code(codes: pa.ChunkedArray, code: str) -> np.ndarray:
+    """bool [rows]: the row's code is ``code`` (null codes are not)."""
+    return np.asarray(
+        pc.fill_null(pc.equal(codes, code), False).to_numpy(zero_copy_only=False), dtype=bool
+    )
+
+
+def _summarise(
+    sid: np.ndarray, tu: np.ndarray, tnull: np.ndarray, is_birth: np.ndarray, is_death: np.ndarray
+) -> FileSummary:
+    """Per-subject aggregates: birth, first/last event time (non-static, not birth/death)."""
+    uniq, inv = np.unique(sid, return_inverse=True)
+    n = len(uniq)
+    birth = np.full(n, NO_TIME_MAX, dtype=np.int64)
+    bmask = is_birth & ~tnull
+    np.minimum.at(birth, inv[bmask], tu[bmask])
+    birth[birth == NO_TIME_MAX] = NO_TIME_MIN
+    birth_last = np.full(n, NO_TIME_MIN, dtype=np.int64)
+    np.maximum.at(birth_last, inv[bmask], tu[bmask])
+    ev = ~tnull & ~is_birth & ~is_death
+    first = np.full(n, NO_TIME_MAX, dtype=np.int64)
+    last = np.full(n, NO_TIME_MIN, dtype=np.int64)
+    np.minimum.at(first, inv[ev], tu[ev])
+    np.maximum.at(last, inv[ev], tu[ev])
+    return FileSummary(uniq, birth, birth_last, first, last)
