@@ -34,6 +34,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         prefix=TMP_PREFIX, suffix="-" + os.path.basename(target), dir=directory
     )
     os.close(fd)
+    # mkstemp creates the file 0600; give the result the mode a plain open() would (0666 less
+    # the umask), so outputs stay readable by the group/others as the user's umask intends.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, target)
@@ -41,6 +44,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(data: bytes, path: str | os.PathLike[str], fsync: bool = False) -> None:

@@ -225,3 +225,15 @@ def test_interrupted_predict_leaves_no_predictions(
         == 8
     )
     assert _leftovers(out_dir) == ["predictions.parquet"]  # the same call, uninterrupted
+
+
+def test_atomic_files_get_the_umask_mode_not_0600(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files; an output must be readable as a plain open() would make it."""
+    old = os.umask(0o022)
+    try:
+        atomic.write_text("x", tmp_path / "a.txt")
+        atomic.write_parquet(pa.table({"a": [1]}), tmp_path / "b.parquet")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.parquet").stat().st_mode & 0o777 == 0o644
