@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist.config import ConfigError, option, require
 from ehrsurv_dist.train.optim import (
     SCHEDULES,
@@ -438,7 +439,7 @@ class Engine(abc.ABC):
                 "global_step": self._global_step,
                 "micro_step": self._micro_step,
             }
-            _write_json_atomic(os.path.join(path, META_FILE), meta)
+            atomic.write_json(meta, os.path.join(path, META_FILE), sort_keys=True)
         _barrier()
 
     def load(self, path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -584,9 +585,7 @@ class TorchEngine(Engine):
             "scheduler": self._scheduler.state_dict(),
             "extra": extra,
         }
-        target = os.path.join(path, STATE_DIR, "state.pt")
-        torch.save(state, target + ".tmp")
-        os.replace(target + ".tmp", target)
+        atomic.write_torch(state, os.path.join(path, STATE_DIR, "state.pt"))
 
     def _load_state(self, path: str) -> dict[str, Any]:
         # weights_only=False: `extra` may hold any picklable loop state; checkpoints are ours.
@@ -807,11 +806,3 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def _write_json_atomic(path: str, data: Mapping[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)

@@ -1,14 +1,8 @@
 """Launch pretraining / fine-tuning as a Ray Train ``TorchTrainer`` job (driver side).
 
-Run directory layout (DESIGN.md §5)::
-
-    RUN/config.yaml          resolved job config (the run's identity: resume needs the same)
-    RUN/vocab.json           vocabulary with its content hash
-    RUN/rejects.parquet      subjects dropped, with the reason (only if any)
-    RUN/ray/                 Ray Train storage: per-epoch (ZeRO) checkpoints, kept by score
-    RUN/checkpoints/best/model.pt   consolidated fp32 export of the best epoch
-    RUN/metrics.json         training history (+ evaluation, for finetune)
-    RUN/plots/*.png          training curves (+ evaluation plots)
+The run directory's layout (``config.yaml``, ``vocab.json``, ``ray/``, the export, ...) is named
+in :mod:`ehrsurv_dist.rundir` (DESIGN.md §5); ``config.yaml`` is the run's identity (resume
+needs the same), ``ray/`` holds Ray Train's per-epoch (ZeRO) checkpoints, kept by score.
 """
 
 from __future__ import annotations
@@ -30,15 +24,14 @@ from ehrsurv_dist.config import ConfigError, dump_yaml, load_config, to_dict
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError, OutputError
 from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.rundir import CONFIG, EXPORT, MODE, RAY_DIR, RUN_FILES, VOCAB
 from ehrsurv_dist.train import manifest, modeling
 from ehrsurv_dist.train.progress import DriverProgress
 from ehrsurv_dist.train.worker import LOOP_FILE, MODEL_FILE, train_func
 
 log = logging.getLogger(__name__)
-RAY_DIR = "ray"
 DATA_CPUS = 1  # kept free for the Ray Data tasks that feed the workers
 RUN_NAME = "train"
-EXPORT = os.path.join("checkpoints", "best", "model.pt")
 
 
 @dataclass
@@ -66,7 +59,7 @@ def claim_output_dir(
         OutputError: ``out`` holds another ``what`` (a different config, or ``same()`` false),
             an unreadable config, other files, or is not writable.
     """
-    cfg_path = os.path.join(out, "config.yaml")
+    cfg_path = os.path.join(out, CONFIG)
     if os.path.exists(cfg_path):
         try:
             old = load_config(schema, cfg_path)
@@ -100,7 +93,7 @@ def prepare_run_dir(out: str, spec: JobSpec, mode: str) -> bool:
             filesystem has less than ``train.min_free_gb`` free.
     """
     check_free_space(out, spec.train.min_free_gb)
-    mode_file = os.path.join(out, "MODE")
+    mode_file = os.path.join(out, MODE)
 
     def same_mode() -> bool:
         old_mode = open(mode_file).read().strip() if os.path.exists(mode_file) else "?"
@@ -143,7 +136,7 @@ def discard_new_run(out: str, created: bool) -> None:
     """Remove what :func:`prepare_run_dir` and the vocabulary fit wrote for a run that never
     started training, so that a failed first attempt leaves no half-made run behind (and does
     not block the same ``--out`` for a corrected config). Only known files are removed."""
-    for name in ("config.yaml", "MODE", "vocab.json", S.REJECTS_FILE):
+    for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out, name))
     if created:
@@ -255,7 +248,7 @@ def _preflight(
     )
     init_ray(spec)
     check_resources(spec)
-    vocab_path = os.path.join(out, "vocab.json")
+    vocab_path = os.path.join(out, VOCAB)
     if resume and os.path.exists(vocab_path):
         saved = Vocabulary.load(vocab_path)
         vocab = vocab or saved
@@ -312,13 +305,13 @@ def run_training(
         raise ConfigError("data.cohort", "no cohort: pass --cohort DIR or set data.cohort")
     out = os.path.abspath(out)
     # Workers run in Ray's own working directory: hand them absolute local paths.
-    spec = _absolute_paths(spec)
+    spec = absolute_paths(spec)
     init_export = None
     vocab: Vocabulary | None = None
     if mode == "finetune" and spec.finetune.init:
         init_export = os.path.join(spec.finetune.init, EXPORT)
         exp = modeling.load_export(init_export)
-        vocab = Vocabulary.load(os.path.join(spec.finetune.init, "vocab.json"))
+        vocab = Vocabulary.load(os.path.join(spec.finetune.init, VOCAB))
         vocab.check_hash(exp["vocab_hash"], source=init_export)
     created = not os.path.exists(out)
     resume = prepare_run_dir(out, spec, mode)
@@ -412,7 +405,7 @@ def run_training(
     )
 
 
-def _absolute_paths(spec: JobSpec) -> JobSpec:
+def absolute_paths(spec: JobSpec) -> JobSpec:
     """``data.cohort``, ``data.outcomes``, ``finetune.init`` and ``train.step_log`` as absolute
     paths (URIs kept)."""
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
@@ -275,12 +276,11 @@ def report_epoch(
         if rc.rank == 0:
             scaling = rc.spec.finetune.lora_alpha / rc.spec.finetune.lora_rank
             sd = modeling.merge_lora_state(full, scaling) if rc.mode == "finetune" else full
-            torch.save(
-                {"state_dict": sd, "epoch": epoch, "improved": improved},
-                os.path.join(d, MODEL_FILE),
+            model = {"state_dict": sd, "epoch": epoch, "improved": improved}
+            atomic.write_torch(model, os.path.join(d, MODEL_FILE))
+            atomic.write_text(
+                json.dumps(state.to_dict(), default=float), os.path.join(d, LOOP_FILE)
             )
-            with open(os.path.join(d, LOOP_FILE), "w") as fh:
-                json.dump(state.to_dict(), fh, default=float)
         # last: the manifest (sha256 of every file this rank wrote) marks them complete
         manifest.write_manifest(d, rc.rank, rc.world, meta={"epoch": epoch})
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))

@@ -10,7 +10,7 @@ import pytest
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.errors import OutputError
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.train.launch import _absolute_paths, prepare_run_dir
+from ehrsurv_dist.train.launch import absolute_paths, prepare_run_dir
 
 
 def test_local_paths_become_absolute_uris_stay(
@@ -22,14 +22,14 @@ def test_local_paths_become_absolute_uris_stay(
         None,
         [("data.cohort", "c"), ("finetune.init", "runs/pre"), ("train.step_log", "steps.jsonl")],
     )
-    a = _absolute_paths(spec)
+    a = absolute_paths(spec)
     assert a.data.cohort == os.path.join(str(tmp_path), "c")
     assert a.finetune.init == os.path.join(str(tmp_path), "runs", "pre")
     assert a.train.step_log == os.path.join(str(tmp_path), "steps.jsonl")
     assert a.data.outcomes is None
-    assert _absolute_paths(load_config(JobSpec, None, [])).train.step_log is None
+    assert absolute_paths(load_config(JobSpec, None, [])).train.step_log is None
     s3 = load_config(JobSpec, None, [("data.cohort", "s3://bucket/cohort")])
-    assert _absolute_paths(s3).data.cohort == "s3://bucket/cohort"
+    assert absolute_paths(s3).data.cohort == "s3://bucket/cohort"
 
 
 def test_run_dir_contract(tmp_path: Path) -> None:
