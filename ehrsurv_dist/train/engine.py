@@ -326,20 +326,30 @@ class Engine(abc.ABC):
 
     def __init__(
         self,
+        model: nn.Module,
         cfg: EngineConfig,
+        total_steps: int,
         device: torch.device,
         precision: Literal["fp32", "bf16"],
-        optimizer: torch.optim.Optimizer,
-        scheduler: LambdaLR,
     ) -> None:
         self.cfg = cfg
         self.device = device
         self.precision = precision
+        self._prepare_device()
+        model.to(device)
+        self._optimizer, self._scheduler = optimizer_and_scheduler(model, cfg, total_steps)
         self.rank, self.world_size = _rank_and_world()
-        self._optimizer = optimizer
-        self._scheduler = scheduler
         self._micro_step = 0
         self._global_step = 0
+        self._wrap(model)
+
+    def _prepare_device(self) -> None:  # noqa: B027 - optional hook
+        """What must happen before the model moves to the device (DeepSpeed: the process
+        group and the current CUDA device)."""
+
+    @abc.abstractmethod
+    def _wrap(self, model: nn.Module) -> None:
+        """Wrap ``model`` (on its device, with ``self._optimizer`` built) for training."""
 
     # ---- the loop's interface -----------------------------------------------------------
 
@@ -521,25 +531,15 @@ class TorchEngine(Engine):
 
     kind = "torch"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        cfg: EngineConfig,
-        total_steps: int,
-        device: torch.device,
-        precision: Literal["fp32", "bf16"],
-    ) -> None:
-        model.to(device)
-        optimizer, scheduler = optimizer_and_scheduler(model, cfg, total_steps)
-        super().__init__(cfg, device, precision, optimizer, scheduler)
+    def _wrap(self, model: nn.Module) -> None:
         self._module = model
-        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._params = [p for g in self._optimizer.param_groups for p in g["params"]]
         self._wrapped: nn.Module = model
         if self.world_size > 1:
             self._wrapped = DistributedDataParallel(
                 model,
-                device_ids=[device] if device.type == "cuda" else None,
-                find_unused_parameters=cfg.find_unused_parameters,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.cfg.find_unused_parameters,
             )
 
     @property
@@ -612,24 +612,19 @@ class DeepSpeedEngine(Engine):
 
     kind = "deepspeed"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        cfg: EngineConfig,
-        total_steps: int,
-        device: torch.device,
-        precision: Literal["fp32", "bf16"],
-    ) -> None:
+    def _prepare_device(self) -> None:
         # Imported here: importing deepspeed takes ~0.5 s and logs accelerator detection, which
         # a torch-engine run or a config check should not pay for.
-        import deepspeed
+        import deepspeed  # noqa: F401  (first, as before the process group)
 
-        ensure_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)  # DeepSpeed places the model on the current device
-        model.to(device)
-        optimizer, scheduler = optimizer_and_scheduler(model, cfg, total_steps)
-        super().__init__(cfg, device, precision, optimizer, scheduler)
+        ensure_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # DeepSpeed places the model on the current device
+
+    def _wrap(self, model: nn.Module) -> None:
+        import deepspeed  # already imported by _prepare_device
+
+        cfg, precision = self.cfg, self.precision
         ds_config = deepspeed_config(cfg, precision)
         # fp32 without ZeRO: DeepSpeed clips with a Python loop of one norm per parameter plus
         # an all-reduce of the (already identical) norm: 8% of a CPU step of the small model
@@ -643,11 +638,12 @@ class DeepSpeedEngine(Engine):
             ds_config["gradient_clipping"] = 0.0
         self._ds, _, _, _ = deepspeed.initialize(
             model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
+            optimizer=self._optimizer,
+            lr_scheduler=self._scheduler,
             config=ds_config,
         )
-        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        # Read after deepspeed.initialize, which may rewrite the optimizer's parameter groups.
+        self._params = [p for g in self._optimizer.param_groups for p in g["params"]]
         if cfg.zero_stage == 0 and precision == "fp32" and self.world_size == 1:
             # All-reducing one rank's gradients flattens, copies and unflattens every one of
             # them for nothing (7% of a CPU step). With ZeRO the "all-reduce" also moves the
