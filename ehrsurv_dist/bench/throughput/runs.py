@@ -21,6 +21,7 @@ import torch
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.bench.counters import EpochCounters, StepLog, read_step_log
+from ehrsurv_dist.bench.local_ray import start_local_ray
 from ehrsurv_dist.bench.throughput.memory import WorkerMemory
 from ehrsurv_dist.bench.throughput.settings import TrainSettings, job_spec
 from ehrsurv_dist.data.pipeline import IngestPipeline
@@ -167,20 +168,9 @@ def _start_ray(num_cpus: int) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        start_local_ray(num_cpus)
     except Exception as e:  # Ray raises a bare Exception when its node does not come up
         raise EhrsurvError(f"could not start a local Ray (machine overloaded?): {e}") from e
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
     return True
 
 
