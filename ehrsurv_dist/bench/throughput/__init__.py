@@ -18,9 +18,11 @@ load:
     backward, optimizer step) for every epoch after the first. It leaves out Ray's start-up, the
     vocabulary scan, DeepSpeed's initialisation (and any op compile), the first epoch (first
     Ray Data execution, allocator warm-up), and the per-epoch validation and checkpointing, which
-    the plain loop does not do either. The plain loop is timed the same way (epochs after the
-    first), step by step as :func:`~ehrsurv_dist.train.loop.train_epoch` times the worker's
-    steps (``train.step_log``). The 1-worker Ray run and the plain loop alternate for
+    the plain loop does not do either. The plain loop runs the worker's own
+    :func:`~ehrsurv_dist.train.loop.train_epoch` on the plain torch engine and is timed the same
+    way (epochs after the first), step by step, by the same step hook
+    (:class:`~ehrsurv_dist.bench.counters.StepLog`, ``train.step_log`` in the worker). The
+    1-worker Ray run and the plain loop alternate for
     ``rounds`` rounds (the local Ray is stopped during the plain loop when the bench started
     it), so both get the same number of timed epochs and the same drift of the machine's load.
 
@@ -56,6 +58,10 @@ load:
     C = 30 (analytic ratio of attention score entries, and the measured time of the two models).
 
 Keys in ``bench.json`` are flat and numeric; ``SUMMARY.md`` has the tables.
+
+Modules: ``settings`` (the runs' job), ``runs`` (the Ray runs and the plain loop), ``memory``,
+``reduce`` (steady epochs, step floors, the keys), ``report`` (``SUMMARY.md``), ``bench``
+(:func:`run_throughput_bench`).
 """
 
 from __future__ import annotations
