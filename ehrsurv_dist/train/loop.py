@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.models.survival import select_inputs
 from ehrsurv_dist.ragged import Ragged
+from ehrsurv_dist.train.distributed import all_reduce, is_distributed
 
 Batch = Mapping[str, np.ndarray]
 TaskFn = Callable[..., tuple[Tensor, dict[str, float]]]
@@ -159,7 +160,7 @@ def synchronized(batches: Iterable[Batch], group: int = 1) -> Iterator[Batch]:
     per group decides, so no rank blocks in a collective the others never enter, and every epoch
     ends on a gradient-accumulation boundary.
     """
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    distributed = is_distributed()
     it = iter(batches)
     while True:
         chunk = list(itertools.islice(it, group))
@@ -278,10 +279,8 @@ def mean_loss(
             n += b
     finally:
         module.train(was_training)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([total, float(n)], dtype=torch.float64)
-        dist.all_reduce(t)
-        total, n = float(t[0]), int(t[1])
+    total_all, n_all = all_reduce([total, float(n)])
+    total, n = float(total_all), int(n_all)
     return total / n if n else math.nan
 
 

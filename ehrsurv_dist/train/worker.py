@@ -27,15 +27,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.bench.counters import StepLog
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.metrics import survival as M
 from ehrsurv_dist.train import manifest, modeling
+from ehrsurv_dist.train.distributed import all_reduce
 from ehrsurv_dist.train.engine import Engine, build_engine
 from ehrsurv_dist.train.loop import (
     EpochResult,
@@ -54,14 +55,6 @@ from ehrsurv_dist.train.tasks import build_task
 log = logging.getLogger(__name__)
 MODEL_FILE = "model_fp32.pt"
 LOOP_FILE = "loop_state.json"
-
-
-def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return t.tolist()
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
@@ -183,8 +176,6 @@ def epoch_hooks(rc: RankContext) -> list[StepHooks]:
     if rc.progress is not None and rc.rank == 0:
         hooks.append(StepReporter(rc.progress, rc.world))
     if rc.spec.train.step_log:
-        from ehrsurv_dist.bench.counters import StepLog  # only runs that ask for the log
-
         hooks.append(StepLog(rc.spec.train.step_log, rc.rank))
     return hooks
 
@@ -235,7 +226,7 @@ def validate(
 
 def epoch_metrics(res: EpochResult) -> dict[str, Any]:
     """The epoch's training metrics over all ranks (sums; times of the slowest rank)."""
-    loss_sum, subj, toks, steps, secs, wait = _all_reduce(
+    loss_sum, subj, toks, steps, secs, wait = all_reduce(
         [
             res.loss * res.steps,
             res.subjects,
@@ -245,7 +236,7 @@ def epoch_metrics(res: EpochResult) -> dict[str, Any]:
             res.data_wait_seconds,
         ]
     )
-    secs_max = _all_reduce([res.seconds], op="max")[0]
+    secs_max = all_reduce([res.seconds], op="max")[0]
     return dict(
         train_loss=loss_sum / max(steps, 1),
         **{f"train_{k}": v for k, v in res.components.items()},
