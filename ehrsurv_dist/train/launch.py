@@ -16,8 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.config import ConfigError, to_dict
+from ehrsurv_dist.data.pipeline import IngestPipeline
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
@@ -119,8 +122,6 @@ def _preflight(
 ) -> tuple[Any, Any]:
     """Everything before training, cheapest first: checkpoints (resume), the cohort (validated
     before Ray starts), resources, then the vocabulary fit and the split checks."""
-    from ehrsurv_dist.data.pipeline import IngestPipeline
-
     if resume:
         check_resume_checkpoints(out)
     layout = modeling.layout_of(spec)
@@ -400,8 +401,6 @@ def _history(result: Any) -> list[dict[str, Any]]:
 
 
 def _load_torch(path: str) -> dict[str, Any]:
-    import torch
-
     if not os.path.exists(path):
         raise EhrsurvError(f"checkpoint has no {MODEL_FILE}: {path}")
     out: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)

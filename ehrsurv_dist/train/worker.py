@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
 from ehrsurv_dist import atomic
@@ -33,6 +34,7 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.bench.counters import StepLog
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
+from ehrsurv_dist.data.pipeline import KeptShard
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.metrics import survival as M
 from ehrsurv_dist.train import manifest, modeling
@@ -71,8 +73,6 @@ def _intact_checkpoint(ckpt: Any) -> Iterator[str]:
     Raises:
         manifest.CheckpointError: no intact checkpoint.
     """
-    import pyarrow.fs as pafs
-
     if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
         choice = manifest.choose_checkpoint(manifest.local_candidates(ckpt.path))
         if choice.skipped:
@@ -156,8 +156,6 @@ def rank_shards(rc: RankContext) -> tuple[Any, Any]:
     (data.cache false) is re-read from Parquet every epoch.
     """
     import ray.train
-
-    from ehrsurv_dist.data.pipeline import KeptShard  # imports Ray Data: only in a worker
 
     spec = rc.spec
     keep = int(spec.data.worker_cache_mb * 2**20) if spec.data.cache else 0
