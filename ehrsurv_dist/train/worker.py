@@ -246,6 +246,35 @@ def epoch_metrics(res: EpochResult) -> dict[str, Any]:
     )
 
 
+def validated_metrics(
+    rc: RankContext, engine: Engine, task: TaskFn, val_shard: Any, res: EpochResult, epoch: int
+) -> tuple[dict[str, Any], float]:
+    """Validate, then the epoch's metrics (validation's, training's over all ranks, timings)
+    and the selection score."""
+    t_val = time.perf_counter()
+    metrics: dict[str, Any] = {"epoch": epoch, "lr": engine.lr}
+    val_metrics, score = validate(rc, engine, task, val_shard)
+    metrics.update(val_metrics)
+    val_seconds = time.perf_counter() - t_val
+    train_metrics = epoch_metrics(res)
+    steps = train_metrics.pop("steps")
+    # the keys in their historical order (metrics.json and the history keep it)
+    metrics.update(train_metrics, val_seconds=val_seconds, steps=steps)
+    return metrics, score
+
+
+def record_epoch(state: LoopState, metrics: dict[str, Any], score: float) -> bool:
+    """Update the early-stopping state with the epoch's ``score``, add the selection fields to
+    ``metrics``, append the epoch to the history and move to the next epoch; True when this
+    epoch is the best so far."""
+    improved = state.update(score)
+    metrics["val_score"] = score if not math.isnan(score) else -math.inf
+    metrics["best_epoch"] = state.best_epoch
+    state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    state.epoch += 1
+    return improved
+
+
 def report_epoch(
     rc: RankContext,
     engine: Engine,
@@ -308,19 +337,8 @@ def train_func(config: dict[str, Any]) -> None:
         upcoming = None
         if epoch + 1 < spec.train.epochs and spec.data.prefetch_batches > 0:
             upcoming = (epoch + 1, epoch_batches(epoch + 1))
-        t_val = time.perf_counter()
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": engine.lr}
-        val_metrics, score = validate(rc, engine, task, val_shard)
-        metrics.update(val_metrics)
-        val_seconds = time.perf_counter() - t_val
-        train_metrics = epoch_metrics(res)
-        steps = train_metrics.pop("steps")
-        metrics.update(train_metrics, val_seconds=val_seconds, steps=steps)  # the order of old
-        improved = state.update(score)
-        metrics["val_score"] = score if not math.isnan(score) else -math.inf
-        metrics["best_epoch"] = state.best_epoch
-        state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        state.epoch = epoch + 1
+        metrics, score = validated_metrics(rc, engine, task, val_shard, res, epoch)
+        improved = record_epoch(state, metrics, score)
         report_epoch(rc, engine, state, metrics, epoch, improved)
         if rc.progress is not None and rc.rank == 0:
             rc.progress.update.remote({**_numbers(metrics), "epoch_done": epoch})
