@@ -148,7 +148,7 @@ def resume_state(engine: Engine, ckpt: Any) -> LoopState:
     return LoopState.from_dict(extra["loop"])
 
 
-def rank_shards(rc: RankContext) -> tuple[Any, Any]:
+def rank_shards(rc: RankContext) -> tuple[KeptShard, KeptShard]:
     """This rank's (train, tuning) shards.
 
     Splits this rank reads whole every epoch are kept after their first complete read (not
@@ -201,7 +201,7 @@ def run_epoch(
 
 
 def validate(
-    rc: RankContext, engine: Engine, task: TaskFn, val_shard: Any
+    rc: RankContext, engine: Engine, task: TaskFn, val_shard: KeptShard
 ) -> tuple[dict[str, Any], float]:
     """Validation metrics and the selection score (higher is better): the time-dependent
     C-index when fine-tuning, minus the mean loss when pretraining."""
@@ -247,7 +247,12 @@ def epoch_metrics(res: EpochResult) -> dict[str, Any]:
 
 
 def validated_metrics(
-    rc: RankContext, engine: Engine, task: TaskFn, val_shard: Any, res: EpochResult, epoch: int
+    rc: RankContext,
+    engine: Engine,
+    task: TaskFn,
+    val_shard: KeptShard,
+    res: EpochResult,
+    epoch: int,
 ) -> tuple[dict[str, Any], float]:
     """Validate, then the epoch's metrics (validation's, training's over all ranks, timings)
     and the selection score."""
