@@ -33,7 +33,7 @@ from ehrsurv_dist.data.pipeline import IngestPipeline, task_groups
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.ragged import concat_ranges, offsets_of
+from ehrsurv_dist.ragged import Ragged, concat_ranges, offsets_of
 from ehrsurv_dist.train import modeling
 from ehrsurv_dist.train.launch import init_ray
 from ehrsurv_dist.train.loop import Predictions, predict
@@ -100,8 +100,10 @@ def _from_arrow(tables: list[pa.Table]) -> Predictions:
                 subject_id=t.column(S.SUBJECT_ID).to_numpy(),
                 event=t.column(S.EVENT).to_numpy(zero_copy_only=False).astype(bool),
                 last_visit=t.column(S.LAST_VISIT).to_numpy(),
-                values=h.values.to_numpy(),
-                offsets=(h.offsets.to_numpy() - h.offsets[0].as_py()).astype(np.int64),
+                hazard=Ragged(  # flatten(): the values of this (maybe sliced) list array only
+                    h.flatten().to_numpy(),
+                    (h.offsets.to_numpy() - h.offsets[0].as_py()).astype(np.int64),
+                ),
             )
         )
     return Predictions.concat(parts)  # sorted by subject id: a canonical order

@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.models import builders as B
+from ehrsurv_dist.models.hierarchical import HierarchicalBEHRTSurvival
+from ehrsurv_dist.models.survival import BEHRTSurvival
 
 
 def naive_attention(
@@ -90,9 +93,6 @@ def model_score_entries(model: nn.Module, visits: int, codes: int) -> int:
     pooling), then layers × heads × V² across visits. Our hierarchical model pools visits with
     one query (seed option B), not a within-visit transformer (option C, the seed's C² term).
     """
-    from ehrsurv_dist.models.hierarchical import HierarchicalBEHRTSurvival
-    from ehrsurv_dist.models.survival import BEHRTSurvival
-
     if isinstance(model, BEHRTSurvival):
         cfg = model.cfg
         return cfg.num_layers * cfg.num_heads * (visits * codes) ** 2
@@ -261,8 +261,6 @@ def bench_flat_vs_hierarchical(
         Flat keys ``flat_hier_*``: the seed's analytic ratio, our models' score-entry ratio,
         the measured times and their ratio.
     """
-    from ehrsurv_dist.models import builders as B
-
     torch.manual_seed(seed)
     flat_cfg = getattr(B, f"behrt_{size}")(vocab_size, visits * codes)
     hier_cfg = getattr(B, f"hierarchical_{size}")(

@@ -38,12 +38,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.models import builders as B
 from ehrsurv_dist.models.config import BEHRTConfig
+from ehrsurv_dist.train.engine import EngineConfig, build_engine, ensure_process_group
+from ehrsurv_dist.train.loop import to_tensors
+from ehrsurv_dist.train.tasks import SurvivalTask
 
 # Dense bf16 peak TFLOP/s (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -116,10 +120,6 @@ def bench_size(
     peak: float | None = None,
 ) -> dict[str, float]:
     """Train preset ``size`` for ``warmup`` + ``steps`` steps; the figures of the timed steps."""
-    from ehrsurv_dist.train.engine import EngineConfig, build_engine
-    from ehrsurv_dist.train.loop import to_tensors
-    from ehrsurv_dist.train.tasks import SurvivalTask
-
     cuda = device.type == "cuda"
     cfg = getattr(B, f"behrt_{size}")(vocab_size, seq_len)  # the preset as trained
     torch.manual_seed(0)
@@ -207,8 +207,6 @@ def run_gpu_bench(
     Returns:
         The flat ``bench.json`` content.
     """
-    from ehrsurv_dist.train.engine import ensure_process_group
-
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
@@ -255,8 +253,6 @@ def run_gpu_bench(
             )
     finally:
         if created:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
     res["peak_bf16_tflops"] = float(peak) if peak else 0.0
     res["cuda"] = float(cuda)

@@ -1,44 +1,60 @@
 """Launch pretraining / fine-tuning as a Ray Train ``TorchTrainer`` job (driver side).
 
-Run directory layout (DESIGN.md §5)::
-
-    RUN/config.yaml          resolved job config (the run's identity: resume needs the same)
-    RUN/vocab.json           vocabulary with its content hash
-    RUN/rejects.parquet      subjects dropped, with the reason (only if any)
-    RUN/ray/                 Ray Train storage: per-epoch (ZeRO) checkpoints, kept by score
-    RUN/checkpoints/best/model.pt   consolidated fp32 export of the best epoch
-    RUN/metrics.json         training history (+ evaluation, for finetune)
-    RUN/plots/*.png          training curves (+ evaluation plots)
+The run directory's layout (``config.yaml``, ``vocab.json``, ``ray/``, the export, ...) is named
+in :mod:`ehrsurv_dist.rundir` (DESIGN.md §5); ``config.yaml`` is the run's identity (resume
+needs the same), ``ray/`` holds Ray Train's per-epoch (ZeRO) checkpoints, kept by score.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ehrsurv_dist import atomic
+import torch
+
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.config import ConfigError, dump_yaml, load_config, to_dict
+from ehrsurv_dist.config import ConfigError, to_dict
+from ehrsurv_dist.data.pipeline import IngestPipeline
 from ehrsurv_dist.data.vocab import Vocabulary
-from ehrsurv_dist.errors import EhrsurvError, OutputError
+from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.rundir import EXPORT, RAY_DIR, VOCAB
 from ehrsurv_dist.train import manifest, modeling
+from ehrsurv_dist.train.outdir import (
+    RUN_NAME,
+    check_resume_checkpoints,
+    claim_output_dir,
+    discard_new_run,
+    prepare_run_dir,
+)
 from ehrsurv_dist.train.progress import DriverProgress
 from ehrsurv_dist.train.worker import LOOP_FILE, MODEL_FILE, train_func
 
+# Importers of the run-directory helpers and names from here (tune, evaluate, tests) keep
+# working; the names live in ehrsurv_dist.rundir and train/outdir.py.
+__all__ = [
+    "DATA_CPUS",
+    "EXPORT",
+    "RAY_DIR",
+    "RUN_NAME",
+    "RunResult",
+    "absolute_paths",
+    "check_resources",
+    "claim_output_dir",
+    "init_ray",
+    "prepare_run_dir",
+    "quiet_ray_data_console",
+    "run_training",
+]
+
 log = logging.getLogger(__name__)
-RAY_DIR = "ray"
 DATA_CPUS = 1  # kept free for the Ray Data tasks that feed the workers
-RUN_NAME = "train"
-EXPORT = os.path.join("checkpoints", "best", "model.pt")
 
 
 @dataclass
@@ -48,138 +64,6 @@ class RunResult:
     best_score: float
     history: list[dict[str, Any]]
     export: str
-
-
-def claim_output_dir(
-    out: str,
-    schema: type[Any],
-    spec: Any,
-    what: str,
-    *,
-    differs: str = "different config",
-    same: Callable[[], bool] = lambda: True,
-) -> bool:
-    """Create ``out`` for a new ``what`` (run, sweep), or check that it holds this same one, which
-    then resumes; True = resume. Its ``config.yaml`` (``spec`` of ``schema``) is its identity.
-
-    Raises:
-        OutputError: ``out`` holds another ``what`` (a different config, or ``same()`` false),
-            an unreadable config, other files, or is not writable.
-    """
-    cfg_path = os.path.join(out, "config.yaml")
-    if os.path.exists(cfg_path):
-        try:
-            old = load_config(schema, cfg_path)
-        except ConfigError as e:
-            raise OutputError(f"{out} holds a {what} whose config cannot be read: {e}") from None
-        if old != spec or not same():
-            raise OutputError(
-                f"{out} already holds another {what} ({differs}); "
-                "choose a new --out, or re-run with the same config to resume it"
-            )
-        return True
-    if os.path.isdir(out) and os.listdir(out):
-        raise OutputError(f"{out} is not empty and holds no {what}; choose a new --out")
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".write-probe")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise OutputError(f"cannot write to {out}: {e.strerror or e}") from None
-    dump_yaml(spec, cfg_path)
-    return False
-
-
-def prepare_run_dir(out: str, spec: JobSpec, mode: str) -> bool:
-    """Create ``out`` or check that it holds this same run (then it resumes); True = resume.
-
-    Raises:
-        OutputError: ``out`` holds another run, other files, is not writable, or its
-            filesystem has less than ``train.min_free_gb`` free.
-    """
-    check_free_space(out, spec.train.min_free_gb)
-    mode_file = os.path.join(out, "MODE")
-
-    def same_mode() -> bool:
-        old_mode = open(mode_file).read().strip() if os.path.exists(mode_file) else "?"
-        return old_mode == mode
-
-    if claim_output_dir(
-        out, JobSpec, spec, "run", differs="different config or mode", same=same_mode
-    ):
-        return True
-    atomic.write_text(mode + "\n", mode_file)
-    return False
-
-
-def check_free_space(out: str, min_free_gb: float) -> None:
-    """Refuse to start when ``out``'s filesystem (its nearest existing folder) is nearly full.
-
-    A checkpoint that fails half-way for lack of space costs the epoch; better to say so first.
-
-    Raises:
-        OutputError: less than ``min_free_gb`` GB free.
-    """
-    if min_free_gb <= 0:
-        return
-    probe = os.path.abspath(out)
-    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    try:
-        free = shutil.disk_usage(probe).free
-    except OSError:
-        return  # cannot tell (e.g. no permission to stat): the write probe reports real errors
-    if free < min_free_gb * 1e9:
-        raise OutputError(
-            f"{out}: only {free / 1e9:.2f} GB free on its filesystem ({probe}), "
-            f"train.min_free_gb={min_free_gb:g} needed; free some space, choose another --out, "
-            "or lower train.min_free_gb"
-        )
-
-
-def discard_new_run(out: str, created: bool) -> None:
-    """Remove what :func:`prepare_run_dir` and the vocabulary fit wrote for a run that never
-    started training, so that a failed first attempt leaves no half-made run behind (and does
-    not block the same ``--out`` for a corrected config). Only known files are removed."""
-    for name in ("config.yaml", "MODE", "vocab.json", S.REJECTS_FILE):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(out, name))
-    if created:
-        with contextlib.suppress(OSError):
-            os.rmdir(out)  # only if empty
-
-
-def check_resume_checkpoints(out: str) -> None:
-    """On resume, verify the run's latest checkpoint (local storage) before starting anything.
-
-    A corrupted latest checkpoint is reported here, on the driver where the user sees it; the
-    workers then skip it for the previous intact one (``train/worker.py``).
-
-    Raises:
-        manifest.CheckpointError: no checkpoint of the run is intact.
-    """
-    root = os.path.join(out, RAY_DIR, RUN_NAME)
-    if not os.path.isdir(root):
-        return
-    names = [
-        n
-        for n in os.listdir(root)
-        if n.startswith(manifest.CHECKPOINT_PREFIX) and os.path.isdir(os.path.join(root, n))
-    ]
-    if not names:
-        return
-    latest = max(names)
-    try:  # Ray's own record of the latest checkpoint, when it is readable
-        with open(os.path.join(root, "checkpoint_manager_snapshot.json")) as f:
-            snap = json.load(f)
-        latest = str(snap["latest_checkpoint_result"]["checkpoint_dir_name"]) or latest
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    choice = manifest.choose_checkpoint(manifest.local_candidates(os.path.join(root, latest)))
-    if choice.skipped:
-        log.warning("%s: %s", out, choice.warning())
 
 
 def quiet_ray_data_console() -> None:
@@ -238,8 +122,6 @@ def _preflight(
 ) -> tuple[Any, Any]:
     """Everything before training, cheapest first: checkpoints (resume), the cohort (validated
     before Ray starts), resources, then the vocabulary fit and the split checks."""
-    from ehrsurv_dist.data.pipeline import IngestPipeline
-
     if resume:
         check_resume_checkpoints(out)
     layout = modeling.layout_of(spec)
@@ -255,7 +137,7 @@ def _preflight(
     )
     init_ray(spec)
     check_resources(spec)
-    vocab_path = os.path.join(out, "vocab.json")
+    vocab_path = os.path.join(out, VOCAB)
     if resume and os.path.exists(vocab_path):
         saved = Vocabulary.load(vocab_path)
         vocab = vocab or saved
@@ -303,9 +185,6 @@ def run_training(
         callbacks: Ray Train callbacks for the run's ``RunConfig``, e.g. Tune's
             ``TuneReportCallback`` when a Tune trial drives this run (``ehrsurv_dist/tune.py``).
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     if mode not in ("pretrain", "finetune"):
         raise ValueError(f"mode must be pretrain or finetune, got {mode!r}")
     if not spec.data.cohort:
@@ -313,13 +192,7 @@ def run_training(
     out = os.path.abspath(out)
     # Workers run in Ray's own working directory: hand them absolute local paths.
     spec = absolute_paths(spec)
-    init_export = None
-    vocab: Vocabulary | None = None
-    if mode == "finetune" and spec.finetune.init:
-        init_export = os.path.join(spec.finetune.init, EXPORT)
-        exp = modeling.load_export(init_export)
-        vocab = Vocabulary.load(os.path.join(spec.finetune.init, "vocab.json"))
-        vocab.check_hash(exp["vocab_hash"], source=init_export)
+    init_export, vocab = _init_export(spec, mode)
     created = not os.path.exists(out)
     resume = prepare_run_dir(out, spec, mode)
     try:  # pre-flight: a failure before training leaves no half-made new run behind
@@ -328,65 +201,118 @@ def run_training(
         if not resume:
             discard_new_run(out, created)
         raise
-    train_subjects = fit.stats[S.TRAIN_SPLIT]["subjects"]
-    bspec = pipe.batch_spec()
-    # One worker reads the whole train split: Ray's split coordinator actor (and its per-epoch
-    # start-up barrier) would only hand every block to that one worker.
-    divided = [S.TRAIN_SPLIT] if spec.train.num_workers > 1 else []
-    config = {
+    config = _worker_config(spec, mode, fit, pipe, init_export)
+    result = _fit(
+        spec, out, config, pipe, fit.stats[S.TRAIN_SPLIT]["subjects"], progress, callbacks
+    )
+    return _export_best(spec, mode, out, fit, result)
+
+
+def _init_export(spec: JobSpec, mode: str) -> tuple[str | None, Vocabulary | None]:
+    """The export a fine-tuning run starts from (``finetune.init``) and its vocabulary
+    (hash-checked against the export), or (None, None)."""
+    if not (mode == "finetune" and spec.finetune.init):
+        return None, None
+    init_export = os.path.join(spec.finetune.init, EXPORT)
+    exp = modeling.load_export(init_export)
+    vocab = Vocabulary.load(os.path.join(spec.finetune.init, VOCAB))
+    vocab.check_hash(exp["vocab_hash"], source=init_export)
+    return init_export, vocab
+
+
+def _divided_splits(spec: JobSpec) -> list[str]:
+    """Splits Ray Train divides between the workers (anew every epoch).
+
+    One worker reads the whole train split: Ray's split coordinator actor (and its per-epoch
+    start-up barrier) would only hand every block to that one worker.
+    """
+    return [S.TRAIN_SPLIT] if spec.train.num_workers > 1 else []
+
+
+def _worker_config(
+    spec: JobSpec, mode: str, fit: Any, pipe: Any, init_export: str | None
+) -> dict[str, Any]:
+    """``train_loop_config`` of every worker (:func:`worker.train_func`)."""
+    return {
         "spec": to_dict(spec),
         "mode": mode,
-        "batch_spec": bspec,
+        "batch_spec": pipe.batch_spec(),
         "vocab_size": fit.vocab.size,
-        "train_subjects": train_subjects,
+        "train_subjects": fit.stats[S.TRAIN_SPLIT]["subjects"],
         "init_export": init_export,
         # Splits Ray Train divides between the workers (anew every epoch); the others every
         # worker reads whole, so it may keep their blocks (worker.py).
-        "divided_splits": divided,
+        "divided_splits": _divided_splits(spec),
         # Fault injection for the recovery tests: the last rank raises after reporting this
         # epoch, once (not after a resume). Unset in normal use.
         "fault_after_epoch": _env_int("EHRSURV_FAULT_AFTER_EPOCH"),
     }
 
-    def _trainer(config: dict[str, Any]) -> Any:
-        return TorchTrainer(
-            train_func,
-            train_loop_config=config,
-            scaling_config=ScalingConfig(
-                num_workers=spec.train.num_workers,
-                use_gpu=spec.train.use_gpu,
-                resources_per_worker={"CPU": spec.train.cpus_per_worker},
-            ),
-            run_config=RunConfig(
-                name=RUN_NAME,
-                storage_path=os.path.join(out, RAY_DIR),
-                failure_config=FailureConfig(max_failures=spec.train.max_failures),
-                callbacks=list(callbacks),
-                checkpoint_config=CheckpointConfig(
-                    num_to_keep=spec.train.keep_checkpoints,
-                    checkpoint_score_attribute="val_score",
-                    checkpoint_score_order="max",
-                ),
-            ),
-            datasets={
-                S.TRAIN_SPLIT: _dataset(pipe, S.TRAIN_SPLIT, spec.data.cache),
-                S.TUNING_SPLIT: _dataset(pipe, S.TUNING_SPLIT, spec.data.cache),
-            },
-            dataset_config=DataConfig(datasets_to_split=divided),
-        )
 
+def _trainer(
+    spec: JobSpec, out: str, config: dict[str, Any], pipe: Any, callbacks: Sequence[Any]
+) -> Any:
+    """The ``TorchTrainer`` of the run: workers, storage, failures, kept checkpoints, data."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_func,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=spec.train.num_workers,
+            use_gpu=spec.train.use_gpu,
+            resources_per_worker={"CPU": spec.train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=os.path.join(out, RAY_DIR),
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            callbacks=list(callbacks),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.train.keep_checkpoints,
+                checkpoint_score_attribute="val_score",
+                checkpoint_score_order="max",
+            ),
+        ),
+        datasets={
+            S.TRAIN_SPLIT: _dataset(pipe, S.TRAIN_SPLIT, spec.data.cache),
+            S.TUNING_SPLIT: _dataset(pipe, S.TUNING_SPLIT, spec.data.cache),
+        },
+        dataset_config=DataConfig(datasets_to_split=config["divided_splits"]),
+    )
+
+
+def _fit(
+    spec: JobSpec,
+    out: str,
+    config: dict[str, Any],
+    pipe: Any,
+    train_subjects: int,
+    progress: bool,
+    callbacks: Sequence[Any],
+) -> Any:
+    """Train under the driver's progress bar; Ray Train's ``Result``.
+
+    Raises:
+        EhrsurvError: training failed (re-running the same command resumes).
+    """
     import ray.train
 
     try:
         with DriverProgress(spec.train.epochs, train_subjects, enabled=progress) as bar:
             config["progress"] = bar.sink  # before the trainer is built: it ships the config
-            trainer = _trainer(config)
-            result = trainer.fit()
+            result = _trainer(spec, out, config, pipe, callbacks).fit()
     except ray.train.TrainingFailedError as e:
         # Re-running the same command resumes from the last checkpoint.
         raise EhrsurvError(f"training failed (re-run the same command to resume): {e}") from e
     if result.error is not None:
         raise EhrsurvError(f"training failed (re-run the same command to resume): {result.error}")
+    return result
+
+
+def _export_best(spec: JobSpec, mode: str, out: str, fit: Any, result: Any) -> RunResult:
+    """Export the best intact checkpoint's model to ``RUN/checkpoints/best/model.pt``."""
     best = _best_checkpoint(result)
     with best.as_directory() as d:
         payload = _load_torch(os.path.join(d, MODEL_FILE))
@@ -475,8 +401,6 @@ def _history(result: Any) -> list[dict[str, Any]]:
 
 
 def _load_torch(path: str) -> dict[str, Any]:
-    import torch
-
     if not os.path.exists(path):
         raise EhrsurvError(f"checkpoint has no {MODEL_FILE}: {path}")
     out: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)

@@ -8,14 +8,11 @@ whole (unsharded) validation split, so metrics are over the whole split.
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import os
-import resource
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,8 +20,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data.visits import concat_ranges
 from ehrsurv_dist.models.survival import select_inputs
+from ehrsurv_dist.ragged import Ragged
+from ehrsurv_dist.train.distributed import all_reduce, is_distributed
 
 Batch = Mapping[str, np.ndarray]
 TaskFn = Callable[..., tuple[Tensor, dict[str, float]]]
@@ -49,7 +47,11 @@ def to_tensors(batch: Batch, device: torch.device) -> dict[str, Tensor]:
 
 @dataclass
 class EpochResult:
-    """What one training epoch did (this rank only)."""
+    """What one training epoch did (this rank only).
+
+    ``measures`` holds what the epoch's step hooks returned from ``on_epoch_end`` (merged;
+    empty without hooks).
+    """
 
     loss: float
     components: dict[str, float]
@@ -58,31 +60,36 @@ class EpochResult:
     steps: int
     seconds: float
     data_wait_seconds: float
-    step_seconds: list[float] = field(default_factory=list)
-    # CPU time of the thread that ran the epoch: ``seconds - cpu_seconds`` is the time it was
-    # not running (waiting for a batch, for the GIL, or for a CPU).
-    cpu_seconds: float = 0.0
-    # That thread's counters during the epoch (Linux; 0 elsewhere): context switches, voluntary
-    # (it blocked: a batch, the GIL, a lock) and involuntary (the kernel preempted it for
-    # another process or thread), and minor page faults (memory the allocator had given back).
-    voluntary_switches: int = 0
-    involuntary_switches: int = 0
-    page_faults: int = 0
+    measures: dict[str, Any] = field(default_factory=dict)
 
     @property
     def data_wait_fraction(self) -> float:
         return self.data_wait_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
-def thread_counters() -> tuple[int, int, int]:
-    """(voluntary context switches, involuntary ones, minor page faults) of the calling thread
-    so far; zeros where the OS does not count them per thread (``RUSAGE_THREAD`` is
-    Linux-only)."""
-    who = getattr(resource, "RUSAGE_THREAD", None)
-    if who is None:
-        return 0, 0, 0
-    ru = resource.getrusage(who)
-    return int(ru.ru_nvcsw), int(ru.ru_nivcsw), int(ru.ru_minflt)
+class StepHooks(Protocol):
+    """Observers of :func:`train_epoch` (progress reports, the bench's counters).
+
+    The loop calls ``on_epoch_start`` after its clock starts, ``on_step`` after every step
+    with the step's index, its wall time (its wait for the batch included) and the subjects
+    trained so far this epoch, and ``on_epoch_end`` after its clock stops; what that returns
+    lands in :attr:`EpochResult.measures`. Hooks observe; they change no number of the training.
+    """
+
+    def on_epoch_start(self, epoch: int) -> None: ...
+
+    def on_step(self, step: int, seconds: float, subjects: int) -> None: ...
+
+    def on_epoch_end(self) -> dict[str, Any]: ...
+
+
+def _batch_tokens(batch: Batch) -> int:
+    """Real tokens of a batch (flat: attention mask; hierarchical: code mask)."""
+    if S.ATTENTION_MASK in batch:
+        return int(np.asarray(batch[S.ATTENTION_MASK]).sum())
+    if S.CODE_MASK in batch:
+        return int(np.asarray(batch[S.CODE_MASK]).sum())
+    return 0
 
 
 def train_epoch(
@@ -91,23 +98,21 @@ def train_epoch(
     batches: Iterable[Batch],
     device: torch.device,
     epoch: int,
-    on_step: Callable[[int], None] | None = None,
+    hooks: Sequence[StepHooks] = (),
 ) -> EpochResult:
     """One pass over ``batches``: forward, loss, backward, step. Returns this rank's stats.
 
     ``data_wait_seconds`` is the time spent waiting for the next batch: what ingest costs
-    the trainer. ``step_seconds`` holds the wall time of every step (waiting for its batch
-    included), in order.
+    the trainer.
     """
     engine.train()
     t_start = time.perf_counter()
-    cpu_start = time.thread_time()
-    counters_start = thread_counters()
+    for h in hooks:
+        h.on_epoch_start(epoch)
     wait = 0.0
     total = 0.0
     comps: dict[str, float] = {}
     n_batches = subjects = tokens = 0
-    step_seconds: list[float] = []
     it = iter(batches)
     while True:
         t0 = time.perf_counter()
@@ -126,16 +131,14 @@ def train_epoch(
         for k, v in parts.items():
             comps[k] = comps.get(k, 0.0) + v
         subjects += int(np.asarray(batch[S.LAST_VISIT]).shape[0])
-        if S.ATTENTION_MASK in batch:
-            tokens += int(np.asarray(batch[S.ATTENTION_MASK]).sum())
-        elif S.CODE_MASK in batch:
-            tokens += int(np.asarray(batch[S.CODE_MASK]).sum())
-        if on_step is not None:
-            on_step(subjects)
-        step_seconds.append(time.perf_counter() - t0)
-    vol, invol, faults = (b - a for a, b in zip(counters_start, thread_counters(), strict=True))
-    cpu_seconds = time.thread_time() - cpu_start  # read first: CPU interval inside the wall one
+        tokens += _batch_tokens(batch)
+        step_seconds = time.perf_counter() - t0
+        for h in hooks:
+            h.on_step(n_batches - 1, step_seconds, subjects)
     seconds = time.perf_counter() - t_start
+    measures: dict[str, Any] = {}
+    for h in hooks:  # after the clock: what a hook does at the end (a log write) is not timed
+        measures.update(h.on_epoch_end())
     n = max(n_batches, 1)
     return EpochResult(
         loss=total / n,
@@ -145,62 +148,8 @@ def train_epoch(
         steps=n_batches,
         seconds=seconds,
         data_wait_seconds=wait,
-        step_seconds=step_seconds,
-        cpu_seconds=cpu_seconds,
-        voluntary_switches=vol,
-        involuntary_switches=invol,
-        page_faults=faults,
+        measures=measures,
     )
-
-
-def append_step_log(
-    path: str,
-    epoch: int,
-    rank: int,
-    *,
-    seconds: float,
-    cpu_seconds: float,
-    step_seconds: list[float],
-    switches: tuple[int, int] = (0, 0),
-    page_faults: int = 0,
-) -> None:
-    """Append one epoch of one rank to the JSON-lines file ``path``: ``{"epoch", "rank",
-    "seconds", "cpu_seconds", "step_seconds", "switches", "page_faults"}`` (the fields of
-    :class:`EpochResult`; ``switches`` = [voluntary, involuntary]).
-
-    One line, written by a single ``write`` on a file opened for appending, so lines of ranks
-    sharing a file do not interleave. The file is on the node where the rank runs
-    (``train.step_log``).
-    """
-    rec = {
-        "epoch": epoch,
-        "rank": rank,
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "step_seconds": step_seconds,
-        "switches": list(switches),
-        "page_faults": page_faults,
-    }
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    data = (json.dumps(rec) + "\n").encode()
-    try:
-        while data:  # a regular file takes it in one write unless the disk is full
-            data = data[os.write(fd, data) :]
-    finally:
-        os.close(fd)
-
-
-def read_step_log(path: str, rank: int = 0) -> dict[int, dict[str, Any]]:
-    """The records of ``rank`` by epoch, from a file of :func:`append_step_log` (an epoch
-    logged twice, e.g. re-run after a resume, keeps its last line)."""
-    out: dict[int, dict[str, Any]] = {}
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec["rank"] == rank:
-                out[int(rec["epoch"])] = rec
-    return out
 
 
 def synchronized(batches: Iterable[Batch], group: int = 1) -> Iterator[Batch]:
@@ -211,7 +160,7 @@ def synchronized(batches: Iterable[Batch], group: int = 1) -> Iterator[Batch]:
     per group decides, so no rank blocks in a collective the others never enter, and every epoch
     ends on a gradient-accumulation boundary.
     """
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    distributed = is_distributed()
     it = iter(batches)
     while True:
         chunk = list(itertools.islice(it, group))
@@ -227,17 +176,39 @@ def synchronized(batches: Iterable[Batch], group: int = 1) -> Iterator[Batch]:
 
 @dataclass
 class Predictions:
-    """Per-subject hazards of a split, in CSR form (``hazard`` of subject i is
-    ``values[offsets[i]:offsets[i+1]]``, length ``last_visit[i] + 1``)."""
+    """Per-subject hazards of a split: a typed view over one :class:`~ehrsurv_dist.ragged.Ragged`.
+
+    Attributes:
+        subject_id: int64 [N].
+        event: bool [N].
+        last_visit: int64 [N].
+        hazard: N rows; row i holds the hazards of subject i, float32, length
+            ``last_visit[i] + 1``.
+    """
 
     subject_id: np.ndarray
     event: np.ndarray
     last_visit: np.ndarray
-    values: np.ndarray
-    offsets: np.ndarray
+    hazard: Ragged
+
+    @property
+    def values(self) -> np.ndarray:
+        """float32 [sum(last_visit + 1)]: every subject's hazards, back to back."""
+        return np.asarray(self.hazard.values)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """int64 [N + 1]: subject i's hazards are ``values[offsets[i]:offsets[i + 1]]``."""
+        return self.hazard.offsets
 
     def hazards(self, i: int) -> np.ndarray:
-        return self.values[self.offsets[i] : self.offsets[i + 1]]
+        return np.asarray(self.hazard.row(i))
+
+    def take(self, idx: np.ndarray) -> Predictions:
+        """Subjects ``idx``, in that order."""
+        return Predictions(
+            self.subject_id[idx], self.event[idx], self.last_visit[idx], self.hazard.take(idx)
+        )
 
     @staticmethod
     def concat(parts: list[Predictions]) -> Predictions:
@@ -245,22 +216,14 @@ class Predictions:
         parts = [p for p in parts if len(p.subject_id)]
         if not parts:
             z = np.zeros(0, np.int64)
-            return Predictions(z, z.astype(bool), z, np.zeros(0, np.float32), np.zeros(1, np.int64))
-        sid = np.concatenate([p.subject_id for p in parts])
-        ev = np.concatenate([p.event for p in parts])
-        lv = np.concatenate([p.last_visit for p in parts])
-        vals = np.concatenate([p.values for p in parts])
-        order = np.argsort(sid, kind="stable")
-        lengths = (lv + 1)[order]
-        starts = np.concatenate([[0], np.cumsum(lv + 1)[:-1]])[order]
-        idx = concat_ranges(starts, lengths)
-        return Predictions(
-            subject_id=sid[order],
-            event=ev[order],
-            last_visit=lv[order],
-            values=vals[idx],
-            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            return Predictions(z, z.astype(bool), z, Ragged.empty(np.zeros(0, np.float32)))
+        joined = Predictions(
+            subject_id=np.concatenate([p.subject_id for p in parts]),
+            event=np.concatenate([p.event for p in parts]),
+            last_visit=np.concatenate([p.last_visit for p in parts]),
+            hazard=Ragged.concat([p.hazard for p in parts]),
         )
+        return joined.take(np.argsort(joined.subject_id, kind="stable"))
 
 
 @torch.no_grad()
@@ -290,8 +253,8 @@ def predict(
                     subject_id=np.asarray(batch[S.SUBJECT], dtype=np.int64),
                     event=np.asarray(batch[S.EVENT], dtype=bool),
                     last_visit=lv,
-                    values=h[real].astype(np.float32),  # row-major: subject after subject
-                    offsets=np.concatenate([[0], np.cumsum(lv + 1)]).astype(np.int64),
+                    # row-major: subject after subject
+                    hazard=Ragged.from_lengths(h[real].astype(np.float32), lv + 1),
                 )
             )
     finally:
@@ -316,10 +279,8 @@ def mean_loss(
             n += b
     finally:
         module.train(was_training)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([total, float(n)], dtype=torch.float64)
-        dist.all_reduce(t)
-        total, n = float(t[0]), int(t[1])
+    total_all, n_all = all_reduce([total, float(n)])
+    total, n = float(total_all), int(n_all)
     return total / n if n else math.nan
 
 

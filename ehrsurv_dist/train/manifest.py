@@ -21,11 +21,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist.errors import EhrsurvError
 
 MANIFEST_FORMAT = 1
@@ -92,16 +92,7 @@ def write_manifest(
         "files": files,
     }
     path = os.path.join(directory, manifest_name(rank))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", path)
     return path
 
 

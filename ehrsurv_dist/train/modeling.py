@@ -33,14 +33,10 @@ def layout_of(spec: JobSpec) -> str:
 def model_config(spec: JobSpec, vocab_size: int) -> ModelConfig:
     """The model config of the job's ``model`` section for a vocabulary of ``vocab_size``."""
     m, d = spec.model, spec.data
+    # model.size is one of tiny/small/medium/large (checked by the job schema), and every
+    # architecture but the LSTM has a builder per size: builders.behrt_small, ...
     if m.arch == "behrt":
-        builder = {
-            "tiny": B.behrt_tiny,
-            "small": B.behrt_small,
-            "medium": B.behrt_medium,
-            "large": B.behrt_large,
-        }[m.size]
-        return builder(
+        return getattr(B, f"behrt_{m.size}")(  # type: ignore[no-any-return]
             vocab_size,
             d.max_seq_len,
             dropout=m.dropout,
@@ -49,13 +45,7 @@ def model_config(spec: JobSpec, vocab_size: int) -> ModelConfig:
             visit_pooling=m.visit_pooling,
         )
     if m.arch == "hierarchical":
-        hb = {
-            "tiny": B.hierarchical_tiny,
-            "small": B.hierarchical_small,
-            "medium": B.hierarchical_medium,
-            "large": B.hierarchical_large,
-        }[m.size]
-        return hb(
+        return getattr(B, f"hierarchical_{m.size}")(  # type: ignore[no-any-return]
             vocab_size,
             max_visits=d.max_visits,
             max_codes_per_visit=d.max_codes_per_visit,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 
@@ -29,20 +28,30 @@ class ProgressSink:
         return dict(self.state)
 
 
-def step_reporter(
-    sink: Any, epoch: int, world: int, min_interval_s: float = 0.5
-) -> Callable[[int], None]:
-    """``train_epoch``'s ``on_step`` for rank 0: reports ``subjects × world`` (every rank gets
-    an equal share of the epoch), at most every ``min_interval_s`` seconds."""
-    last = [0.0]
+class StepReporter:
+    """Step hooks of ``train_epoch`` for rank 0: report ``subjects × world`` (every rank gets
+    an equal share of the epoch) to ``sink``, at most every ``min_interval_s`` seconds."""
 
-    def on_step(subjects: int) -> None:
+    def __init__(self, sink: Any, world: int, min_interval_s: float = 0.5) -> None:
+        self.sink = sink
+        self.world = world
+        self.min_interval_s = min_interval_s
+        self.epoch = 0
+        self._last = 0.0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._last = 0.0
+
+    def on_step(self, step: int, seconds: float, subjects: int) -> None:
+        del step, seconds
         now = time.monotonic()
-        if now - last[0] >= min_interval_s:
-            last[0] = now
-            sink.update.remote({"epoch": epoch, "subjects": subjects * world})
+        if now - self._last >= self.min_interval_s:
+            self._last = now
+            self.sink.update.remote({"epoch": self.epoch, "subjects": subjects * self.world})
 
-    return on_step
+    def on_epoch_end(self) -> dict[str, Any]:
+        return {}
 
 
 def _postfix(state: dict[str, Any]) -> str:

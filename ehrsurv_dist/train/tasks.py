@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor, nn
 
@@ -18,6 +18,9 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.models.survival import SurvivalOutput, select_inputs
 from ehrsurv_dist.objectives import pretraining as P
 from ehrsurv_dist.objectives import survival as L
+
+if TYPE_CHECKING:  # the job schema only types the builders below
+    from ehrsurv_dist.jobspec import JobSpec
 
 SurvivalLoss = Literal["nll", "rank", "hybrid", "cox"]
 PretrainObjective = Literal["mlm", "nvp", "joint"]
@@ -35,9 +38,10 @@ class SurvivalTask:
         curriculum_epochs: ramp ``lambda_rank`` linearly over this many epochs (0 = constant).
         margin: ranking margin.
         rank_loss: ``hinge`` (the seed's) or ``logistic`` (smooth).
-        risk: scalar risk score the ranking uses (``mean_hazard``, ``horizon``, ``first_n``).
-        horizon: k for ``risk = horizon``.
-        first_n: n for ``risk = first_n``.
+        risk_score: scalar risk score the ranking uses (``mean_hazard``, ``horizon``,
+            ``first_n``; the job's ``finetune.risk_score``).
+        horizon: k for ``risk_score = horizon``.
+        first_n: n for ``risk_score = first_n``.
     """
 
     loss: SurvivalLoss = "nll"
@@ -45,7 +49,7 @@ class SurvivalTask:
     curriculum_epochs: int = 0
     margin: float = 0.1
     rank_loss: Literal["hinge", "logistic"] = "hinge"
-    risk: Literal["mean_hazard", "horizon", "first_n"] = "mean_hazard"
+    risk_score: Literal["mean_hazard", "horizon", "first_n"] = "mean_hazard"
     horizon: int | None = None
     first_n: int | None = None
 
@@ -75,7 +79,7 @@ class SurvivalTask:
             lambda_rank=lam,
             rank_loss=self.rank_loss,
             margin=self.margin,
-            risk=self.risk,
+            risk=self.risk_score,
             horizon=self.horizon,
             first_n=self.first_n,
         )
@@ -121,3 +125,22 @@ class PretrainTask:
             nvp = P.nvp_loss(out.nvp_logits, targets, valid)
         total, parts = P.joint_pretraining_loss(mlm, nvp, self.mlm_weight, self.nvp_weight)
         return total, {k: float(v.detach()) for k, v in parts.items() if k != "total"}
+
+
+def build_task(spec: JobSpec, mode: str, vocab_size: int) -> SurvivalTask | PretrainTask:
+    """The task a ``mode`` (``finetune`` or ``pretrain``) run of ``spec`` trains (the Ray worker
+    and the throughput bench's plain loop build it here, so both train the same loss)."""
+    if mode == "finetune":
+        f = spec.finetune
+        return SurvivalTask(
+            loss=f.loss,
+            lambda_rank=f.lambda_rank,
+            curriculum_epochs=f.curriculum_epochs,
+            margin=f.margin,
+            rank_loss=f.rank_loss,
+            risk_score=f.risk_score,
+            horizon=f.risk_k,
+            first_n=f.risk_n,
+        )
+    p = spec.pretrain
+    return PretrainTask(p.objective, vocab_size, p.mlm_weight, p.nvp_weight)

@@ -1,8 +1,14 @@
-"""The Ray Train worker: one ``train_func`` per rank (Ray imported here, at the edge).
+"""The Ray Train worker: one ``train_func`` per rank (Ray imported in functions: the edge).
 
 shard → batches → loop → every rank saves its (ZeRO) shard → every rank reports with the
 checkpoint. Re-launching the same run, or a replaced worker after a failure, resumes from
 ``ray.train.get_checkpoint()``: model, optimizer, scheduler, step counters and loop state.
+
+``train_func`` only wires the steps together; each step is a function of its own: the rank's
+context (:func:`rank_context`), model and engine (:func:`build_rank_engine`), resume
+(:func:`resume_state`), the shards (:func:`rank_shards`), one epoch (:func:`run_epoch`),
+validation (:func:`validate`), the epoch's metrics (:func:`epoch_metrics`) and the checkpoint
+with the report (:func:`report_epoch`).
 """
 
 from __future__ import annotations
@@ -16,42 +22,41 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
-import torch.distributed as dist
 
+from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.bench.counters import StepLog
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
+from ehrsurv_dist.data.pipeline import KeptShard
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.metrics import survival as M
 from ehrsurv_dist.train import manifest, modeling
-from ehrsurv_dist.train.engine import build_engine
+from ehrsurv_dist.train.distributed import all_reduce
+from ehrsurv_dist.train.engine import Engine, build_engine
 from ehrsurv_dist.train.loop import (
+    EpochResult,
     LoopState,
-    append_step_log,
+    StepHooks,
+    TaskFn,
     mean_loss,
     predict,
     synchronized,
     train_epoch,
 )
 from ehrsurv_dist.train.prefetch import prefetch
-from ehrsurv_dist.train.progress import step_reporter
-from ehrsurv_dist.train.tasks import PretrainTask, SurvivalTask
+from ehrsurv_dist.train.progress import StepReporter
+from ehrsurv_dist.train.tasks import build_task
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model_fp32.pt"
 LOOP_FILE = "loop_state.json"
-
-
-def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return t.tolist()
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
@@ -68,8 +73,6 @@ def _intact_checkpoint(ckpt: Any) -> Iterator[str]:
     Raises:
         manifest.CheckpointError: no intact checkpoint.
     """
-    import pyarrow.fs as pafs
-
     if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
         choice = manifest.choose_checkpoint(manifest.local_candidates(ckpt.path))
         if choice.skipped:
@@ -83,103 +86,255 @@ def _intact_checkpoint(ckpt: Any) -> Iterator[str]:
         yield d
 
 
-def train_func(config: dict[str, Any]) -> None:
-    """Body of every Ray Train worker; ``config`` is built by :func:`launch.run_training`."""
+@dataclass
+class RankContext:
+    """What every step of one rank's run shares."""
+
+    spec: JobSpec
+    mode: str  # pretrain | finetune
+    bspec: BatchSpec  # training batches
+    val_spec: BatchSpec  # validation batches (no MLM masking when fine-tuning)
+    rank: int
+    world: int
+    device: torch.device
+    config: dict[str, Any]  # train_func's config (launch.run_training)
+
+    @property
+    def progress(self) -> Any:
+        """The driver's progress actor (train/progress.py), or None."""
+        return self.config.get("progress")
+
+
+def rank_context(config: dict[str, Any]) -> RankContext:
+    """This rank's context from ``train_func``'s config; seeds torch and numpy."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
-
-    from ehrsurv_dist.data.pipeline import KeptShard
 
     spec = load_config(JobSpec, base=config["spec"])
     mode: str = config["mode"]
     bspec: BatchSpec = config["batch_spec"]
     val_spec = dataclasses.replace(bspec, mlm_vocab_size=None) if mode == "finetune" else bspec
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if spec.train.use_gpu else torch.device("cpu")
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
+    return RankContext(
+        spec, mode, bspec, val_spec, ctx.get_world_rank(), ctx.get_world_size(), device, config
+    )
 
-    model = modeling.build_model(spec, config["vocab_size"], mode)
+
+def build_rank_engine(rc: RankContext) -> Engine:
+    """The model (initialised from ``init_export`` if set, prepared for fine-tuning) in its
+    engine, with a schedule over every epoch's steps."""
+    spec, config = rc.spec, rc.config
+    model = modeling.build_model(spec, config["vocab_size"], rc.mode)
     if config.get("init_export"):
         modeling.load_encoder(model, modeling.load_export(config["init_export"]))
-    if mode == "finetune":
+    if rc.mode == "finetune":
         modeling.prepare_finetune(model, spec)
-    task: Any
-    if mode == "finetune":
-        f = spec.finetune
-        task = SurvivalTask(
-            loss=f.loss,
-            lambda_rank=f.lambda_rank,
-            curriculum_epochs=f.curriculum_epochs,
-            margin=f.margin,
-            rank_loss=f.rank_loss,
-            risk=f.risk_score,
-            horizon=f.risk_k,
-            first_n=f.risk_n,
-        )
-    else:
-        p = spec.pretrain
-        task = PretrainTask(p.objective, config["vocab_size"], p.mlm_weight, p.nvp_weight)
+    ecfg = dataclasses.replace(spec.train.engine, micro_batch_size=rc.bspec.batch_size)
+    per_rank = config["train_subjects"] / max(rc.world, 1)
+    steps_per_epoch = max(1, math.floor(per_rank / rc.bspec.batch_size) // ecfg.grad_accum)
+    return build_engine(model, ecfg, steps_per_epoch * spec.train.epochs, rc.device)
 
-    ecfg = dataclasses.replace(spec.train.engine, micro_batch_size=bspec.batch_size)
-    per_rank = config["train_subjects"] / max(world, 1)
-    steps_per_epoch = max(1, math.floor(per_rank / bspec.batch_size) // ecfg.grad_accum)
-    engine = build_engine(model, ecfg, steps_per_epoch * spec.train.epochs, device)
 
-    state = LoopState()
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with _intact_checkpoint(ckpt) as d:  # manifest-checked; falls back if corrupted
-            extra = engine.load(d)
-        state = LoopState.from_dict(extra["loop"])
+def resume_state(engine: Engine, ckpt: Any) -> LoopState:
+    """The loop state to start from: fresh without a checkpoint, else the engine (model,
+    optimizer, scheduler, step counters) and loop state restored from it."""
+    if ckpt is None:
+        return LoopState()
+    with _intact_checkpoint(ckpt) as d:  # manifest-checked; falls back if corrupted
+        extra = engine.load(d)
+    return LoopState.from_dict(extra["loop"])
 
-    # Splits this rank reads whole every epoch are kept after their first complete read (not
-    # one that launch.py has Ray divide between the workers anew every epoch). A lazy split
-    # (data.cache false) is re-read from Parquet every epoch.
+
+def rank_shards(rc: RankContext) -> tuple[KeptShard, KeptShard]:
+    """This rank's (train, tuning) shards.
+
+    Splits this rank reads whole every epoch are kept after their first complete read (not
+    one that launch.py has Ray divide between the workers anew every epoch). A lazy split
+    (data.cache false) is re-read from Parquet every epoch.
+    """
+    import ray.train
+
+    spec = rc.spec
     keep = int(spec.data.worker_cache_mb * 2**20) if spec.data.cache else 0
 
     def shard(split: str) -> KeptShard:
-        whole = split not in config["divided_splits"]
+        whole = split not in rc.config["divided_splits"]
         return KeptShard(ray.train.get_dataset_shard(split), keep if whole else 0)
 
-    train_shard = shard(S.TRAIN_SPLIT)
-    val_shard = shard(S.TUNING_SPLIT)
-    scaling = spec.finetune.lora_alpha / spec.finetune.lora_rank
+    return shard(S.TRAIN_SPLIT), shard(S.TUNING_SPLIT)
+
+
+def epoch_hooks(rc: RankContext) -> list[StepHooks]:
+    """Rank 0's progress reports to the driver, and the step log when ``train.step_log``
+    is set (the throughput bench's counters: ``bench/counters.py``)."""
+    hooks: list[StepHooks] = []
+    if rc.progress is not None and rc.rank == 0:
+        hooks.append(StepReporter(rc.progress, rc.world))
+    if rc.spec.train.step_log:
+        hooks.append(StepLog(rc.spec.train.step_log, rc.rank))
+    return hooks
+
+
+def seed_epoch(rc: RankContext, epoch: int) -> None:
+    """Seed torch for ``epoch`` of this rank.
+
+    Dropout etc. draw from a stream keyed by (seed, epoch, rank): a resumed run replays
+    exactly what an uninterrupted one would have drawn, with no RNG state to save.
+    """
+    torch.manual_seed((rc.spec.seed * 1_000_003 + epoch * 1_009 + rc.rank) % (2**63))
+
+
+def run_epoch(
+    rc: RankContext,
+    engine: Engine,
+    task: TaskFn,
+    batches: Iterator[dict[str, np.ndarray]],
+    epoch: int,
+    hooks: list[StepHooks],
+) -> EpochResult:
+    """Train one epoch on ``batches`` (whole accumulation groups every rank has)."""
+    grouped = synchronized(batches, engine.cfg.grad_accum)
+    return train_epoch(engine, task, grouped, rc.device, epoch, hooks=hooks)
+
+
+def validate(
+    rc: RankContext, engine: Engine, task: TaskFn, val_shard: KeptShard
+) -> tuple[dict[str, Any], float]:
+    """Validation metrics and the selection score (higher is better): the time-dependent
+    C-index when fine-tuning, minus the mean loss when pretraining."""
+    if rc.mode == "finetune":
+        # every rank reads the whole tuning split (it is not split), so no gather
+        preds = predict(engine, engine.module, val_shard.batches(rc.val_spec, 0), rc.device)
+        td = (
+            M.concordance_td(
+                M.hazard_table_from_csr(preds.values, preds.offsets),
+                preds.last_visit,
+                preds.event,
+            )
+            if len(preds.subject_id)
+            else math.nan
+        )
+        return {"val_c_index_td": td, "val_subjects": int(len(preds.subject_id))}, td
+    vl = mean_loss(engine, engine.module, task, val_shard.batches(rc.val_spec, 0), rc.device)
+    return {"val_loss": vl}, -vl
+
+
+def epoch_metrics(res: EpochResult) -> dict[str, Any]:
+    """The epoch's training metrics over all ranks (sums; times of the slowest rank)."""
+    loss_sum, subj, toks, steps, secs, wait = all_reduce(
+        [
+            res.loss * res.steps,
+            res.subjects,
+            res.tokens,
+            res.steps,
+            res.seconds,
+            res.data_wait_seconds,
+        ]
+    )
+    secs_max = all_reduce([res.seconds], op="max")[0]
+    return dict(
+        train_loss=loss_sum / max(steps, 1),
+        **{f"train_{k}": v for k, v in res.components.items()},
+        subjects_per_s=subj / max(secs_max, 1e-9),
+        tokens_per_s=toks / max(secs_max, 1e-9),
+        data_wait_fraction=wait / max(secs, 1e-9),
+        epoch_seconds=secs_max,
+        steps=int(steps),
+    )
+
+
+def validated_metrics(
+    rc: RankContext,
+    engine: Engine,
+    task: TaskFn,
+    val_shard: KeptShard,
+    res: EpochResult,
+    epoch: int,
+) -> tuple[dict[str, Any], float]:
+    """Validate, then the epoch's metrics (validation's, training's over all ranks, timings)
+    and the selection score."""
+    t_val = time.perf_counter()
+    metrics: dict[str, Any] = {"epoch": epoch, "lr": engine.lr}
+    val_metrics, score = validate(rc, engine, task, val_shard)
+    metrics.update(val_metrics)
+    val_seconds = time.perf_counter() - t_val
+    train_metrics = epoch_metrics(res)
+    steps = train_metrics.pop("steps")
+    # the keys in their historical order (metrics.json and the history keep it)
+    metrics.update(train_metrics, val_seconds=val_seconds, steps=steps)
+    return metrics, score
+
+
+def record_epoch(state: LoopState, metrics: dict[str, Any], score: float) -> bool:
+    """Update the early-stopping state with the epoch's ``score``, add the selection fields to
+    ``metrics``, append the epoch to the history and move to the next epoch; True when this
+    epoch is the best so far."""
+    improved = state.update(score)
+    metrics["val_score"] = score if not math.isnan(score) else -math.inf
+    metrics["best_epoch"] = state.best_epoch
+    state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    state.epoch += 1
+    return improved
+
+
+def report_epoch(
+    rc: RankContext,
+    engine: Engine,
+    state: LoopState,
+    metrics: dict[str, Any],
+    epoch: int,
+    improved: bool,
+) -> None:
+    """Save every rank's checkpoint shard (rank 0 also the fp32 model and the loop state),
+    seal it with this rank's manifest and report it with ``metrics`` to Ray Train."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    full = engine.consolidated_state_dict()  # collective under ZeRO-3 / bf16
+    with tempfile.TemporaryDirectory() as d:
+        engine.save(d, extra={"loop": state.to_dict()})
+        if rc.rank == 0:
+            scaling = rc.spec.finetune.lora_alpha / rc.spec.finetune.lora_rank
+            sd = modeling.merge_lora_state(full, scaling) if rc.mode == "finetune" else full
+            model = {"state_dict": sd, "epoch": epoch, "improved": improved}
+            atomic.write_torch(model, os.path.join(d, MODEL_FILE))
+            atomic.write_text(
+                json.dumps(state.to_dict(), default=float), os.path.join(d, LOOP_FILE)
+            )
+        # last: the manifest (sha256 of every file this rank wrote) marks them complete
+        manifest.write_manifest(d, rc.rank, rc.world, meta={"epoch": epoch})
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Body of every Ray Train worker; ``config`` is built by :func:`launch.run_training`."""
+    import ray.train
+
+    rc = rank_context(config)
+    spec = rc.spec
+    task = build_task(spec, rc.mode, config["vocab_size"])
+    engine = build_rank_engine(rc)
+    ckpt = ray.train.get_checkpoint()
+    state = resume_state(engine, ckpt)
+    train_shard, val_shard = rank_shards(rc)
     fault_after = config.get("fault_after_epoch") if ckpt is None else None
-    progress = config.get("progress")  # the driver's progress actor (train/progress.py)
+    hooks = epoch_hooks(rc)
 
     def epoch_batches(epoch: int) -> Iterator[dict[str, np.ndarray]]:
         # With prefetching on, a thread starts reading and collating at once (Prefetch).
-        return prefetch(train_shard.batches(bspec, epoch), spec.data.prefetch_batches)
+        return prefetch(train_shard.batches(rc.bspec, epoch), spec.data.prefetch_batches)
 
     upcoming: tuple[int, Iterator[dict[str, np.ndarray]]] | None = None
     while state.epoch < spec.train.epochs and not state.should_stop(spec.train.patience):
         epoch = state.epoch
-        # Dropout etc. draw from a stream keyed by (seed, epoch, rank): a resumed run replays
-        # exactly what an uninterrupted one would have drawn, with no RNG state to save.
-        torch.manual_seed((spec.seed * 1_000_003 + epoch * 1_009 + rank) % (2**63))
+        seed_epoch(rc, epoch)
         batches = upcoming[1] if upcoming is not None and upcoming[0] == epoch else None
-        res = train_epoch(
-            engine,
-            task,
-            synchronized(batches if batches is not None else epoch_batches(epoch), ecfg.grad_accum),
-            device,
-            epoch,
-            on_step=step_reporter(progress, epoch, world) if progress and rank == 0 else None,
+        res = run_epoch(
+            rc, engine, task, batches if batches is not None else epoch_batches(epoch), epoch, hooks
         )
-        if spec.train.step_log:
-            append_step_log(
-                spec.train.step_log,
-                epoch,
-                rank,
-                seconds=res.seconds,
-                cpu_seconds=res.cpu_seconds,
-                step_seconds=res.step_seconds,
-                switches=(res.voluntary_switches, res.involuntary_switches),
-                page_faults=res.page_faults,
-            )
         # The next epoch's first batches are read and collated while this one is validated and
         # checkpointed, instead of at the start of the next epoch (its Ray Data start-up was
         # most of the trainer's data wait). Batches depend only on (seed, epoch), so this
@@ -187,73 +342,14 @@ def train_func(config: dict[str, Any]) -> None:
         upcoming = None
         if epoch + 1 < spec.train.epochs and spec.data.prefetch_batches > 0:
             upcoming = (epoch + 1, epoch_batches(epoch + 1))
-        t_val = time.perf_counter()
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": engine.lr}
-        if mode == "finetune":
-            # every rank reads the whole tuning split (it is not split), so no gather
-            preds = predict(engine, engine.module, val_shard.batches(val_spec, 0), device)
-            td = (
-                M.concordance_td(
-                    M.hazard_table_from_csr(preds.values, preds.offsets),
-                    preds.last_visit,
-                    preds.event,
-                )
-                if len(preds.subject_id)
-                else math.nan
-            )
-            metrics["val_c_index_td"] = td
-            metrics["val_subjects"] = int(len(preds.subject_id))
-            score = td
-        else:
-            vl = mean_loss(engine, engine.module, task, val_shard.batches(val_spec, 0), device)
-            metrics["val_loss"] = vl
-            score = -vl
-        val_seconds = time.perf_counter() - t_val
-        loss_sum, subj, toks, steps, secs, wait = _all_reduce(
-            [
-                res.loss * res.steps,
-                res.subjects,
-                res.tokens,
-                res.steps,
-                res.seconds,
-                res.data_wait_seconds,
-            ]
-        )
-        secs_max = _all_reduce([res.seconds], op="max")[0]
-        metrics.update(
-            train_loss=loss_sum / max(steps, 1),
-            **{f"train_{k}": v for k, v in res.components.items()},
-            subjects_per_s=subj / max(secs_max, 1e-9),
-            tokens_per_s=toks / max(secs_max, 1e-9),
-            data_wait_fraction=wait / max(secs, 1e-9),
-            epoch_seconds=secs_max,
-            val_seconds=val_seconds,
-            steps=int(steps),
-        )
-        improved = state.update(score)
-        metrics["val_score"] = score if not math.isnan(score) else -math.inf
-        metrics["best_epoch"] = state.best_epoch
-        state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        state.epoch = epoch + 1
-        full = engine.consolidated_state_dict()  # collective under ZeRO-3 / bf16
-        with tempfile.TemporaryDirectory() as d:
-            engine.save(d, extra={"loop": state.to_dict()})
-            if rank == 0:
-                sd = modeling.merge_lora_state(full, scaling) if mode == "finetune" else full
-                torch.save(
-                    {"state_dict": sd, "epoch": epoch, "improved": improved},
-                    os.path.join(d, MODEL_FILE),
-                )
-                with open(os.path.join(d, LOOP_FILE), "w") as fh:
-                    json.dump(state.to_dict(), fh, default=float)
-            # last: the manifest (sha256 of every file this rank wrote) marks them complete
-            manifest.write_manifest(d, rank, world, meta={"epoch": epoch})
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
-        if progress is not None and rank == 0:
-            progress.update.remote({**_numbers(metrics), "epoch_done": epoch})
-        if fault_after is not None and epoch == fault_after and rank == world - 1:
+        metrics, score = validated_metrics(rc, engine, task, val_shard, res, epoch)
+        improved = record_epoch(state, metrics, score)
+        report_epoch(rc, engine, state, metrics, epoch, improved)
+        if rc.progress is not None and rc.rank == 0:
+            rc.progress.update.remote({**_numbers(metrics), "epoch_done": epoch})
+        if fault_after is not None and epoch == fault_after and rc.rank == rc.world - 1:
             # fault injection for the recovery tests (EHRSURV_FAULT_AFTER_EPOCH, see launch.py)
-            raise RuntimeError(f"injected fault after epoch {epoch} on rank {rank}")
+            raise RuntimeError(f"injected fault after epoch {epoch} on rank {rc.rank}")
     if upcoming is not None:  # early stopping: the prepared epoch never runs
         close = getattr(upcoming[1], "close", None)
         if close is not None:

@@ -228,3 +228,66 @@ def test_gpu_synthetic_batch_is_a_valid_flat_batch() -> None:
     model = B.build_survival_model(B.behrt_tiny(50, 23))
     out = model(**select_inputs(model, b))
     assert out.logits.shape == (3, 5) and bool(out.visit_mask.all())
+
+
+TRAINING_KEYS = [
+    "train_overhead_ratio", "train_overhead_ratio_best_epoch", "train_overhead_ratio_step_median",
+    "ray_1w_step_floor_epoch_s", "train_cpu_ratio", "ray_1w_off_cpu_fraction",
+    "plain_off_cpu_fraction", "ray_1w_voluntary_switches_per_epoch",
+    "ray_1w_involuntary_switches_per_epoch", "ray_1w_page_faults_per_epoch",
+    "plain_voluntary_switches_per_epoch", "plain_involuntary_switches_per_epoch",
+    "plain_page_faults_per_epoch", "plain_step_floor_epoch_s", "data_wait_fraction",
+    "ray_1w_tokens_per_s", "ray_2w_tokens_per_s", "plain_tokens_per_s",
+    "plain_stream_tokens_per_s", "train_overhead_ratio_median", "train_overhead_ratio_vs_stream",
+    "ray_2w_speedup_vs_1w", "ray_2w_speedup_vs_plain", "ray_1w_epoch_s", "ray_1w_epoch_median_s",
+    "ray_2w_epoch_s", "plain_epoch_s", "plain_epoch_median_s", "plain_stream_epoch_s",
+    "ray_1w_tokens_per_s_median", "plain_tokens_per_s_median", "ray_2w_data_wait_fraction",
+    "plain_stream_data_wait_fraction", "ray_1w_compute_s", "ray_1w_run_wall_s",
+    "ray_1w_first_epoch_s", "train_overhead_ratio_round_min", "train_overhead_ratio_round_max",
+    "tokens_per_epoch", "steps_per_epoch", "plain_loss_epoch_last",
+]  # fmt: skip
+
+
+def _run(scale: float, steps: int = 3, epochs: int = 3) -> dict[str, object]:
+    """A run record as ray_run / plain_loop return it, times scaled by ``scale``."""
+    step_s = [[scale * (1 + 0.1 * s + 0.01 * e) for s in range(steps)] for e in range(epochs)]
+    return {
+        "step_s": step_s,
+        "cpu_s": [0.9 * sum(x) for x in step_s],
+        "counters": [[10, 2, 100] for _ in range(epochs)],
+        "epoch_s": [1.05 * sum(x) for x in step_s],
+        "tokens": [300.0] * epochs,
+        "wait": [0.01] * epochs,
+        "steps": [steps] * epochs,
+        "wall_s": 9.0,
+        "loss": [0.7, 0.6, 0.5],
+        "worker_peak_rss_mb": [400.0, 420.0],
+    }
+
+
+def test_bench_keys_are_those_of_the_bench_json() -> None:
+    from ehrsurv_dist.bench.throughput.reduce import memory_keys, training_keys
+
+    ray1, plain = [_run(1.1), _run(1.2)], [_run(1.0), _run(1.05)]
+    keys = training_keys(ray1, plain, _run(0.6), _run(1.3))
+    assert list(keys) == TRAINING_KEYS
+    assert keys["train_overhead_ratio"] == pytest.approx(1.1)  # step floors: 1.1 / 1.0
+    assert keys["plain_loss_epoch_last"] == 0.5
+    mem = memory_keys({"2w_zero1": _run(0.6), "2w_zero2": _run(0.6)}, [1, 2], n_params=1000)
+    assert list(mem) == [
+        f"{k.format(s=s)}"
+        for s in (1, 2)
+        for k in (
+            "peak_rss_mb_zero{s}", "peak_rss_mb_zero{s}_mean", "ray_2w_zero{s}_tokens_per_s",
+            "ray_2w_zero{s}_data_wait_fraction", "model_state_mb_per_rank_zero{s}",
+            "ray_2w_zero{s}_run_wall_s",
+        )
+    ]  # fmt: skip
+    assert mem["peak_rss_mb_zero1"] == 420.0
+
+
+def test_bench_refuses_unequal_work() -> None:
+    from ehrsurv_dist.bench.throughput.reduce import training_keys
+
+    with pytest.raises(RuntimeError, match="unequal work"):
+        training_keys([_run(1.1)], [_run(1.0, steps=4)], _run(0.6), _run(1.3))

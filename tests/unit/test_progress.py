@@ -7,7 +7,7 @@ import time
 
 from tqdm import tqdm
 
-from ehrsurv_dist.train.progress import _BarView, step_reporter
+from ehrsurv_dist.train.progress import StepReporter, _BarView
 
 
 def _bar(total: int) -> tqdm:
@@ -51,8 +51,9 @@ def test_step_reporter_throttles_updates() -> None:
             def remote(fields: dict[str, int]) -> None:
                 sent.append(fields)
 
-    on_step = step_reporter(Sink(), epoch=3, world=2, min_interval_s=60.0)
-    for subjects in (8, 16, 24):
-        on_step(subjects)
+    reporter = StepReporter(Sink(), world=2, min_interval_s=60.0)
+    reporter.on_epoch_start(3)
+    for step, subjects in enumerate((8, 16, 24)):
+        reporter.on_step(step, 0.1, subjects)
     # the first step reports at once (times the world size); the rest fall inside the interval
     assert sent == [{"epoch": 3, "subjects": 16}]

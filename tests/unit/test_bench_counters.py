@@ -1,0 +1,59 @@
+"""The throughput bench's step hooks: thread counters and the step log (no Ray, no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ehrsurv_dist.bench.counters import StepLog, append_step_log, read_step_log, thread_counters
+
+
+def test_thread_counters_count_this_threads_page_faults() -> None:
+    before = thread_counters()
+    # 64 MB: above any malloc mmap threshold, so fresh pages from the kernel, all written
+    buf = bytearray(64 << 20)
+    after = thread_counters()
+    del buf
+    assert after[2] - before[2] >= 4_000  # 16,384 pages of 4 KB
+    assert all(b >= a for a, b in zip(before, after, strict=True))
+
+
+def test_step_log_round_trip_per_rank(tmp_path: Path) -> None:
+    def log(epoch: int, rank: int, steps: list[float]) -> None:
+        append_step_log(
+            path, epoch, rank, seconds=sum(steps) + 0.5, cpu_seconds=0.25, step_seconds=steps
+        )
+
+    path = str(tmp_path / "logs" / "steps.jsonl")
+    append_step_log(
+        path, 0, 2, seconds=1.0, cpu_seconds=0.5, step_seconds=[1.0], switches=(7, 3),
+        page_faults=11,
+    )  # fmt: skip
+    log(0, 0, [0.5, 0.25])
+    log(0, 1, [0.75])
+    log(1, 0, [0.125])
+    log(1, 0, [0.0625, 0.5])  # epoch 1 again (re-run after a resume)
+    r0, r1 = read_step_log(path, rank=0), read_step_log(path, rank=1)
+    assert {e: r["step_seconds"] for e, r in r0.items()} == {0: [0.5, 0.25], 1: [0.0625, 0.5]}
+    assert {e: r["step_seconds"] for e, r in r1.items()} == {0: [0.75]}
+    assert r0[0]["seconds"] == 1.25 and r0[0]["cpu_seconds"] == 0.25
+    assert len(open(path).read().splitlines()) == 5
+    r2 = read_step_log(path, rank=2)[0]
+    assert r2["switches"] == [7, 3] and r2["page_faults"] == 11
+    assert r0[0]["switches"] == [0, 0] and r0[0]["page_faults"] == 0
+
+
+def test_step_log_hook_appends_one_line_per_epoch(tmp_path: Path) -> None:
+    path = str(tmp_path / "steps.jsonl")
+    hook = StepLog(path, rank=1)
+    for epoch in (0, 1):
+        hook.on_epoch_start(epoch)
+        hook.on_step(0, 0.25, 4)
+        hook.on_step(1, 0.5, 8)
+        rec = hook.on_epoch_end()
+        assert rec["step_seconds"] == [0.25, 0.5]
+    logged = read_step_log(path, rank=1)
+    assert sorted(logged) == [0, 1]
+    assert list(logged[1]) == [
+        "epoch", "rank", "seconds", "cpu_seconds", "step_seconds", "switches", "page_faults"
+    ]  # fmt: skip
+    assert logged[1]["step_seconds"] == [0.25, 0.5] and logged[1]["rank"] == 1
