@@ -161,7 +161,7 @@ def predict_split_ray(
 
     use_gpu = spec.train.use_gpu
     # no more actors than the ingest tasks that feed them (the map is fused into the actors)
-    n = max(1, min(num_scorers(spec), len(task_groups(pipe.plan, pipe._num_tasks()))))
+    n = max(1, min(num_scorers(spec), len(task_groups(pipe.plan, pipe.num_tasks()))))
     ds = pipe.dataset(split)  # compact rows: any block boundary is safe for the scorer
     scored = ds.map_batches(
         ModelScorer,

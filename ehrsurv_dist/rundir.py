@@ -31,6 +31,7 @@ PREDICTIONS_DIR = "predictions"
 PREDICTIONS = os.path.join(PREDICTIONS_DIR, "predictions.parquet")
 PLOTS = "plots"
 RAY_DIR = "ray"
+RUN_NAME = "train"  # Ray Train's run name: its checkpoints are under RUN/ray/train/
 
 # A new run's own files: removed again if the run fails before its first checkpoint.
 RUN_FILES = (CONFIG, MODE, VOCAB, REJECTS)

@@ -34,8 +34,9 @@ def make_untrained_run() -> Callable[[str, str, Sequence[Any]], Any]:
         from ehrsurv_dist.config import load_config
         from ehrsurv_dist.data.pipeline import IngestPipeline
         from ehrsurv_dist.jobspec import JobSpec
+        from ehrsurv_dist.rundir import EXPORT
         from ehrsurv_dist.train import modeling
-        from ehrsurv_dist.train.launch import EXPORT, prepare_run_dir
+        from ehrsurv_dist.train.outdir import prepare_run_dir
 
         spec = load_config(JobSpec, None, [*overrides, ("data.cohort", cohort)])
         prepare_run_dir(out, spec, "finetune")

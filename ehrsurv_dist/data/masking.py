@@ -6,7 +6,7 @@ else, so the Ray path and the single-process path, whatever their block or batch
 bit-identical masks, and every epoch gets fresh ones.
 
 MLM (BERT): each real token whose code is a vocabulary code (``>= NUM_SPECIAL_TOKENS``; PAD is
-never selected, nor is UNK, matching ``objectives.pretraining.mask_tokens``) is selected with
+never selected, nor is UNK) is selected with
 probability 0.15; a selected token becomes ``MASK_ID`` (80%), a random code drawn uniformly from
 ``[NUM_SPECIAL_TOKENS, vocab_size)`` (10%), or stays (10%). ``mlm_labels`` holds the original code
 at selected positions and ``IGNORE_INDEX`` everywhere else (padding included). The unmasked codes

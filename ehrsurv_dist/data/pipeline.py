@@ -308,7 +308,7 @@ class IngestPipeline:
             yield from emit_batches(collate_block(block, spec, epoch, unit_id), spec, st)
 
     # -- Ray -------------------------------------------------------------------------------
-    def _num_tasks(self) -> int:
+    def num_tasks(self) -> int:
         """Tasks per dataset: ``tasks_per_cpu`` per cluster CPU, more if tasks would exceed
         ``max_rows_per_task`` rows. Few, balanced tasks: Ray Data adds a fixed cost per task and
         delivers outputs in ~100 ms scheduling rounds."""
@@ -324,7 +324,7 @@ class IngestPipeline:
         import ray.data  # the Ray edge: imported where used, so the module imports without Ray
         from ray.data.context import ShuffleStrategy
 
-        groups = task_groups(self.plan, self._num_tasks())
+        groups = task_groups(self.plan, self.num_tasks())
         items = [{"task": i} for i in range(len(groups))]
         ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
         common = {"plan": self.plan, "groups": groups}

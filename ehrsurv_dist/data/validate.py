@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.constants import US_PER_YEAR
 from ehrsurv_dist.data import io
+from ehrsurv_dist.data.events import time_us
 from ehrsurv_dist.data.meds_read import (
     data_files,
     default_outcomes_path,
@@ -26,7 +27,7 @@ from ehrsurv_dist.data.meds_read import (
 )
 from ehrsurv_dist.data.validate_files import NO_TIME_MAX, NO_TIME_MIN, FileSummary, check_file
 from ehrsurv_dist.data.validation_report import CohortReport, Problem
-from ehrsurv_dist.data.visits import GRANULARITY_US, time_us
+from ehrsurv_dist.data.visits import GRANULARITY_US
 from ehrsurv_dist.errors import CohortError
 
 MAX_AGE_YEARS = 125.0
@@ -115,7 +116,7 @@ def _check_files(rep: CohortReport, cohort: str) -> list[FileSummary]:
 def _merge_summaries(summaries: list[FileSummary]) -> _Subjects:
     """Merge per-shard aggregates per subject.
 
-    Birth = the earliest MEDS_BIRTH over every shard (as the reader uses it, flatten.py).
+    Birth = the earliest MEDS_BIRTH over every shard (as the reader uses it, data/visits.py).
     """
     all_sid = np.concatenate([s.subjects for s in summaries])
     subjects, inv, nfiles = np.unique(all_sid, return_inverse=True, return_counts=True)

@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.data.events import time_us
 from ehrsurv_dist.data.meds_read import read_events_table, short_error
 from ehrsurv_dist.data.validation_report import CohortReport, Problem
-from ehrsurv_dist.data.visits import time_us
 
 NO_TIME_MAX = np.iinfo(np.int64).max  # "no time yet" of a running minimum
 NO_TIME_MIN = np.iinfo(np.int64).min  # "no time yet" of a running maximum

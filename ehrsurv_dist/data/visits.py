@@ -36,13 +36,9 @@ from ehrsurv_dist.data.events import (
     event_arrays,
     lookup,
     sorted_unique,
-    time_us,  # noqa: F401 - re-exported: data.meds imports it from here
 )
 from ehrsurv_dist.data.views import RaggedField
-from ehrsurv_dist.ragged import (
-    Ragged,
-    concat_ranges,  # noqa: F401 - re-exported: train.loop and evaluate import it from here
-)
+from ehrsurv_dist.ragged import Ragged
 
 GRANULARITY_US: dict[str, int] = {
     "day": 86_400_000_000,

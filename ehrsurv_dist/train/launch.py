@@ -24,31 +24,22 @@ from ehrsurv_dist.data.pipeline import IngestPipeline
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.rundir import EXPORT, RAY_DIR, VOCAB
+from ehrsurv_dist.rundir import EXPORT, RAY_DIR, RUN_NAME, VOCAB
 from ehrsurv_dist.train import manifest, modeling
 from ehrsurv_dist.train.outdir import (
-    RUN_NAME,
     check_resume_checkpoints,
-    claim_output_dir,
     discard_new_run,
     prepare_run_dir,
 )
 from ehrsurv_dist.train.progress import DriverProgress
 from ehrsurv_dist.train.worker import LOOP_FILE, MODEL_FILE, train_func
 
-# Importers of the run-directory helpers and names from here (tune, evaluate, tests) keep
-# working; the names live in ehrsurv_dist.rundir and train/outdir.py.
 __all__ = [
     "DATA_CPUS",
-    "EXPORT",
-    "RAY_DIR",
-    "RUN_NAME",
     "RunResult",
     "absolute_paths",
     "check_resources",
-    "claim_output_dir",
     "init_ray",
-    "prepare_run_dir",
     "quiet_ray_data_console",
     "run_training",
 ]
@@ -183,7 +174,7 @@ def run_training(
         out: run directory (new, or the same run to resume).
         progress: draw a progress bar on the driver (``train/progress.py``).
         callbacks: Ray Train callbacks for the run's ``RunConfig``, e.g. Tune's
-            ``TuneReportCallback`` when a Tune trial drives this run (``ehrsurv_dist/tune.py``).
+            ``TuneReportCallback`` when a Tune trial drives this run (``ehrsurv_dist/tune/run.py``).
     """
     if mode not in ("pretrain", "finetune"):
         raise ValueError(f"mode must be pretrain or finetune, got {mode!r}")

@@ -19,11 +19,10 @@ from ehrsurv_dist import atomic
 from ehrsurv_dist.config import ConfigError, dump_yaml, load_config
 from ehrsurv_dist.errors import OutputError
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.rundir import CONFIG, MODE, RAY_DIR, RUN_FILES
+from ehrsurv_dist.rundir import CONFIG, MODE, RAY_DIR, RUN_FILES, RUN_NAME
 from ehrsurv_dist.train import manifest
 
 log = logging.getLogger(__name__)
-RUN_NAME = "train"  # Ray Train's run name: its checkpoints are under RUN/ray/train/
 
 
 def claim_output_dir(

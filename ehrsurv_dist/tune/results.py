@@ -28,7 +28,6 @@ from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.metrics.survival import jsonable
 from ehrsurv_dist.models.lora import trainable_parameters
 from ehrsurv_dist.train import modeling
-from ehrsurv_dist.train.launch import RUN_NAME
 from ehrsurv_dist.train.worker import LOOP_FILE, MODEL_FILE
 from ehrsurv_dist.tune.report import (
     PLOT_FILE,
@@ -142,7 +141,7 @@ def run_state(run_dir: str) -> dict[str, Any]:
     """The loop state (epoch, bad_epochs, history) of a possibly unfinished run: that of its
     latest checkpoint, the one with the longest history ({} without checkpoints)."""
     latest: dict[str, Any] = {}
-    root = os.path.join(run_dir, rundir.RAY_DIR, RUN_NAME)
+    root = os.path.join(run_dir, rundir.RAY_DIR, rundir.RUN_NAME)
     if not os.path.isdir(root):
         return latest
     for d in sorted(os.listdir(root)):
@@ -205,7 +204,7 @@ def best_checkpoint(run_dir: str) -> str | None:
     The first of equal scores wins, in folder order; a checkpoint without a readable history
     or without weights is passed over.
     """
-    root = os.path.join(run_dir, rundir.RAY_DIR, RUN_NAME)
+    root = os.path.join(run_dir, rundir.RAY_DIR, rundir.RUN_NAME)
     best: tuple[float, str] | None = None
     for d in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         ck = os.path.join(root, d)

@@ -28,7 +28,8 @@ from tqdm import tqdm
 from ehrsurv_dist import atomic
 from ehrsurv_dist.config import ConfigError, load_config, to_dict
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.train.launch import absolute_paths, claim_output_dir, init_ray, run_training
+from ehrsurv_dist.train.launch import absolute_paths, init_ray, run_training
+from ehrsurv_dist.train.outdir import claim_output_dir
 from ehrsurv_dist.tune.placement_groups import (
     PG_FILE,
     placement_group_recorder,

@@ -26,8 +26,10 @@ import pytest
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.errors import OutputError
 from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.rundir import RAY_DIR, RUN_NAME
 from ehrsurv_dist.train import manifest
-from ehrsurv_dist.train.launch import RAY_DIR, RUN_NAME, prepare_run_dir, run_training
+from ehrsurv_dist.train.launch import run_training
+from ehrsurv_dist.train.outdir import prepare_run_dir
 
 pytestmark = pytest.mark.integration
 

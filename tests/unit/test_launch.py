@@ -10,7 +10,8 @@ import pytest
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.errors import OutputError
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.train.launch import absolute_paths, prepare_run_dir
+from ehrsurv_dist.train.launch import absolute_paths
+from ehrsurv_dist.train.outdir import prepare_run_dir
 
 
 def test_local_paths_become_absolute_uris_stay(
