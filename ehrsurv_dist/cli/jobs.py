@@ -61,8 +61,7 @@ def cmd_train(args: argparse.Namespace, mode: str) -> int:
     from ehrsurv_dist.atomic import write_json as write_json_atomic
     from ehrsurv_dist.config import load_config
     from ehrsurv_dist.jobspec import JobSpec
-    from ehrsurv_dist.metrics import plots
-    from ehrsurv_dist.metrics.survival import jsonable
+    from ehrsurv_dist.metrics import jsonable, plots
     from ehrsurv_dist.train.launch import run_training
 
     spec = load_config(JobSpec, args.config, job_overrides(args))

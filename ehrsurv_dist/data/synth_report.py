@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 from scipy.stats import spearmanr
 
 from ehrsurv_dist import atomic
+from ehrsurv_dist import metrics as M
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data.meds import data_files, read_outcomes
 from ehrsurv_dist.data.splits import subject_splits
-from ehrsurv_dist.metrics import survival as M
 
 
 def _csr(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

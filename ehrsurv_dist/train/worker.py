@@ -30,13 +30,13 @@ import pyarrow.fs as pafs
 import torch
 
 from ehrsurv_dist import atomic
+from ehrsurv_dist import metrics as M
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.bench.counters import StepLog
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
-from ehrsurv_dist.data.pipeline import KeptShard
+from ehrsurv_dist.data.shards import KeptShard
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.metrics import survival as M
 from ehrsurv_dist.train import manifest, modeling
 from ehrsurv_dist.train.distributed import all_reduce
 from ehrsurv_dist.train.engine import Engine, build_engine

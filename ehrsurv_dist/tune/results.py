@@ -25,7 +25,7 @@ from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.evaluate import evaluate_run
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.metrics.survival import jsonable
+from ehrsurv_dist.metrics import jsonable
 from ehrsurv_dist.models.lora import trainable_parameters
 from ehrsurv_dist.train import modeling
 from ehrsurv_dist.train.worker import LOOP_FILE, MODEL_FILE
