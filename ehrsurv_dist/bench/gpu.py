@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -106,20 +107,33 @@ def synthetic_batch(
     }
 
 
+@dataclass(frozen=True)
+class GpuBenchSettings:
+    """What every preset of one GPU bench run trains with: batch shape, steps, ZeRO stage."""
+
+    batch: int = 32
+    """Subjects per micro-batch."""
+    seq_len: int = 512
+    """Tokens per subject L."""
+    steps: int = 30
+    """Timed optimizer steps per preset."""
+    warmup: int = 5
+    """Untimed optimizer steps first."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage (0-2 anywhere, 3 on a GPU)."""
+    vocab_size: int = 1000
+    """Code ids of the synthetic batches (and the model's vocabulary)."""
+    codes_per_visit: int = 10
+    """Codes per visit of the synthetic batches."""
+
+
 def bench_size(
-    size: str,
-    *,
-    device: torch.device,
-    batch: int,
-    seq_len: int,
-    steps: int,
-    warmup: int,
-    vocab_size: int = 1000,
-    codes_per_visit: int = 10,
-    zero_stage: int = 1,
-    peak: float | None = None,
+    size: str, settings: GpuBenchSettings, *, device: torch.device, peak: float | None = None
 ) -> dict[str, float]:
-    """Train preset ``size`` for ``warmup`` + ``steps`` steps; the figures of the timed steps."""
+    """Train preset ``size`` for ``warmup`` + ``steps`` steps of ``settings``; the figures of the
+    timed steps."""
+    batch, seq_len, vocab_size = settings.batch, settings.seq_len, settings.vocab_size
+    steps, warmup = settings.steps, settings.warmup
     cuda = device.type == "cuda"
     cfg = getattr(B, f"behrt_{size}")(vocab_size, seq_len)  # the preset as trained
     torch.manual_seed(0)
@@ -127,14 +141,14 @@ def bench_size(
     n_params = sum(p.numel() for p in model.parameters())
     ecfg = EngineConfig(
         engine="deepspeed",
-        zero_stage=zero_stage,
+        zero_stage=settings.zero_stage,
         precision="bf16" if cuda else "fp32",
         micro_batch_size=batch,
         lr=1e-4,
     )
     engine = build_engine(model, ecfg, total_steps=warmup + steps, device=device)
     task = SurvivalTask(loss="nll")
-    host = synthetic_batch(vocab_size, batch, seq_len, codes_per_visit)
+    host = synthetic_batch(vocab_size, batch, seq_len, settings.codes_per_visit)
     np_batch = {k: v.numpy() for k, v in host.items()}
 
     def step() -> None:
@@ -182,12 +196,8 @@ def bench_size(
 def run_gpu_bench(
     out: str,
     sizes: Sequence[str] = ("medium", "large"),
+    settings: GpuBenchSettings | None = None,
     *,
-    batch: int = 32,
-    seq_len: int = 512,
-    steps: int = 30,
-    warmup: int = 5,
-    zero_stage: int = 1,
     peak: float | None = None,
     device: str | None = None,
     log: Any = print,
@@ -197,9 +207,8 @@ def run_gpu_bench(
     Args:
         out: output directory (created).
         sizes: BEHRT presets.
-        batch, seq_len: micro-batch shape (subjects, tokens).
-        steps, warmup: timed and untimed optimizer steps per preset.
-        zero_stage: DeepSpeed ZeRO stage (0-2 anywhere, 3 on a GPU).
+        settings: micro-batch shape, timed and untimed steps and ZeRO stage of every preset
+            (default: :class:`GpuBenchSettings`' defaults).
         peak: the device's dense bf16 peak in TFLOP/s (default: from the device name).
         device: ``cuda`` / ``cpu`` (default: cuda if available).
         log: where progress lines go.
@@ -207,6 +216,7 @@ def run_gpu_bench(
     Returns:
         The flat ``bench.json`` content.
     """
+    settings = settings or GpuBenchSettings()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
@@ -226,16 +236,7 @@ def run_gpu_bench(
     try:
         for size in sizes:
             t0 = time.perf_counter()
-            r = bench_size(
-                size,
-                device=dev,
-                batch=batch,
-                seq_len=seq_len,
-                steps=steps,
-                warmup=warmup,
-                zero_stage=zero_stage,
-                peak=peak,
-            )
+            r = bench_size(size, settings, device=dev, peak=peak)
             res.update({f"{size}_{k}": v for k, v in r.items()})
             res[f"{size}_wall_s"] = time.perf_counter() - t0
             if cuda:
@@ -258,7 +259,9 @@ def run_gpu_bench(
     res["cuda"] = float(cuda)
     os.makedirs(out, exist_ok=True)
     atomic.write_json(res, os.path.join(out, "bench.json"))
-    atomic.write_text(_summary(res, sizes, name, cuda, zero_stage), os.path.join(out, "SUMMARY.md"))
+    atomic.write_text(
+        _summary(res, sizes, name, cuda, settings.zero_stage), os.path.join(out, "SUMMARY.md")
+    )
     return res
 
 
@@ -320,17 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if min(a.batch, a.seq_len, a.steps) < 1 or a.warmup < 0:
         p.error("--batch, --seq-len and --steps must be >= 1, --warmup >= 0")
-    run_gpu_bench(
-        a.out,
-        a.sizes,
-        batch=a.batch,
-        seq_len=a.seq_len,
-        steps=a.steps,
-        warmup=a.warmup,
-        zero_stage=a.zero_stage,
-        peak=a.peak_tflops,
-        device=a.device,
-    )
+    shape = {k: getattr(a, k) for k in ("batch", "seq_len", "steps", "warmup", "zero_stage")}
+    run_gpu_bench(a.out, a.sizes, GpuBenchSettings(**shape), peak=a.peak_tflops, device=a.device)
     print(open(os.path.join(a.out, "SUMMARY.md")).read())
     return 0
 

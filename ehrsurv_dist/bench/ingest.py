@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 from ehrsurv_dist import atomic
 from ehrsurv_dist.bench.ingest_summary import ingest_summary
+from ehrsurv_dist.bench.local_ray import start_local_ray
 from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data.collate import BatchStats, batches_from_blocks
 from ehrsurv_dist.data.meds import data_files
@@ -141,23 +142,6 @@ def _read_all(cohort: str, dictionary: bool) -> int:
     return rows
 
 
-def _start_local_ray(num_cpus: int) -> None:
-    """A quiet local Ray with ``num_cpus`` CPUs (no dashboard, no progress bars)."""
-    import ray  # the Ray edge: only the Ray paths of the bench need it
-    import ray.data
-
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-
-
 def _ray_session(
     num_cpus: int,
     repeats: int,
@@ -174,7 +158,7 @@ def _ray_session(
     """
     import ray  # the Ray edge: the bench starts and stops its own local Ray
 
-    _start_local_ray(num_cpus)
+    start_local_ray(num_cpus)
     times: dict[str, list[float]] = {k: [] for k in passes}
     last: dict[str, Any] = {}
     mem = {"peak": 0.0, "growth": 0.0, "peak_total": 0.0}
@@ -217,7 +201,7 @@ def _driver_memory_child(
     stream the Ray path ``repeats`` times and report the private-RSS peak and growth."""
     import ray  # the Ray edge: a fresh process with its own local Ray
 
-    _start_local_ray(num_cpus)
+    start_local_ray(num_cpus)
     try:
         pipe = IngestPipeline(cohort, cfg, report=report, vocab=vocab, **kw)
         before = _rss_mb()
