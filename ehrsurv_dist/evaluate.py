@@ -322,7 +322,7 @@ def _score_splits(
 def _risk(spec: JobSpec, ht: M.HazardTable) -> np.ndarray:
     """float64 [N]: the run's scalar risk score (``finetune.risk_score``) of every subject."""
     f = spec.finetune
-    return M.risk_scores(ht, risk_score=f.risk_score, k=f.risk_k, n=f.risk_n)
+    return M.risk_scores(ht, risk_score=f.risk_score, risk_k=f.risk_k, risk_n=f.risk_n)
 
 
 def _split_metrics(

@@ -25,7 +25,7 @@ from torch import Tensor
 from ehrsurv_dist.schema import RISK_SCORES
 from ehrsurv_dist.tensors import check_shape, check_tensor
 
-# The names of schema.RISK_SCORES, as a type for the ``method`` arguments.
+# The names of schema.RISK_SCORES, as a type for the ``risk_score`` arguments.
 RiskScore = Literal["mean_hazard", "horizon", "first_n"]
 
 
@@ -106,46 +106,46 @@ def survival_curve(logits: Tensor, visit_mask: Tensor, num_steps: int | None = N
 def risk_score(
     logits: Tensor,
     visit_mask: Tensor,
-    method: RiskScore = "mean_hazard",
+    risk_score: RiskScore = "mean_hazard",
     *,
-    horizon: int | None = None,
-    first_n: int | None = None,
+    risk_k: int | None = None,
+    risk_n: int | None = None,
 ) -> Tensor:
     """Scalar risk per subject (DESIGN.md §4); higher = earlier expected event.
 
     - ``mean_hazard``: mean of h_t over the real visits (seed default).
-    - ``horizon``: ``1 - S(min(k, T))`` with k = ``horizon`` and T the last real visit.
-    - ``first_n``: mean of h_t over the first ``first_n`` real visits (seed's length-bias fix).
+    - ``horizon``: ``1 - S(min(k, T))`` with k = ``risk_k`` and T the last real visit.
+    - ``first_n``: mean of h_t over the first ``risk_n`` real visits (seed's length-bias fix).
 
     Args:
         logits: float [B, V].
         visit_mask: bool [B, V].
-        method: one of ``schema.RISK_SCORES``.
-        horizon: k >= 0, required for ``horizon``.
-        first_n: n >= 1, required for ``first_n``.
+        risk_score: one of ``schema.RISK_SCORES`` (the job's ``finetune.risk_score``).
+        risk_k: k >= 0, required for ``risk_score="horizon"`` (``finetune.risk_k``).
+        risk_n: n >= 1, required for ``risk_score="first_n"`` (``finetune.risk_n``).
 
     Returns:
         float [B]; 0 for a subject without real visits.
 
     Raises:
-        ValueError: unknown ``method`` or a missing/invalid ``horizon`` / ``first_n``.
+        ValueError: unknown ``risk_score`` or a missing/invalid ``risk_k`` / ``risk_n``.
     """
     check_logits_mask(logits, visit_mask)
-    if method == "mean_hazard":
+    if risk_score == "mean_hazard":
         h = hazards_from_logits(logits, visit_mask)
         return h.sum(1) / visit_mask.sum(1).clamp(min=1).to(h.dtype)
-    if method == "horizon":
-        if horizon is None or horizon < 0:
-            raise ValueError(f"horizon must be an int >= 0 for method='horizon', got {horizon}")
+    if risk_score == "horizon":
+        if risk_k is None or risk_k < 0:
+            raise ValueError(f"risk_k must be an int >= 0 for risk_score='horizon', got {risk_k}")
         last = last_real_visit(visit_mask)
-        at = torch.minimum(last, torch.full_like(last, horizon)).clamp(min=0)  # [B]
+        at = torch.minimum(last, torch.full_like(last, risk_k)).clamp(min=0)  # [B]
         log_s = log_survival(logits, visit_mask).gather(1, at[:, None]).squeeze(1)  # [B]
         return -torch.expm1(log_s)
-    if method == "first_n":
-        if first_n is None or first_n < 1:
-            raise ValueError(f"first_n must be an int >= 1 for method='first_n', got {first_n}")
+    if risk_score == "first_n":
+        if risk_n is None or risk_n < 1:
+            raise ValueError(f"risk_n must be an int >= 1 for risk_score='first_n', got {risk_n}")
         rank = visit_mask.long().cumsum(1)  # [B, V], 1-based rank among real visits
-        keep = visit_mask & (rank <= first_n)
+        keep = visit_mask & (rank <= risk_n)
         h = hazards_from_logits(logits, keep)
         return h.sum(1) / keep.sum(1).clamp(min=1).to(h.dtype)
-    raise ValueError(f"method must be one of {RISK_SCORES}, got {method!r}")
+    raise ValueError(f"risk_score must be one of {RISK_SCORES}, got {risk_score!r}")

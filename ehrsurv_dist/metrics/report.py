@@ -117,7 +117,7 @@ def evaluate_split(
         ValueError: malformed inputs (shapes, dtypes, empty split, unknown ``risk_score``).
     """
     split = _check_split(hazards, last_visit, event, train_last_visit, train_event, n_boot)
-    risk = risk_scores(split.table, None, risk_score, k=risk_k, n=risk_n)
+    risk = risk_scores(split.table, None, risk_score, risk_k=risk_k, risk_n=risk_n)
     warn: list[str] = []
     out = _counts(split, risk_score_name(risk_score, risk_k, risk_n), warn)
     td = TdConcordance(split.table, split.event, tied_tol)

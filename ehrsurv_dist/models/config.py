@@ -4,7 +4,7 @@ Each field has a docstring; ``__post_init__`` raises a
 :class:`~ehrsurv_dist.errors.ConfigError` (a ``ValueError``) keyed by the offending field, as
 the job config's dataclasses do. These configs are built from a job's ``model`` and
 ``finetune`` sections by ``train/modeling.py`` (``model.dropout`` → ``dropout``,
-``model.sinusoidal`` → ``use_sinusoidal``, ``finetune.lora_rank`` → ``LoRAConfig.rank``, ...),
+``model.sinusoidal`` → ``sinusoidal``, ``finetune.lora_rank`` → ``LoRAConfig.rank``, ...),
 where the job spec has already checked the values it sets. ``vocab_size`` may be left ``None`` in YAML: it is only known once the vocabulary is built,
 and is filled in with ``dataclasses.replace(cfg, vocab_size=n)`` (or by the builders in
 ``models/builders.py``) before a model is constructed. The models refuse a config whose
@@ -99,8 +99,10 @@ class BEHRTConfig:
     """Dropout after the embeddings, the attention output and the feed-forward output."""
     attention_dropout: float = 0.1
     """Dropout on the attention probabilities (``dropout_p`` of scaled_dot_product_attention)."""
-    use_sinusoidal: bool = False
-    """Fixed sinusoidal positions instead of a learned position table."""
+    sinusoidal: bool = False
+    """Fixed sinusoidal positions instead of a learned position table (the job's
+    ``model.sinusoidal``; exports written before the field's rename carry ``use_sinusoidal``,
+    which ``train.modeling.model_from_export`` still reads)."""
     attention: AttentionMode = "visit_causal"
     """``visit_causal``: a token of visit t attends to visits <= t (DESIGN.md §3, default);
     ``bidirectional``: every real token (seed parity; leaks the sequence end)."""

@@ -89,7 +89,7 @@ class BEHRTEmbeddings(nn.Module):
         self.age_embedding = BinnedEmbedding(cfg.max_age, cfg.age_bin_size, d)
         self.visit_embedding = nn.Embedding(cfg.max_visits, d)
         self.position_embedding: nn.Embedding | None
-        if cfg.use_sinusoidal:
+        if cfg.sinusoidal:
             self.position_embedding = None
             self.register_buffer(
                 "position_table", sinusoidal_table(cfg.max_position, d), persistent=False

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehrsurv_dist.hazards import RiskScore, check_logits_mask, risk_score
+from ehrsurv_dist import hazards
+from ehrsurv_dist.hazards import RiskScore, check_logits_mask
 from ehrsurv_dist.objectives.common import (
     Reduction,
     check_labels,
@@ -240,9 +241,9 @@ def hybrid_survival_loss(
     margin: float = 0.1,
     sigma: float = 0.1,
     include_ties: bool = True,
-    risk: RiskScore = "mean_hazard",
-    horizon: int | None = None,
-    first_n: int | None = None,
+    risk_score: RiskScore = "mean_hazard",
+    risk_k: int | None = None,
+    risk_n: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``lambda_nll * NLL + lambda_rank * ranking`` with the ranking on a scalar risk score.
 
@@ -250,7 +251,7 @@ def hybrid_survival_loss(
         logits, last_visit, event, visit_mask: as :func:`discrete_time_nll`.
         lambda_nll, lambda_rank: weights.
         rank_loss: ``hinge`` or ``logistic``; margin, sigma, include_ties as the ranking losses.
-        risk, horizon, first_n: the risk score for ranking
+        risk_score, risk_k, risk_n: the risk score for ranking
             (:func:`~ehrsurv_dist.hazards.risk_score`).
 
     Returns:
@@ -259,7 +260,7 @@ def hybrid_survival_loss(
     if rank_loss not in RANK_LOSSES:
         raise ValueError(f"rank_loss must be one of {RANK_LOSSES}, got {rank_loss!r}")
     nll = discrete_time_nll(logits, last_visit, event, visit_mask)
-    r = risk_score(upcast(logits), visit_mask, risk, horizon=horizon, first_n=first_n)
+    r = hazards.risk_score(upcast(logits), visit_mask, risk_score, risk_k=risk_k, risk_n=risk_n)
     rank = _pairwise(
         r, last_visit, event, margin, include_ties, sigma if rank_loss == "logistic" else None
     )
@@ -274,9 +275,9 @@ class RankingOptions(TypedDict, total=False):
     margin: float
     sigma: float
     include_ties: bool
-    risk: RiskScore
-    horizon: int | None
-    first_n: int | None
+    risk_score: RiskScore
+    risk_k: int | None
+    risk_n: int | None
 
 
 class HybridSurvivalLoss(nn.Module):

@@ -24,6 +24,10 @@ from ehrsurv_dist.models.lora import apply_strategy
 EXPORT_FORMAT = 1
 ModelConfig = BEHRTConfig | HierarchicalConfig | LSTMConfig
 
+# Model-config fields renamed since exports were first written: old key -> new key. An export's
+# ``model_config`` is read through this map, so older exports still load (same format number).
+RENAMED_CONFIG_FIELDS = {"use_sinusoidal": "sinusoidal"}
+
 
 def layout_of(spec: JobSpec) -> str:
     """Batch layout the model reads: flat for BEHRT, hierarchical for the other two."""
@@ -41,7 +45,7 @@ def model_config(spec: JobSpec, vocab_size: int) -> ModelConfig:
             d.max_seq_len,
             dropout=m.dropout,
             attention=m.attention,
-            use_sinusoidal=m.sinusoidal,
+            sinusoidal=m.sinusoidal,
             visit_pooling=m.visit_pooling,
         )
     if m.arch == "hierarchical":
@@ -154,10 +158,25 @@ def model_from_export(export: dict[str, Any]) -> nn.Module:
         "HierarchicalConfig": HierarchicalConfig,
         "LSTMConfig": LSTMConfig,
     }
-    cfg = types[export["model_type"]](**export["model_config"])
+    cfg = types[export["model_type"]](**export_model_config(export))
     model = B.build_survival_model(cfg)
     model.load_state_dict(export["state_dict"], strict=True)
     return model.eval()
+
+
+def export_model_config(export: dict[str, Any]) -> dict[str, Any]:
+    """The export's ``model_config`` with the current field names (see ``RENAMED_CONFIG_FIELDS``).
+
+    Raises:
+        EhrsurvError: the export holds both a field's old and new name.
+    """
+    cfg = dict(export["model_config"])
+    for old, new in RENAMED_CONFIG_FIELDS.items():
+        if old in cfg:
+            if new in cfg:
+                raise EhrsurvError(f"export model_config has both {old!r} and {new!r}")
+            cfg[new] = cfg.pop(old)
+    return cfg
 
 
 def merge_lora_state(

@@ -40,8 +40,8 @@ class SurvivalTask:
         rank_loss: ``hinge`` (the seed's) or ``logistic`` (smooth).
         risk_score: scalar risk score the ranking uses (``mean_hazard``, ``horizon``,
             ``first_n``; the job's ``finetune.risk_score``).
-        horizon: k for ``risk_score = horizon``.
-        first_n: n for ``risk_score = first_n``.
+        risk_k: k for ``risk_score = horizon`` (the job's ``finetune.risk_k``).
+        risk_n: n for ``risk_score = first_n`` (the job's ``finetune.risk_n``).
     """
 
     loss: SurvivalLoss = "nll"
@@ -50,8 +50,8 @@ class SurvivalTask:
     margin: float = 0.1
     rank_loss: Literal["hinge", "logistic"] = "hinge"
     risk_score: Literal["mean_hazard", "horizon", "first_n"] = "mean_hazard"
-    horizon: int | None = None
-    first_n: int | None = None
+    risk_k: int | None = None
+    risk_n: int | None = None
 
     def lambda_at(self, epoch: int) -> float:
         if self.curriculum_epochs > 0:
@@ -79,9 +79,9 @@ class SurvivalTask:
             lambda_rank=lam,
             rank_loss=self.rank_loss,
             margin=self.margin,
-            risk=self.risk_score,
-            horizon=self.horizon,
-            first_n=self.first_n,
+            risk_score=self.risk_score,
+            risk_k=self.risk_k,
+            risk_n=self.risk_n,
         )
         comps = {k: float(v.detach()) for k, v in parts.items() if k != "total"}
         if self.loss == "hybrid":
@@ -139,8 +139,8 @@ def build_task(spec: JobSpec, mode: str, vocab_size: int) -> SurvivalTask | Pret
             margin=f.margin,
             rank_loss=f.rank_loss,
             risk_score=f.risk_score,
-            horizon=f.risk_k,
-            first_n=f.risk_n,
+            risk_k=f.risk_k,
+            risk_n=f.risk_n,
         )
     p = spec.pretrain
     return PretrainTask(p.objective, vocab_size, p.mlm_weight, p.nvp_weight)

@@ -83,40 +83,40 @@ def test_log_survival_is_stable_for_extreme_logits() -> None:
     torch.testing.assert_close(ls, torch.tensor([[0.0, -200.0, -250.0]]), atol=1e-4, rtol=0)
 
 
-def _naive_risk(logits, mask, method, horizon=None, first_n=None):  # type: ignore[no-untyped-def]
+def _naive_risk(logits, mask, risk_score, risk_k=None, risk_n=None):  # type: ignore[no-untyped-def]
     out = []
     for b in range(logits.shape[0]):
         real = [t for t in range(logits.shape[1]) if mask[b, t]]
         h = {t: torch.sigmoid(logits[b, t]).item() for t in real}
         if not real:
             out.append(0.0)
-        elif method == "mean_hazard":
+        elif risk_score == "mean_hazard":
             out.append(sum(h.values()) / len(real))
-        elif method == "first_n":
-            first = real[:first_n]
+        elif risk_score == "first_n":
+            first = real[:risk_n]
             out.append(sum(h[t] for t in first) / len(first))
         else:
-            k = min(horizon, real[-1])
+            k = min(risk_k, real[-1])
             out.append(1.0 - math.prod(1.0 - h.get(t, 0.0) for t in range(k + 1)))
     return torch.tensor(out, dtype=torch.float64)
 
 
 @pytest.mark.parametrize(
-    ("method", "kw"),
-    [("mean_hazard", {}), ("first_n", {"first_n": 2}), ("horizon", {"horizon": 0}),
-     ("horizon", {"horizon": 3}), ("horizon", {"horizon": 50})],
+    ("kind", "kw"),
+    [("mean_hazard", {}), ("first_n", {"risk_n": 2}), ("horizon", {"risk_k": 0}),
+     ("horizon", {"risk_k": 3}), ("horizon", {"risk_k": 50})],
 )  # fmt: skip
-def test_risk_scores_match_naive_loop_and_metrics(method: str, kw: dict[str, int]) -> None:
+def test_risk_scores_match_naive_loop_and_metrics(kind: str, kw: dict[str, int]) -> None:
     logits, mask = _logits_and_mask(seed=1)
-    got = risk_score(logits, mask, method, **kw)  # type: ignore[arg-type]
-    want = _naive_risk(logits, mask, method, **kw)
+    got = risk_score(logits, mask, kind, **kw)  # type: ignore[arg-type]
+    want = _naive_risk(logits, mask, kind, **kw)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     # the numpy risk scores of the metrics, from hazards, on histories without holes
     dense, last = _contiguous(logits, mask)
-    torch_side = risk_score(logits, dense, method, **kw)  # type: ignore[arg-type]
+    torch_side = risk_score(logits, dense, kind, **kw)  # type: ignore[arg-type]
     h = hazards_from_logits(logits, dense).numpy()
-    k, n = kw.get("horizon", 10), kw.get("first_n", 10)
-    numpy_side = risk_scores(h, last.numpy(), method, k=k, n=n)
+    # the same keywords on both sides (the numpy side defaults them to 10)
+    numpy_side = risk_scores(h, last.numpy(), kind, **kw)
     np.testing.assert_allclose(numpy_side, torch_side.numpy(), atol=1e-12)
 
 
@@ -150,11 +150,11 @@ def test_risk_score_names_are_the_schema_ones() -> None:
 
 def test_risk_score_errors_name_the_argument() -> None:
     logits, mask = _logits_and_mask()
-    with pytest.raises(ValueError, match="horizon"):
+    with pytest.raises(ValueError, match="risk_k must be an int >= 0 for risk_score='horizon'"):
         risk_score(logits, mask, "horizon")
-    with pytest.raises(ValueError, match="first_n"):
-        risk_score(logits, mask, "first_n", first_n=0)
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match="risk_n must be an int >= 1 for risk_score='first_n'"):
+        risk_score(logits, mask, "first_n", risk_n=0)
+    with pytest.raises(ValueError, match="risk_score must be one of"):
         risk_score(logits, mask, "sum")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="visit_mask"):
         risk_score(logits, mask.long())

@@ -473,20 +473,22 @@ def test_risk_scores_hand_example() -> None:
     hz = [np.array([0.1, 0.15, 0.2]), np.array([0.4])]
     T = np.array([2, 0])
     np.testing.assert_allclose(risk_scores(hz, T, "mean_hazard"), [0.15, 0.4], atol=1e-12)
-    np.testing.assert_allclose(risk_scores(hz, T, "horizon", k=1), [0.235, 0.4], atol=1e-12)
-    np.testing.assert_allclose(risk_scores(hz, T, "horizon", k=10), [0.388, 0.4], atol=1e-12)
-    np.testing.assert_allclose(risk_scores(hz, T, "first_n", n=2), [0.125, 0.4], atol=1e-12)
-    np.testing.assert_allclose(risk_scores(hz, T, "first_n", n=10), [0.15, 0.4], atol=1e-12)
+    np.testing.assert_allclose(risk_scores(hz, T, "horizon", risk_k=1), [0.235, 0.4], atol=1e-12)
+    np.testing.assert_allclose(risk_scores(hz, T, "horizon", risk_k=10), [0.388, 0.4], atol=1e-12)
+    np.testing.assert_allclose(risk_scores(hz, T, "first_n", risk_n=2), [0.125, 0.4], atol=1e-12)
+    np.testing.assert_allclose(risk_scores(hz, T, "first_n", risk_n=10), [0.15, 0.4], atol=1e-12)
     # padded input, padding ignored
     padded = np.array([[0.1, 0.15, 0.2, 0.9], [0.4, 0.9, 0.9, 0.9]])
     np.testing.assert_allclose(risk_scores(padded, T, "mean_hazard"), [0.15, 0.4], atol=1e-12)
     np.testing.assert_array_equal(
-        risk_scores(hz, T, risk_score="horizon", k=1), risk_scores(hz, T, "horizon", k=1)
+        risk_scores(hz, T, risk_score="horizon", risk_k=1), risk_scores(hz, T, "horizon", risk_k=1)
     )
     with pytest.raises(ValueError, match="risk_score"):
         risk_scores(hz, T, "sum")
-    with pytest.raises(ValueError, match="n: expected"):
-        risk_scores(hz, T, "first_n", n=0)
+    with pytest.raises(ValueError, match="risk_n: expected"):
+        risk_scores(hz, T, "first_n", risk_n=0)
+    with pytest.raises(ValueError, match="risk_k: expected"):
+        risk_scores(hz, T, "horizon", risk_k=-1)
 
 
 def test_bootstrap_is_deterministic_and_covers_the_estimate() -> None:
@@ -539,7 +541,7 @@ def test_evaluate_split_agrees_with_the_single_metrics() -> None:
     assert m["n_subjects"] == 250 and m["n_events"] == int(E.sum())
     assert m["risk_score"] == "first_n(n=3)"
     assert m["c_index_td"] == concordance_td(hz, T, E)
-    risk = risk_scores(hz, T, "first_n", n=3)
+    risk = risk_scores(hz, T, "first_n", risk_n=3)
     assert m["c_index_harrell"] == harrell_c(risk, T, E)
     assert m["c_index_uno"] == uno_c(risk, T, E, T_tr, E_tr)
     ks = default_horizons(T, E, T_tr, E_tr)

@@ -123,7 +123,7 @@ def test_aggregation_example_seed_1_7b() -> None:
 @pytest.mark.parametrize("sinusoidal", [False, True])
 @torch.no_grad()
 def test_padding_invariance(attention: str, pooling: str, sinusoidal: bool) -> None:
-    model = _model(attention=attention, visit_pooling=pooling, use_sinusoidal=sinusoidal)
+    model = _model(attention=attention, visit_pooling=pooling, sinusoidal=sinusoidal)
     b = _batch()
     out = model(**select_inputs(model, b))
     padded = {k: F.pad(v, (0, 11)) if v.dim() == 2 else v for k, v in b.items()}

@@ -200,13 +200,13 @@ def test_hybrid_is_the_weighted_sum_of_its_parts(rank: str) -> None:
         lambda_nll=0.7,
         lambda_rank=0.3,
         rank_loss=rank,  # type: ignore[arg-type]
-        risk="first_n",
-        first_n=2,
+        risk_score="first_n",
+        risk_n=2,
         margin=0.1,
         sigma=0.2,
     )
     nll = sum(_naive_nll(logits, last, event, mask)) / B
-    r = risk_score(logits.detach(), mask, "first_n", first_n=2)
+    r = risk_score(logits.detach(), mask, "first_n", risk_n=2)
     rk = _naive_rank(r, last, event, 0.1, 0.2 if rank == "logistic" else None)
     assert abs(float(parts["nll"]) - nll) < 1e-6
     assert abs(float(parts["rank"]) - rk) < 1e-6
@@ -231,7 +231,13 @@ def test_curriculum_schedule_and_module() -> None:
     assert loss.lambda_rank == pytest.approx(0.2)
     assert total2.item() == pytest.approx((parts2["nll"] + 0.2 * parts2["rank"]).item())
     # the ranking keywords reach hybrid_survival_loss unchanged
-    opts = {"rank_loss": "logistic", "margin": 0.05, "sigma": 0.2, "risk": "first_n", "first_n": 2}
+    opts = {
+        "rank_loss": "logistic",
+        "margin": 0.05,
+        "sigma": 0.2,
+        "risk_score": "first_n",
+        "risk_n": 2,
+    }
     module = HybridSurvivalLoss(0.7, 0.3, **opts)  # type: ignore[arg-type]
     want, _ = hybrid_survival_loss(
         logits,

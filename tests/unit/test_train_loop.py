@@ -10,6 +10,8 @@ import torch
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.bench.counters import EpochCounters, thread_counters
+from ehrsurv_dist.config import load_config
+from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.models import behrt_tiny, build_pretraining_model, build_survival_model
 from ehrsurv_dist.models.builders import example_flat_batch
 from ehrsurv_dist.objectives import survival as L
@@ -21,7 +23,7 @@ from ehrsurv_dist.train.loop import (
     predict,
     train_epoch,
 )
-from ehrsurv_dist.train.tasks import PretrainTask, SurvivalTask
+from ehrsurv_dist.train.tasks import PretrainTask, SurvivalTask, build_task
 
 VOCAB = 97
 
@@ -29,6 +31,14 @@ VOCAB = 97
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_survival_model(behrt_tiny(VOCAB, 64)).eval()
+
+
+def test_build_task_keeps_the_job_names_of_the_risk_score() -> None:
+    """``finetune.risk_score`` / ``risk_k`` / ``risk_n`` reach the task under the same names."""
+    over = ["finetune.loss=hybrid", "finetune.risk_score=horizon", "finetune.risk_k=7"]
+    task = build_task(load_config(JobSpec, None, [*over, "finetune.risk_n=3"]), "finetune", VOCAB)
+    assert isinstance(task, SurvivalTask)
+    assert (task.risk_score, task.risk_k, task.risk_n) == ("horizon", 7, 3)
 
 
 def test_survival_task_losses_match_objectives() -> None:
