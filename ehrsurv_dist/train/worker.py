@@ -32,7 +32,6 @@ import torch
 from ehrsurv_dist import atomic
 from ehrsurv_dist import metrics as M
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.bench.counters import StepLog
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
 from ehrsurv_dist.data.shards import KeptShard
@@ -52,6 +51,7 @@ from ehrsurv_dist.train.loop import (
 )
 from ehrsurv_dist.train.prefetch import prefetch
 from ehrsurv_dist.train.progress import StepReporter
+from ehrsurv_dist.train.steplog import StepLog
 from ehrsurv_dist.train.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def rank_shards(rc: RankContext) -> tuple[KeptShard, KeptShard]:
 
 def epoch_hooks(rc: RankContext) -> list[StepHooks]:
     """Rank 0's progress reports to the driver, and the step log when ``train.step_log``
-    is set (the throughput bench's counters: ``bench/counters.py``)."""
+    is set (:mod:`ehrsurv_dist.train.steplog`; the throughput bench reads it)."""
     hooks: list[StepHooks] = []
     if rc.progress is not None and rc.rank == 0:
         hooks.append(StepReporter(rc.progress, rc.world))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ehrsurv_dist.bench.counters import read_step_log
 from ehrsurv_dist.bench.throughput import REQUIRED_KEYS, run_throughput_bench
 from ehrsurv_dist.data.synthetic import synthesize
+from ehrsurv_dist.train.steplog import read_step_log
 
 pytestmark = pytest.mark.integration
 

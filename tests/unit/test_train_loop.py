@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.bench.counters import EpochCounters, thread_counters
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.models import behrt_tiny, build_pretraining_model, build_survival_model
@@ -23,6 +22,7 @@ from ehrsurv_dist.train.loop import (
     predict,
     train_epoch,
 )
+from ehrsurv_dist.train.steplog import EpochCounters, thread_counters
 from ehrsurv_dist.train.tasks import PretrainTask, SurvivalTask, build_task
 
 VOCAB = 97

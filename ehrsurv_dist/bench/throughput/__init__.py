@@ -21,7 +21,7 @@ load:
     the plain loop does not do either. The plain loop runs the worker's own
     :func:`~ehrsurv_dist.train.loop.train_epoch` on the plain torch engine and is timed the same
     way (epochs after the first), step by step, by the same step hook
-    (:class:`~ehrsurv_dist.bench.counters.StepLog`, ``train.step_log`` in the worker). The
+    (:class:`~ehrsurv_dist.train.steplog.StepLog`, ``train.step_log`` in the worker). The
     1-worker Ray run and the plain loop alternate for
     ``rounds`` rounds (the local Ray is stopped during the plain loop when the bench started
     it), so both get the same number of timed epochs and the same drift of the machine's load.

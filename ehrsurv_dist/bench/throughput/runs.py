@@ -1,7 +1,7 @@
 """The runs of ``bench throughput``: the product path on Ray, and the plain loop without it.
 
 Both train with :func:`~ehrsurv_dist.train.loop.train_epoch` and are timed by the same step
-hooks (:class:`~ehrsurv_dist.bench.counters.StepLog`): the Ray workers through
+hooks (:class:`~ehrsurv_dist.train.steplog.StepLog`): the Ray workers through
 ``train.step_log``, the plain loop directly. Ray is imported in the functions that start it
 (this module's edge).
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.bench.counters import EpochCounters, StepLog, read_step_log
+from ehrsurv_dist.train.steplog import EpochCounters, StepLog, read_step_log
 from ehrsurv_dist.bench.local_ray import start_local_ray
 from ehrsurv_dist.bench.throughput.memory import WorkerMemory
 from ehrsurv_dist.bench.throughput.settings import TrainSettings, job_spec
@@ -72,7 +72,7 @@ def ray_run(settings: TrainSettings, workers: int, zero_stage: int, out: str) ->
 
 def _logged_epochs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
     """``step_s``, ``cpu_s`` and ``counters`` per epoch from step-log records (or what
-    :class:`~ehrsurv_dist.bench.counters.EpochCounters` returned)."""
+    :class:`~ehrsurv_dist.train.steplog.EpochCounters` returned)."""
     out: dict[str, list[Any]] = {"step_s": [], "cpu_s": [], "counters": []}
     for rec in records:
         out["step_s"].append(rec["step_seconds"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ehrsurv_dist.bench.counters import StepLog, append_step_log, read_step_log, thread_counters
+from ehrsurv_dist.train.steplog import StepLog, append_step_log, read_step_log, thread_counters
 
 
 def test_thread_counters_count_this_threads_page_faults() -> None:

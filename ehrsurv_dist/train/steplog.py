@@ -1,8 +1,9 @@
-"""What the throughput bench measures inside a training epoch: the step hooks it owns.
+"""The step log (``train.step_log``): step hooks that time an epoch of the training thread.
 
 :func:`~ehrsurv_dist.train.loop.train_epoch` returns training facts only; the per-step wall
 times, the training thread's CPU time and its kernel counters are taken here, by a
-:class:`~ehrsurv_dist.train.loop.StepHooks` the caller passes in. The Ray worker attaches a
+:class:`~ehrsurv_dist.train.loop.StepHooks` the caller passes in. It lives in ``train/`` because
+the worker writes it for a documented config key; the throughput bench reads it. The Ray worker attaches a
 :class:`StepLog` when ``train.step_log`` is set (a documented config key), and the bench's plain
 loop attaches one to the same loop function, so both sides are timed by the same code.
 
