@@ -154,8 +154,8 @@ def test_step_floor_refuses_rounds_that_did_different_work() -> None:
 
 def test_off_cpu_fraction_of_the_steady_epochs() -> None:
     runs = [
-        {"epoch_s": [9.0, 1.0, 2.0], "cpu_s": [1.0, 0.9, 1.6]},
-        {"epoch_s": [9.0, 1.0], "cpu_s": [9.0, 1.0]},
+        {"thread_s": [9.0, 1.0, 2.0], "cpu_s": [1.0, 0.9, 1.6]},
+        {"thread_s": [9.0, 1.0], "cpu_s": [9.0, 1.0]},
     ]
     # steady: wall 1 + 2 + 1 = 4, CPU 0.9 + 1.6 + 1.0 = 3.5
     assert off_cpu_fraction(runs) == pytest.approx(1 - 3.5 / 4)
@@ -254,6 +254,7 @@ def _run(scale: float, steps: int = 3, epochs: int = 3) -> dict[str, object]:
     return {
         "step_s": step_s,
         "cpu_s": [0.9 * sum(x) for x in step_s],
+        "thread_s": [1.04 * sum(x) for x in step_s],
         "counters": [[10, 2, 100] for _ in range(epochs)],
         "epoch_s": [1.05 * sum(x) for x in step_s],
         "tokens": [300.0] * epochs,

@@ -67,10 +67,10 @@ def step_floor(rounds: Sequence[Sequence[Sequence[float]]], skip: int = 1) -> li
 
 def off_cpu_fraction(runs: Sequence[Mapping[str, Sequence[float]]], skip: int = 1) -> float:
     """Share of the steady epochs' wall time in which the training thread was not running:
-    1 − Σ thread CPU time ÷ Σ wall time (``cpu_s`` and ``epoch_s`` of every run, each run's
-    first ``skip`` epochs left out). A loop that never waits is close to 0."""
+    1 − Σ thread CPU time ÷ Σ wall time over the same interval (``cpu_s`` and ``thread_s`` of
+    every run, each run's first ``skip`` epochs left out). A loop that never waits is close to 0."""
     cpu = sum(sum(steady(run["cpu_s"], skip)) for run in runs)
-    wall = sum(sum(steady(run["epoch_s"], skip)) for run in runs)
+    wall = sum(sum(steady(run["thread_s"], skip)) for run in runs)
     return 1.0 - cpu / wall if wall > 0 else math.nan
 
 

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.train.steplog import EpochCounters, StepLog, read_step_log
 from ehrsurv_dist.bench.local_ray import start_local_ray
 from ehrsurv_dist.bench.throughput.memory import WorkerMemory
 from ehrsurv_dist.bench.throughput.settings import TrainSettings, job_spec
@@ -30,6 +29,7 @@ from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.train import modeling
 from ehrsurv_dist.train.engine import build_engine
 from ehrsurv_dist.train.loop import synchronized, train_epoch
+from ehrsurv_dist.train.steplog import EpochCounters, StepLog, read_step_log
 from ehrsurv_dist.train.tasks import build_task
 
 STEP_LOG = "step_log.jsonl"  # every run's per-step times, in its run directory
@@ -71,12 +71,18 @@ def ray_run(settings: TrainSettings, workers: int, zero_stage: int, out: str) ->
 
 
 def _logged_epochs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """``step_s``, ``cpu_s`` and ``counters`` per epoch from step-log records (or what
-    :class:`~ehrsurv_dist.train.steplog.EpochCounters` returned)."""
-    out: dict[str, list[Any]] = {"step_s": [], "cpu_s": [], "counters": []}
+    """``step_s``, ``cpu_s``, ``thread_s`` and ``counters`` per epoch from step-log records (or
+    what :class:`~ehrsurv_dist.train.steplog.EpochCounters` returned).
+
+    ``thread_s`` is the hook's own wall time, the interval its CPU time was read inside; the
+    epoch's ``epoch_s`` (``train_epoch``'s clock) stops before the hook's end, so CPU ÷ epoch
+    time could exceed 1 by the hook's few microseconds.
+    """
+    out: dict[str, list[Any]] = {"step_s": [], "cpu_s": [], "thread_s": [], "counters": []}
     for rec in records:
         out["step_s"].append(rec["step_seconds"])
         out["cpu_s"].append(rec["cpu_seconds"])
+        out["thread_s"].append(rec["seconds"])
         out["counters"].append([*rec["switches"], rec["page_faults"]])
     return out
 
