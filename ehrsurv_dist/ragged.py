@@ -56,6 +56,14 @@ def offsets_of(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
+def rows_any(offsets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """bool [R]: whether row i holds an element where ``mask`` [NE] is True (rows by ``offsets``
+    [R + 1]); one running count, no loop over rows."""
+    seen = offsets_of(np.asarray(mask, dtype=np.int64))  # seen[j] = True elements before j
+    offsets = np.asarray(offsets, dtype=np.int64)
+    return (seen[offsets[1:]] - seen[offsets[:-1]]) > 0
+
+
 def num_elements(values: Values) -> int:
     """Number of elements (rows of the next level) in ``values``."""
     if isinstance(values, Ragged):

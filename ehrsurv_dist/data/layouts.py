@@ -29,7 +29,7 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.constants import DAY_US
 from ehrsurv_dist.data.views import RaggedField
 from ehrsurv_dist.data.visits import SubjectLabels, SubjectVisits
-from ehrsurv_dist.ragged import Ragged, concat_ranges, offsets_of
+from ehrsurv_dist.ragged import Ragged, concat_ranges, offsets_of, rows_any
 
 Truncation = Literal["keep_recent", "keep_oldest"]
 
@@ -229,10 +229,7 @@ def to_hierarchical(
         S.TIME_DELTAS: _time_deltas(sv.visit_time[vis], voff),
         S.CODES: codes,
     }
-    cut_codes = np.zeros(len(kn), dtype=bool)
-    if len(vis):
-        over = np.concatenate([[0], np.cumsum(size > max_codes_per_visit)])
-        cut_codes = (over[voff[1:]] - over[voff[:-1]]) > 0
+    cut_codes = rows_any(voff, size > max_codes_per_visit)
     event = sv.event.copy()
     if truncation == "keep_oldest":
         event &= kv1 == sv.visit_offsets[1:]

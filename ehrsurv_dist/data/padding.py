@@ -24,7 +24,7 @@ from ehrsurv_dist.data import masking
 from ehrsurv_dist.data.blocks import Layout
 from ehrsurv_dist.data.layouts import FlatTokens, VisitTokens
 from ehrsurv_dist.data.views import RaggedField
-from ehrsurv_dist.ragged import Ragged
+from ehrsurv_dist.ragged import Ragged, offsets_of
 
 # (vocab_size, seed, epoch, prob): the MLM parameters of one block.
 Mlm = tuple[int, int, int, float]
@@ -230,7 +230,7 @@ def pad_flat(ft: FlatTokens, batches: Ragged, spec: BatchSpec, epoch: int = 0) -
     longest = _batch_max(lengths, bounds)
     L = _padded_size(longest, spec.pad_multiple, spec.max_seq_len)
     rows_per = np.diff(bounds)
-    offsets = np.concatenate([[0], np.cumsum(rows_per * L)]).astype(np.int64)
+    offsets = offsets_of(rows_per * L)
     total = int(offsets[-1])
     # The mask buffer row by row: n real slots then L - n pads; a boolean assignment then
     # fills the real slots in buffer order, which is the order of the gathered tokens.
@@ -292,7 +292,7 @@ def pad_hierarchical(
     vis = vt.visits.element_index(order)  # ordered visits
     vsz = vt.visit_sizes[vis]
     # per-subject largest visit, then per batch
-    vstart = np.concatenate([[0], np.cumsum(nv)])[:-1]
+    vstart = offsets_of(nv)[:-1]
     if len(vis):
         big = np.maximum.reduceat(vsz, np.minimum(vstart, len(vis) - 1))
         big = np.where(nv > 0, big, 0)
@@ -302,8 +302,8 @@ def pad_hierarchical(
     V = _padded_size(v_long, spec.pad_multiple, spec.max_visits)
     C = _padded_size(c_long, spec.pad_multiple, spec.max_codes_per_visit)
     rows_per = np.diff(bounds)
-    voff = np.concatenate([[0], np.cumsum(rows_per * V)]).astype(np.int64)
-    coff = np.concatenate([[0], np.cumsum(rows_per * V * C)]).astype(np.int64)
+    voff = offsets_of(rows_per * V)
+    coff = offsets_of(rows_per * V * C)
     b_of_row = np.repeat(np.arange(len(bounds) - 1), rows_per)
     r_in_b = np.arange(n) - bounds[b_of_row]
     # visit slots

@@ -18,6 +18,7 @@ import pyarrow as pa
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data.encode import EncodeSpec, subject_split, unit_visits
 from ehrsurv_dist.data.vocab import COUNT_CODE, COUNT_VALUE, Vocabulary, count_codes, merge_counts
+from ehrsurv_dist.ragged import rows_any
 
 FACTS_SCHEMA = pa.schema(
     [("kind", pa.string()), ("split", pa.string()), ("key", pa.string()), ("value", pa.int64())]
@@ -44,10 +45,7 @@ def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
     nv = sv.num_visits
     ntok = sv.tokens_per_subject
     vsize = np.diff(sv.code_offsets)
-    big_visit = np.zeros(len(nv), dtype=bool)
-    if len(vsize):
-        over = np.concatenate([[0], np.cumsum(vsize > spec.limits.max_codes_per_visit)])
-        big_visit = (over[sv.visit_offsets[1:]] - over[sv.visit_offsets[:-1]]) > 0
+    big_visit = rows_any(sv.visit_offsets, vsize > spec.limits.max_codes_per_visit)
     trunc_flat = (ntok > spec.limits.max_seq_len) | (nv > spec.limits.max_visits)
     trunc_hier = (nv > spec.limits.max_visits) | big_visit
     parts: list[pa.Table] = []

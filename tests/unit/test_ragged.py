@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ehrsurv_dist.ragged import Ragged, concat_ranges, offsets_of
+from ehrsurv_dist.ragged import Ragged, concat_ranges, offsets_of, rows_any
 
 
 def _rows(r: Ragged) -> list:
@@ -68,3 +68,13 @@ def test_bad_offsets_are_refused() -> None:
         Ragged(np.arange(3), np.array([1, 3]))
     with pytest.raises(ValueError, match="differ in length"):
         Ragged({"a": np.arange(2), "b": np.arange(3)}, np.array([0, 2]))
+
+
+def test_rows_any_matches_python() -> None:
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(0, 5, 40)
+    mask = rng.random(int(lengths.sum())) < 0.2
+    off = offsets_of(lengths)
+    want = [bool(mask[a:b].any()) for a, b in zip(off[:-1], off[1:], strict=True)]
+    assert rows_any(off, mask).tolist() == want
+    assert rows_any(np.zeros(3, np.int64), np.zeros(0, bool)).tolist() == [False, False]
