@@ -2,7 +2,7 @@
 
 ``BEHRTSurvival``: encoder (B, L, D) -> per-visit aggregation (B, V, D) -> hazard head -> per-visit
 logits (B, V). The hierarchical BEHRT and the LSTM baseline return the same
-:class:`~ehrsurv_dist.outputs.SurvivalOutput` (imported here for the training code), and each
+:class:`~ehrsurv_dist.outputs.SurvivalOutput`, and each
 model names the batch fields it reads in ``input_fields``, so that one training and evaluation
 path serves all three (:func:`select_inputs`).
 

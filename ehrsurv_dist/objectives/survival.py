@@ -26,11 +26,6 @@ from ehrsurv_dist.objectives.common import (
     reduce_per_subject,
     upcast,
 )
-from ehrsurv_dist.objectives.cox import (  # noqa: F401 - re-exported: train.tasks reads L.cox_*
-    CoxLoss,
-    cox_log_risk,
-    cox_partial_likelihood,
-)
 from ehrsurv_dist.tensors import check_tensor
 
 RankLoss = Literal["hinge", "logistic"]

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from torch import Tensor, nn
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.models.survival import SurvivalOutput, select_inputs
+from ehrsurv_dist.models.survival import select_inputs
+from ehrsurv_dist.objectives import cox
 from ehrsurv_dist.objectives import pretraining as P
 from ehrsurv_dist.objectives import survival as L
+from ehrsurv_dist.outputs import SurvivalOutput
 
 if TYPE_CHECKING:  # the job schema only types the builders below
     from ehrsurv_dist.jobspec import JobSpec
@@ -67,7 +69,7 @@ class SurvivalTask:
             loss = L.discrete_time_nll(out.logits, lv, ev, out.visit_mask)
             return loss, {"nll": float(loss.detach())}
         if self.loss == "cox":
-            loss = L.cox_partial_likelihood(L.cox_log_risk(out.logits, out.visit_mask), lv, ev)
+            loss = cox.cox_partial_likelihood(cox.cox_log_risk(out.logits, out.visit_mask), lv, ev)
             return loss, {"cox": float(loss.detach())}
         lam = self.lambda_at(epoch) if self.loss == "hybrid" else 1.0
         total, parts = L.hybrid_survival_loss(

@@ -13,6 +13,7 @@ from ehrsurv_dist.config import load_config
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.models import behrt_tiny, build_pretraining_model, build_survival_model
 from ehrsurv_dist.models.builders import example_flat_batch
+from ehrsurv_dist.objectives import cox as C
 from ehrsurv_dist.objectives import survival as L
 from ehrsurv_dist.ragged import Ragged
 from ehrsurv_dist.train.engine import EngineConfig, build_engine
@@ -57,8 +58,8 @@ def test_survival_task_losses_match_objectives() -> None:
         assert comps["rank"] == pytest.approx(float(parts["rank"])) and comps["lambda_rank"] == 0.2
         loss, _ = SurvivalTask("rank")(m, m, b)
         assert float(loss) == pytest.approx(float(parts["rank"]), abs=1e-7)
-        cox = L.cox_partial_likelihood(
-            L.cox_log_risk(out.logits, out.visit_mask), b[S.LAST_VISIT], b[S.EVENT]
+        cox = C.cox_partial_likelihood(
+            C.cox_log_risk(out.logits, out.visit_mask), b[S.LAST_VISIT], b[S.EVENT]
         )
         loss, _ = SurvivalTask("cox")(m, m, b)
         assert float(loss) == pytest.approx(float(cox), abs=1e-7)
