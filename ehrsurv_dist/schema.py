@@ -43,6 +43,17 @@ TRUTH_FILE = "truth.parquet"
 TRUTH_HAZARD = "hazard"  # list<float32>, length T + 1, frailty included
 TRUTH_HAZARD_OBSERVABLE = "hazard_observable"  # same with frailty set to 0
 
+# --- Calendar-time tasks (DESIGN §7): MEDS label files and the per-sample labels ------------
+# MEDS label files (``meds.LabelSchema``): one row per (subject, prediction time); value columns
+# (``boolean_value`` ...) are optional and not read as outcomes.
+PREDICTION_TIME: str = meds.LabelSchema.prediction_time_name  # "prediction_time", timestamp[us]
+TIME_DAYS = "time_days"  # float64: days from the prediction time to the event or censoring
+PREDICTION_AGE = "prediction_age"  # float32: age in years at the prediction time
+BIN = "bin"  # int64: 0-based index of the day bin of ``time_days`` (the loss's time index)
+AXES: tuple[str, str] = ("visit", "calendar")
+TIME_AXIS_FILE = "time_axis.json"  # predictions/time_axis.json
+MEDS_EVAL_FILE = "meds_eval.parquet"  # predictions/meds_eval.parquet (MEDS-evaluation form)
+
 # --- Rejects (subjects dropped with a reason) --------------------------------------------------
 REJECTS_FILE = "rejects.parquet"
 REJECT_REASON = "reason"
@@ -85,6 +96,15 @@ TIME_DELTAS = "time_deltas"
 CODE_MASK = "code_mask"
 VISIT_MASK = "visit_mask"
 MLM_LABELS = "mlm_labels"
+
+# Extra per-sample fields of a calendar-axis batch (besides LABEL_FIELDS; absent on the visit
+# axis). ``LAST_VISIT`` stays the index of the last input visit (the prediction-time visit).
+CALENDAR_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec(PREDICTION_TIME, np.int64, "[B]", "prediction time, µs since the epoch"),
+    FieldSpec(TIME_DAYS, np.float64, "[B]", "days to the event or censoring, capped at the horizon"),
+    FieldSpec(PREDICTION_AGE, np.float32, "[B]", "age in years at the prediction time"),
+    FieldSpec(BIN, np.int64, "[B]", "day bin of time_days: the loss's time index"),
+)
 
 LABEL_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(SUBJECT, np.int64, "[B]", "MEDS subject_id"),
