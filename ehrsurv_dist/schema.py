@@ -101,7 +101,9 @@ MLM_LABELS = "mlm_labels"
 # axis). ``LAST_VISIT`` stays the index of the last input visit (the prediction-time visit).
 CALENDAR_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(PREDICTION_TIME, np.int64, "[B]", "prediction time, µs since the epoch"),
-    FieldSpec(TIME_DAYS, np.float64, "[B]", "days to the event or censoring, capped at the horizon"),
+    FieldSpec(
+        TIME_DAYS, np.float64, "[B]", "days to the event or censoring, capped at the horizon"
+    ),
     FieldSpec(PREDICTION_AGE, np.float32, "[B]", "age in years at the prediction time"),
     FieldSpec(BIN, np.int64, "[B]", "day bin of time_days: the loss's time index"),
 )
