@@ -1,7 +1,8 @@
 """Pure-torch training objectives (survival and pretraining).
 
 The public likelihood (DESIGN.md §5) is
-``discrete_time_nll(logits, last_visit, event, visit_mask, reduction="mean")``.
+``discrete_time_nll(logits, last_visit, event, visit_mask, reduction="mean")``; on the
+calendar axis it is ``calendar_nll(logits, bin_index, event, reduction="mean")``.
 """
 
 from ehrsurv_dist.objectives.cox import CoxLoss, cox_log_risk, cox_partial_likelihood
@@ -18,6 +19,7 @@ from ehrsurv_dist.objectives.survival import (
     DiscreteTimeNLLLoss,
     HybridSurvivalLoss,
     PairwiseRankingLoss,
+    calendar_nll,
     comparable_pairs,
     curriculum_lambda_rank,
     discrete_time_nll,
@@ -35,6 +37,7 @@ __all__ = [
     "NVPLoss",
     "PairwiseRankingLoss",
     "build_nvp_targets",
+    "calendar_nll",
     "comparable_pairs",
     "cox_log_risk",
     "cox_partial_likelihood",

@@ -96,6 +96,57 @@ class DiscreteTimeNLLLoss(nn.Module):
         return discrete_time_nll(logits, last_visit, event, visit_mask, self.reduction)
 
 
+# --- calendar-axis negative log-likelihood (the calendar-axis contract, docs/design.md) --------
+
+
+def calendar_nll(
+    logits: Tensor, bin_index: Tensor, event: Tensor, reduction: Reduction = "mean"
+) -> Tensor:
+    """Negative log-likelihood over K day bins (pycox's ``LogisticHazard`` convention).
+
+    Event with index j: ``log h_j + sum_{l<j} log(1 - h_l)``; censored with index j:
+    ``sum_{l<j} log(1 - h_l)`` (the bins survived whole), ``h_l = sigmoid(logits[:, l])``. This is
+    :func:`discrete_time_nll` on the logits with one constant column appended and an all-True
+    mask, so that a censoring at the horizon (index K, every bin survived) has a slot; the
+    appended column never enters the sum. Indices come from :func:`ehrsurv_dist.bins.bin_index`.
+
+    Args:
+        logits: float [B, K].
+        bin_index: int64 [B]; events in [0, K), censorings in [0, K].
+        event: bool [B].
+        reduction: ``mean`` (over samples), ``sum`` or ``none`` (float [B]).
+
+    Returns:
+        The loss (a scalar, or [B] with ``reduction="none"``).
+
+    Raises:
+        ValueError: naming the argument with the wrong rank, dtype or shape, a negative
+            ``bin_index``, an event with index >= K or a censoring with index > K, or an unknown
+            ``reduction``.
+    """
+    check_tensor(logits, "logits", ndim=2, floating=True)
+    B, K = logits.shape
+    check_tensor(bin_index, "bin_index", ndim=1, dtype=torch.int64)
+    check_tensor(event, "event", ndim=1, dtype=torch.bool)
+    for name, t in (("bin_index", bin_index), ("event", event)):
+        if t.shape[0] != B:
+            raise ValueError(f"{name} has {t.shape[0]} entries, expected B={B}")
+    check_reduction(reduction)
+    if B > 0:
+        if int(bin_index.min()) < 0:
+            raise ValueError(f"bin_index must be >= 0, got min {int(bin_index.min())}")
+        top_event = bin_index.masked_fill(~event, -1).max()
+        if int(top_event) >= K:
+            raise ValueError(f"bin_index of an event must be < K={K}, got {int(top_event)}")
+        if int(bin_index.max()) > K:
+            raise ValueError(
+                f"bin_index of a censoring must be <= K={K}, got {int(bin_index.max())}"
+            )
+    padded = F.pad(logits, (0, 1))  # [B, K + 1]; column K is a slot for "survived every bin"
+    mask = torch.ones(padded.shape, dtype=torch.bool, device=logits.device)
+    return discrete_time_nll(padded, bin_index, event, mask, reduction)
+
+
 # --- pairwise ranking ---------------------------------------------------------------------------
 
 
