@@ -158,7 +158,12 @@ class BEHRTEncoder(nn.Module):
         self.apply(init_weights)
 
     def forward(
-        self, codes: Tensor, ages: Tensor, visit_ids: Tensor, attention_mask: Tensor
+        self,
+        codes: Tensor,
+        ages: Tensor,
+        visit_ids: Tensor,
+        attention_mask: Tensor,
+        extra_embedding: Tensor | None = None,
     ) -> Tensor:
         """Contextual token states.
 
@@ -167,6 +172,8 @@ class BEHRTEncoder(nn.Module):
             ages: float [B, L], years.
             visit_ids: int64 [B, L], 0-based visit index; any value on padding.
             attention_mask: bool [B, L], True = real token (the only validity source).
+            extra_embedding: optional [B, L, embedding_dim] added beside the age embedding
+                (the calendar axis's time before the prediction); None = the visit axis.
 
         Returns:
             [B, L, D]; exactly 0 at padded positions.
@@ -176,7 +183,14 @@ class BEHRTEncoder(nn.Module):
         """
         validate_flat_inputs(codes, ages, visit_ids, attention_mask, self.vocab_size)
         visit_ids = visit_ids.masked_fill(~attention_mask, 0)  # pads: visit 0, never trusted
-        x = self.embeddings(codes, ages, visit_ids)  # [B, L, D]
+        if extra_embedding is not None:
+            check_shape(
+                extra_embedding,
+                "extra_embedding",
+                (*codes.shape, self.cfg.embedding_dim),
+                "(B, L, embedding_dim) =",
+            )
+        x = self.embeddings(codes, ages, visit_ids, extra_embedding)  # [B, L, D]
         mask = build_attention_mask(visit_ids, attention_mask, self.attention)  # [B, 1, L, L]
         for block in self.blocks:
             x = block(x, mask)

@@ -42,6 +42,14 @@ def _vocab(value: int | None) -> None:
     )
 
 
+def _num_bins(value: int) -> None:
+    require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        "num_bins",
+        f"must be an integer >= 0 (0 = visit axis), got {value!r}",
+    )
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     require(value in choices, name, f"must be one of {choices}, got {value!r}")
 
@@ -68,6 +76,7 @@ def _check_encoder(
         _probability(name, getattr(cfg, name))
     _choice("attention", cfg.attention, ATTENTION_MODES)
     _choice("visit_pooling", cfg.visit_pooling, VISIT_POOLINGS)
+    _num_bins(cfg.num_bins)
 
 
 @dataclass
@@ -115,6 +124,10 @@ class BEHRTConfig:
     """Dropout inside the hazard MLP."""
     tie_mlm_weights: bool = False
     """Tie the MLM output matrix to the code embedding (needs embedding_dim == hidden_dim)."""
+    num_bins: int = 0
+    """0 = the visit axis (one hazard per visit, unchanged); K > 0 = the calendar axis: K hazards,
+    one per day bin, from the state of the last real visit, with ``prediction_age`` as an input
+    (``models/calendar.py``)."""
 
     def __post_init__(self) -> None:
         _check_encoder(
@@ -186,6 +199,10 @@ class HierarchicalConfig:
     """Hidden width of the hazard MLP."""
     head_dropout: float = 0.1
     """Dropout inside the hazard MLP."""
+    num_bins: int = 0
+    """0 = the visit axis (one hazard per visit, unchanged); K > 0 = the calendar axis: K hazards,
+    one per day bin, from the state of the last real visit, with ``prediction_age`` as an input
+    (``models/calendar.py``)."""
 
     def __post_init__(self) -> None:
         _check_encoder(
@@ -228,6 +245,10 @@ class LSTMConfig:
     """Hidden width of the hazard MLP; None = hidden_dim."""
     head_dropout: float = 0.1
     """Dropout inside the hazard MLP."""
+    num_bins: int = 0
+    """0 = the visit axis (one hazard per visit, unchanged); K > 0 = the calendar axis: K hazards,
+    one per day bin, from the state of the last real visit, with ``prediction_age`` as an input
+    (``models/calendar.py``)."""
 
     def __post_init__(self) -> None:
         _vocab(self.vocab_size)
@@ -237,6 +258,7 @@ class LSTMConfig:
             _positive("hazard_hidden_dim", self.hazard_hidden_dim)
         _probability("dropout", self.dropout)
         _probability("head_dropout", self.head_dropout)
+        _num_bins(self.num_bins)
 
     @property
     def head_dim(self) -> int:

@@ -102,11 +102,15 @@ class BEHRTEmbeddings(nn.Module):
             nn.Linear(d, cfg.hidden_dim) if d != cfg.hidden_dim else nn.Identity()
         )
 
-    def forward(self, codes: Tensor, ages: Tensor, visit_ids: Tensor) -> Tensor:
+    def forward(
+        self, codes: Tensor, ages: Tensor, visit_ids: Tensor, extra: Tensor | None = None
+    ) -> Tensor:
         """Args:
             codes: int64 [B, L].
             ages: float [B, L], years.
             visit_ids: int64 [B, L], >= 0.
+            extra: optional [B, L, embedding_dim] added to the sum before the LayerNorm (the
+                calendar axis's time before the prediction, ``models/calendar.py``).
 
         Returns:
             [B, L, hidden_dim].
@@ -131,4 +135,6 @@ class BEHRTEmbeddings(nn.Module):
             + self.visit_embedding(visit_ids.clamp(max=self.max_visits - 1))
             + pos[None, :, :].to(self.code_embedding.weight.dtype)
         )
+        if extra is not None:
+            x = x + extra
         return self.projection(self.dropout(self.norm(x)))

@@ -12,17 +12,31 @@ Shape vocabulary: ``B`` batch, ``V`` visit slots, ``C`` code slots per visit, ``
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import TransformerBlock, build_attention_mask, init_weights
+from ehrsurv_dist.models.calendar import (
+    CalendarHead,
+    TimeBeforePrediction,
+    calendar_output,
+    check_prediction_age,
+    days_before_prediction,
+    last_visit_state,
+)
 from ehrsurv_dist.models.config import HierarchicalConfig
 from ehrsurv_dist.models.embeddings import BinnedEmbedding, require_vocab_size
 from ehrsurv_dist.models.heads import HazardHead
 from ehrsurv_dist.outputs import SurvivalOutput
-from ehrsurv_dist.schema import AGES, CODE_MASK, CODES, PAD_ID, TIME_DELTAS, VISIT_MASK
+from ehrsurv_dist.schema import (
+    AGES,
+    CODE_MASK,
+    CODES,
+    PAD_ID,
+    PREDICTION_AGE,
+    TIME_DELTAS,
+    VISIT_MASK,
+)
 from ehrsurv_dist.tensors import check_codes, check_shape, check_tensor
 
 
@@ -83,12 +97,17 @@ class VisitTimeEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, visits: Tensor, ages: Tensor, time_deltas: Tensor) -> Tensor:
-        """Args: visits [B, V, D]; ages [B, V] years; time_deltas [B, V] days.
+    def forward(
+        self, visits: Tensor, ages: Tensor, time_deltas: Tensor, extra: Tensor | None = None
+    ) -> Tensor:
+        """Args: visits [B, V, D]; ages [B, V] years; time_deltas [B, V] days; extra optional
+        [B, V, D] added before the LayerNorm (the calendar axis's time before the prediction).
         Returns: [B, V, D]."""
         V = visits.shape[1]
         pos = self.position_embedding(torch.arange(V, device=visits.device))  # [V, D]
         x = visits + pos + self.age_embedding(ages) + self.time_embedding(time_deltas)
+        if extra is not None:
+            x = x + extra
         return self.dropout(self.norm(x))
 
 
@@ -153,6 +172,7 @@ class HierarchicalEncoder(nn.Module):
         time_deltas: Tensor,
         code_mask: Tensor,
         visit_mask: Tensor,
+        extra_embedding: Tensor | None = None,
     ) -> Tensor:
         """Contextual visit states.
 
@@ -162,6 +182,8 @@ class HierarchicalEncoder(nn.Module):
             time_deltas: float [B, V], days since the previous visit (0 for the first).
             code_mask: bool [B, V, C], True = real code.
             visit_mask: bool [B, V], True = real visit slot (the visit validity source).
+            extra_embedding: optional [B, V, D] added beside the age embedding (the calendar
+                axis's time before the prediction); None = the visit axis.
 
         Returns:
             [B, V, D], exactly 0 on padded visit slots.
@@ -186,7 +208,14 @@ class HierarchicalEncoder(nn.Module):
             u = self.visit_pooling(e, code_mask)  # [B, V, D]
         else:
             u = masked_mean(e, code_mask)  # [B, V, D]
-        x = self.visit_embeddings(u, ages, time_deltas)  # [B, V, D]
+        if extra_embedding is not None:
+            check_shape(
+                extra_embedding,
+                "extra_embedding",
+                (B, V, self.cfg.hidden_dim),
+                "(B, V, hidden_dim) =",
+            )
+        x = self.visit_embeddings(u, ages, time_deltas, extra_embedding)  # [B, V, D]
         order = torch.arange(V, device=codes.device).expand(B, V)  # [B, V]
         mask = build_attention_mask(order, visit_mask, self.cfg.attention)  # [B, 1, V, V]
         for block in self.blocks:
@@ -195,30 +224,63 @@ class HierarchicalEncoder(nn.Module):
 
 
 class HierarchicalBEHRTSurvival(nn.Module):
-    """Hierarchical BEHRT with the per-visit hazard head; returns :class:`SurvivalOutput`."""
+    """Hierarchical BEHRT with the per-visit hazard head; returns :class:`SurvivalOutput`.
 
-    input_fields: ClassVar[tuple[str, ...]] = (CODES, AGES, TIME_DELTAS, CODE_MASK, VISIT_MASK)
+    With ``cfg.num_bins = K > 0`` (the calendar axis, ``models/calendar.py``): ``prediction_age``
+    is an input, each visit's days before the prediction time are embedded beside its age
+    embedding (``before_prediction``), and ``calendar_head`` maps the timeline state of the last
+    real visit to K bin logits; there is then no per-visit ``head``.
+    """
+
+    input_fields: tuple[str, ...] = (CODES, AGES, TIME_DELTAS, CODE_MASK, VISIT_MASK)
 
     def __init__(self, cfg: HierarchicalConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = HierarchicalEncoder(cfg)
-        self.head = HazardHead(cfg.hidden_dim, cfg.hazard_hidden_dim, cfg.head_dropout)
-        self.head.apply(init_weights)
+        if cfg.num_bins == 0:
+            self.head = HazardHead(cfg.hidden_dim, cfg.hazard_hidden_dim, cfg.head_dropout)
+            self.head.apply(init_weights)
+        else:
+            self.input_fields = (*type(self).input_fields, PREDICTION_AGE)
+            self.before_prediction = TimeBeforePrediction(cfg.hidden_dim)
+            self.calendar_head = CalendarHead(
+                cfg.hidden_dim, cfg.hazard_hidden_dim, cfg.num_bins, cfg.head_dropout
+            )
+            self.calendar_head.apply(init_weights)
 
-    def forward(self, *, return_visit_embeddings: bool = False, **inputs: Tensor) -> SurvivalOutput:
-        """Per-visit hazard logits.
+    def forward(
+        self,
+        *,
+        return_visit_embeddings: bool = False,
+        prediction_age: Tensor | None = None,
+        **inputs: Tensor,
+    ) -> SurvivalOutput:
+        """Per-visit hazard logits (visit axis) or K bin logits (calendar axis).
 
         Args:
             return_visit_embeddings: also return the [B, V, D] timeline states.
-            **inputs: the ``input_fields`` by name, as :meth:`HierarchicalEncoder.forward` reads
-                them (the encoder is the one place that spells them out).
+            prediction_age: float [B], years at the prediction time; required exactly when
+                ``num_bins > 0``.
+            **inputs: the other ``input_fields`` by name, as :meth:`HierarchicalEncoder.forward`
+                reads them (the encoder is the one place that spells them out).
 
         Returns:
-            :class:`SurvivalOutput` with logits [B, V] and the input visit_mask.
+            :class:`SurvivalOutput` with logits [B, V] and the input visit_mask; with
+            ``num_bins = K > 0``, logits [B, K] and an all-True visit_mask [B, K].
         """
-        z = self.encoder(**inputs)  # [B, V, D]
         visit_mask = inputs[VISIT_MASK]
+        if self.cfg.num_bins > 0:
+            B = visit_mask.shape[0]
+            prediction_age = check_prediction_age(prediction_age, B, self.cfg.num_bins)
+            days = days_before_prediction(prediction_age, inputs[AGES], visit_mask)  # [B, V]
+            extra = self.before_prediction(days, visit_mask)  # [B, V, D]
+            z = self.encoder(**inputs, extra_embedding=extra)  # [B, V, D]
+            logits = self.calendar_head(last_visit_state(z, visit_mask))  # [B, K]
+            return calendar_output(logits, z if return_visit_embeddings else None)
+        if prediction_age is not None:
+            check_prediction_age(prediction_age, visit_mask.shape[0], 0)
+        z = self.encoder(**inputs)  # [B, V, D]
         return SurvivalOutput(
             logits=self.head(z, visit_mask),
             visit_mask=visit_mask,

@@ -12,15 +12,22 @@ Shape vocabulary: ``B`` batch, ``L`` tokens, ``V`` visit slots, ``D`` hidden.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
 
 from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import BEHRTEncoder, init_weights
+from ehrsurv_dist.models.calendar import (
+    CalendarHead,
+    TimeBeforePrediction,
+    calendar_output,
+    check_prediction_age,
+    days_before_prediction,
+    last_visit_state,
+)
 from ehrsurv_dist.models.config import BEHRTConfig
 from ehrsurv_dist.models.heads import AttentionVisitPooling, HazardHead, aggregate_visits
 from ehrsurv_dist.outputs import SurvivalOutput
-from ehrsurv_dist.schema import AGES, ATTENTION_MASK, CODES, VISIT_IDS
+from ehrsurv_dist.schema import AGES, ATTENTION_MASK, CODES, PREDICTION_AGE, VISIT_IDS
 
 
 def select_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -42,9 +49,15 @@ def select_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Te
 
 
 class BEHRTSurvival(nn.Module):
-    """Flat BEHRT + visit aggregation + hazard head (seed-spec §5.3-§5.4), logits out."""
+    """Flat BEHRT + visit aggregation + hazard head (seed-spec §5.3-§5.4), logits out.
 
-    input_fields: ClassVar[tuple[str, ...]] = (CODES, AGES, VISIT_IDS, ATTENTION_MASK)
+    With ``cfg.num_bins = K > 0`` (the calendar axis, ``models/calendar.py``): ``prediction_age``
+    is an input, the days before the prediction time of every token are embedded beside the age
+    embedding (``before_prediction``), and ``calendar_head`` maps the state of the last real
+    visit to K bin logits; there is then no per-visit ``head``.
+    """
+
+    input_fields: tuple[str, ...] = (CODES, AGES, VISIT_IDS, ATTENTION_MASK)
 
     def __init__(self, cfg: BEHRTConfig) -> None:
         super().__init__()
@@ -53,10 +66,18 @@ class BEHRTSurvival(nn.Module):
         self.pooling: AttentionVisitPooling | None = (
             AttentionVisitPooling(cfg.hidden_dim) if cfg.visit_pooling == "attention" else None
         )
-        self.head = HazardHead(cfg.hidden_dim, cfg.head_dim, cfg.head_dropout)
-        self.head.apply(init_weights)
+        if cfg.num_bins == 0:
+            self.head = HazardHead(cfg.hidden_dim, cfg.head_dim, cfg.head_dropout)
+            self.head.apply(init_weights)
         if self.pooling is not None:
             init_weights(self.pooling.proj)
+        if cfg.num_bins > 0:
+            self.input_fields = (*type(self).input_fields, PREDICTION_AGE)
+            self.before_prediction = TimeBeforePrediction(cfg.embedding_dim)
+            self.calendar_head = CalendarHead(
+                cfg.hidden_dim, cfg.head_dim, cfg.num_bins, cfg.head_dropout
+            )
+            self.calendar_head.apply(init_weights)
 
     def forward(
         self,
@@ -66,8 +87,9 @@ class BEHRTSurvival(nn.Module):
         attention_mask: Tensor,
         num_visit_slots: int | None = None,
         return_visit_embeddings: bool = False,
+        prediction_age: Tensor | None = None,
     ) -> SurvivalOutput:
-        """Per-visit hazard logits.
+        """Per-visit hazard logits (visit axis) or K bin logits (calendar axis).
 
         Args:
             codes: int64 [B, L].
@@ -76,17 +98,30 @@ class BEHRTSurvival(nn.Module):
             attention_mask: bool [B, L], True = real token.
             num_visit_slots: fixed V; default ``max real visit id + 1`` over the batch.
             return_visit_embeddings: also return the [B, V, D] visit states.
+            prediction_age: float [B], years at the prediction time; required exactly when
+                ``num_bins > 0``.
 
         Returns:
-            :class:`SurvivalOutput` with logits [B, V] and visit_mask [B, V].
+            :class:`SurvivalOutput` with logits [B, V] and visit_mask [B, V]; with
+            ``num_bins = K > 0``, logits [B, K] and an all-True visit_mask [B, K].
         """
-        hidden = self.encoder(codes, ages, visit_ids, attention_mask)  # [B, L, D]
+        extra = None
+        if self.cfg.num_bins > 0:
+            prediction_age = check_prediction_age(prediction_age, codes.shape[0], self.cfg.num_bins)
+            days = days_before_prediction(prediction_age, ages, attention_mask)  # [B, L]
+            extra = self.before_prediction(days, attention_mask)  # [B, L, E]
+        elif prediction_age is not None:
+            check_prediction_age(prediction_age, codes.shape[0], 0)
+        hidden = self.encoder(codes, ages, visit_ids, attention_mask, extra)  # [B, L, D]
         if self.pooling is None:
             visits, visit_mask = aggregate_visits(
                 hidden, visit_ids, attention_mask, num_visit_slots
             )
         else:
             visits, visit_mask = self.pooling(hidden, visit_ids, attention_mask, num_visit_slots)
+        if self.cfg.num_bins > 0:
+            logits = self.calendar_head(last_visit_state(visits, visit_mask))  # [B, K]
+            return calendar_output(logits, visits if return_visit_embeddings else None)
         logits = self.head(visits, visit_mask)  # [B, V]
         return SurvivalOutput(
             logits=logits,
