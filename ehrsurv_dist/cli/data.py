@@ -46,6 +46,14 @@ SYNTH_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
 }
 
 
+def _positive_float(s: str) -> float:
+    """argparse type: a number > 0."""
+    v = nonneg_float(s)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s}")
+    return v
+
+
 def add_synth_parser(sub: Subparsers) -> None:
     """``ehrsurv synth``: its defaults and choices are :class:`SynthConfig`'s and the presets'."""
     d = SynthConfig()
@@ -75,6 +83,27 @@ def add_synth_parser(sub: Subparsers) -> None:
         s.add_argument(
             f"--{name}", type=tp, default=defaults[name], help=help_text.format(**defaults)
         )
+    s.add_argument(
+        "--axis",
+        choices=["visit", "calendar"],
+        default="visit",
+        help="time axis of the survival: visit (a visit-index axis, outcomes.parquet and per-visit "
+        "hazards; the default) or calendar (one prediction time per subject in "
+        "labels/TASK.parquet, death in days after it with a per-sample rate in truth.parquet; "
+        "--signal and --frailty apply, --dropout does not)",
+    )
+    s.add_argument(
+        "--horizon-days",
+        type=_positive_float,
+        default=None,
+        help="calendar axis: the label file's boolean_value is death within this many days "
+        "after the prediction time (default 730)",
+    )
+    s.add_argument(
+        "--task",
+        default=None,
+        help="calendar axis: name of the label file labels/TASK.parquet (default death)",
+    )
     s.add_argument("--out", required=True, help="output directory (must be new or empty)")
     s.add_argument("--no-report", action="store_true", help="skip the ground-truth report")
     add_quiet(s, "no progress bar")
@@ -92,6 +121,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise EhrsurvError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.signal <= 0:
         raise EhrsurvError(f"--signal must be > 0, got {args.signal}")
+    if args.axis == "calendar":
+        return _synth_calendar(args)
+    if args.horizon_days is not None or args.task is not None:
+        raise EhrsurvError("--horizon-days and --task apply to --axis calendar only")
     total = args.subjects or PRESETS[args.preset].subjects
     with tqdm(total=total, unit="subj", desc="synth", disable=args.quiet, file=sys.stderr) as bar:
         res = synthesize(
@@ -106,6 +139,56 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if not args.no_report:
         rep = write_synth_report(args.out)
         print(format_synth_report(rep))
+        print(f"report written to {args.out}/synth_report.json")
+    return EXIT_OK
+
+
+def _synth_calendar(args: argparse.Namespace) -> int:
+    """``ehrsurv synth --axis calendar``: the calendar-time generator and its summary."""
+    from tqdm import tqdm
+
+    from ehrsurv_dist.atomic import write_json as write_json_atomic
+    from ehrsurv_dist.data.synth_calendar import (
+        CalendarParams,
+        calendar_summary,
+        synthesize_calendar,
+    )
+
+    if args.dropout != SynthConfig().dropout:
+        raise EhrsurvError(
+            "--dropout applies to --axis visit only (the calendar axis censors at a "
+            "random end of follow-up)"
+        )
+    if args.signal <= 0:
+        raise EhrsurvError(f"--signal must be > 0, got {args.signal}")
+    horizon = 730.0 if args.horizon_days is None else args.horizon_days
+    task = args.task or "death"
+    params = CalendarParams(signal=args.signal, frailty_sd=args.frailty, horizon_days=horizon)
+    total = args.subjects or PRESETS[args.preset].subjects
+    with tqdm(total=total, unit="subj", desc="synth", disable=args.quiet, file=sys.stderr) as bar:
+        try:
+            res = synthesize_calendar(
+                args.out,
+                params=params,
+                task=task,
+                progress=bar.update,
+                **pick(args, "preset", "subjects", "seed", "shards"),
+            )
+        except ValueError as e:
+            raise EhrsurvError(str(e)) from None
+    print(
+        f"wrote {res.subjects:,} subjects, {res.rows:,} rows in {res.shards} shard(s) to "
+        f"{res.out} in {res.seconds:.1f} s ({res.subjects / max(res.seconds, 1e-9):,.0f} subjects/s)"
+    )
+    if not args.no_report:
+        rep = calendar_summary(args.out, horizon, task)
+        write_json_atomic(rep, f"{args.out}/synth_report.json")
+        print(
+            f"calendar axis, labels/{task}.parquet: death within {horizon:g} days "
+            f"{rep['died_within_horizon']:.1%} (drawn, observed or not: "
+            f"{rep['true_death_within_horizon']:.1%}), censored alive before it "
+            f"{rep['censored_before_horizon']:.1%}"
+        )
         print(f"report written to {args.out}/synth_report.json")
     return EXIT_OK
 

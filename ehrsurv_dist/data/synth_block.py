@@ -160,7 +160,7 @@ def _draw_subjects(rng: np.random.Generator, n: int, hp: HazardParams) -> _Subje
     return _Subjects(base_age, start_us, birth_us, sex, frailty)
 
 
-def _draw_diseases(rng: np.random.Generator, base_age: np.ndarray, hp: HazardParams) -> np.ndarray:
+def draw_diseases(rng: np.random.Generator, base_age: np.ndarray, hp: HazardParams) -> np.ndarray:
     """Which subject has which disease: bool [n, N_DIS].
 
     Chronic prevalence is enriched, a disease needs an eligible age, then comorbidity add-ons.
@@ -384,7 +384,7 @@ def generate_block(
     rng = np.random.default_rng([seed, block])
     sid = np.arange(first_id, first_id + n, dtype=np.int64)
     s = _draw_subjects(rng, n, hp)
-    has = _draw_diseases(rng, s.base_age, hp)
+    has = draw_diseases(rng, s.base_age, hp)
     planned = _plan_visits(rng, has)
     slots = _draw_codes(rng, planned)
     planned, slots, v = _merge_visits(planned, slots)

@@ -74,14 +74,36 @@ def _block_data_table(b: Block, lo: int, hi: int) -> pa.Table:
     group = np.concatenate([np.zeros(k), np.ones(k), np.full(int(sel.sum()), 2)])
     order = np.lexsort((np.arange(n_rows), group, subj))
     all_names = [*CODE_NAMES, *SEX_CODES, S.BIRTH_CODE]
+    return meds_rows_table(
+        subj[order], time[order], time_null[order], code_idx[order], value[order], all_names
+    )
+
+
+def meds_rows_table(
+    subject: np.ndarray,
+    time_us: np.ndarray,
+    time_null: np.ndarray,
+    code_idx: np.ndarray,
+    value: np.ndarray,
+    names: list[str],
+) -> pa.Table:
+    """A MEDS data table (``meds.DataSchema`` without ``text_value``) from rows in final order.
+
+    Args:
+        subject: int64 [R] subject ids.
+        time_us: int64 [R] µs since the epoch (ignored where ``time_null``).
+        time_null: bool [R] True = static row (null time).
+        code_idx: int [R] indices into ``names``.
+        value: float32 [R] numeric values, NaN = null.
+        names: the code strings.
+    """
     codes = pa.DictionaryArray.from_arrays(
-        pa.array(code_idx[order].astype(np.int32)), pa.array(all_names)
+        pa.array(code_idx.astype(np.int32)), pa.array(names)
     ).cast(pa.string())
-    tarr = pa.array(time[order], type=pa.int64(), mask=time_null[order]).cast(_TS)
-    v = value[order]
-    varr = pa.array(v, type=pa.float32(), mask=np.isnan(v))
+    tarr = pa.array(time_us, type=pa.int64(), mask=time_null).cast(_TS)
+    varr = pa.array(value, type=pa.float32(), mask=np.isnan(value))
     return pa.table(
-        {S.SUBJECT_ID: pa.array(subj[order]), S.TIME: tarr, S.CODE: codes, S.NUMERIC_VALUE: varr},
+        {S.SUBJECT_ID: pa.array(subject), S.TIME: tarr, S.CODE: codes, S.NUMERIC_VALUE: varr},
         schema=meds.DataSchema.schema().remove(
             meds.DataSchema.schema().get_field_index("text_value")
         ),
@@ -118,7 +140,7 @@ class SynthResult:
     seconds: float
 
 
-class _ParquetStream:
+class ParquetStream:
     """Row groups streamed into one Parquet file through ``atomic.atomic_path``.
 
     The file opens at the first write (the schema is the first table's) and belongs to
@@ -159,10 +181,10 @@ def _write_blocks(
     outcomes: list[pa.Table] = []
     rows = 0
     with ExitStack() as files:
-        truth = _ParquetStream(files, os.path.join(out, S.TRUTH_FILE))
+        truth = ParquetStream(files, os.path.join(out, S.TRUTH_FILE))
         # the open shard, finished with .close() when the next one starts
         shard_files = files.enter_context(ExitStack())
-        shard: _ParquetStream | None = None
+        shard: ParquetStream | None = None
         open_shard = -1
         for bi in range(-(-n_total // BLOCK)):
             lo_g, hi_g = bi * BLOCK, min((bi + 1) * BLOCK, n_total)
@@ -179,7 +201,7 @@ def _write_blocks(
                 if shard is None or sh != open_shard:
                     shard_files.close()
                     path = os.path.join(out, S.DATA_SUBDIR, f"shard_{sh:04d}.parquet")
-                    shard, open_shard = _ParquetStream(shard_files, path), sh
+                    shard, open_shard = ParquetStream(shard_files, path), sh
                 shard.write(tbl)
             if progress is not None:
                 progress(hi_g - lo_g)
@@ -187,21 +209,37 @@ def _write_blocks(
     return outcomes, rows
 
 
-def _write_metadata(out: str, ids: np.ndarray, dataset_name: str, dataset_version: str) -> None:
-    """metadata/: subject splits, the code table and dataset.json, each validated by ``meds``."""
+def code_descriptions() -> tuple[list[str], list[str]]:
+    """The visit-axis generator's codes (disease patterns, routine, sex) and their descriptions."""
+    descs = [
+        f"{KIND_DESCRIPTION[CODE_KIND[i]]} code {CODE_NAMES[i]}" for i in range(len(CODE_NAMES))
+    ]
+    return [*CODE_NAMES, *SEX_CODES], [*descs, "sex: female", "sex: male"]
+
+
+def write_metadata(
+    out: str,
+    ids: np.ndarray,
+    dataset_name: str,
+    dataset_version: str,
+    codes: tuple[list[str], list[str]] | None = None,
+) -> None:
+    """metadata/: subject splits, the code table and dataset.json, each validated by ``meds``.
+
+    Args:
+        ids: int64 [N] every subject id.
+        codes: (code strings, descriptions) of codes.parquet; default :func:`code_descriptions`.
+    """
     splits = pa.table(
         {S.SUBJECT_ID: pa.array(ids), S.SPLIT: pa.array(hash_splits(ids).tolist(), pa.string())}
     )
     meds.SubjectSplitSchema.validate(splits)
     atomic.write_parquet(splits, os.path.join(out, S.SUBJECT_SPLITS_PATH))
-    all_names = [*CODE_NAMES, *SEX_CODES]
-    descs = [
-        f"{KIND_DESCRIPTION[CODE_KIND[i]]} code {CODE_NAMES[i]}" for i in range(len(CODE_NAMES))
-    ]
+    all_names, descs = codes if codes is not None else code_descriptions()
     codes_t = pa.table(
         {
             "code": pa.array(all_names, pa.string()),
-            "description": pa.array([*descs, "sex: female", "sex: male"], pa.string()),
+            "description": pa.array(descs, pa.string()),
             "parent_codes": pa.array([[] for _ in all_names], pa.list_(pa.string())),
         }
     )
@@ -211,7 +249,7 @@ def _write_metadata(out: str, ids: np.ndarray, dataset_name: str, dataset_versio
         "dataset_name": dataset_name,
         "dataset_version": dataset_version,
         "etl_name": "ehrsurv synth",
-        "etl_version": _package_version(),
+        "etl_version": package_version(),
         "meds_version": meds.__version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None).isoformat(),
     }
@@ -254,7 +292,7 @@ def synthesize(
 
     out_t = pa.concat_tables(outcomes)
     atomic.write_parquet(out_t, os.path.join(out, S.OUTCOMES_FILE))
-    _write_metadata(
+    write_metadata(
         out,
         np.asarray(out_t[S.SUBJECT_ID].to_numpy()),
         f"ehrsurv-synth-{preset}",
@@ -263,7 +301,7 @@ def synthesize(
     return SynthResult(out, n_total, k_shards, rows, time.perf_counter() - t0)
 
 
-def _package_version() -> str:
+def package_version() -> str:
     try:
         from importlib.metadata import version
 
