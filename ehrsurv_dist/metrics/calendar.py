@@ -781,7 +781,7 @@ def calendar_metrics(
     out["ci"] = {}
     if n_bootstrap > 0:
         reps = _bootstrap(split, td, rc, uno_a, contrib, n_bootstrap, seed)
-        out["ci"] = {k: list(percentile_interval(v, alpha)) for k, v in reps.items()}
+        out["ci"] = {k: list(percentile_interval(v.tolist(), alpha)) for k, v in reps.items()}
     for w in warn:
         warnings.warn(w, UserWarning, stacklevel=2)
     out["warnings"] = warn
