@@ -563,12 +563,18 @@ def brier_contributions(split: _Split, grid: FloatArray) -> FloatArray:
     g_grid[g_grid == 0] = np.inf
     g_obs = cens.predict_proba(y["time"])
     g_obs[g_obs == 0] = np.inf
-    s = survival_at_days(split.survival, split.edges, grid)  # [N, G]
-    t = y["time"][:, None]
-    case = (t <= grid) & split.event[:, None]
-    control = t > grid
-    terms = np.square(s) * case / g_obs[:, None] + np.square(1.0 - s) * control / g_grid
-    return np.trapezoid(terms, grid, axis=1) / (grid[-1] - grid[0])
+    col = edge_index(split.edges, grid)
+    out = np.empty(split.time.shape[0])
+    rows = max(1, _CHUNK_ENTRIES // grid.shape[0])  # bounded memory: [rows, G] at a time
+    for r0 in range(0, out.shape[0], rows):
+        r = slice(r0, r0 + rows)
+        s = split.survival[r][:, col].astype(np.float64)  # [rows, G]
+        t = y["time"][r][:, None]
+        case = (t <= grid) & split.event[r][:, None]
+        control = t > grid
+        terms = np.square(s) * case / g_obs[r][:, None] + np.square(1.0 - s) * control / g_grid
+        out[r] = np.trapezoid(terms, grid, axis=1)
+    return out / (grid[-1] - grid[0])
 
 
 def _valid_days(

@@ -201,7 +201,10 @@ def test_skipped_horizons_warn() -> None:
         )
 
 
-def test_brier_contributions_average_to_sksurv_ibs() -> None:
+@pytest.mark.parametrize("chunk", [None, 1000])
+def test_brier_contributions_average_to_sksurv_ibs(chunk, monkeypatch) -> None:
+    if chunk is not None:  # several row chunks of the [N, G] terms
+        monkeypatch.setattr("ehrsurv_dist.metrics.calendar._CHUNK_ENTRIES", chunk)
     d = split(8)
     sp = _check_split(d["s"], EDGES, d["t"], d["ev"], d["sid"], d["tt"], d["te"])
     grid = ibs_grid_days(sp)
