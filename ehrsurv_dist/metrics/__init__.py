@@ -25,6 +25,9 @@ time convention), :mod:`~ehrsurv_dist.metrics.hazards` (the hazard table, surviv
 :mod:`~ehrsurv_dist.metrics.concordance`, :mod:`~ehrsurv_dist.metrics.brier` (Brier, IBS,
 td-AUC, horizons), :mod:`~ehrsurv_dist.metrics.calibration`, :mod:`~ehrsurv_dist.metrics.risk`,
 :mod:`~ehrsurv_dist.metrics.bootstrap` and :mod:`~ehrsurv_dist.metrics.report` (one split).
+Tasks on the calendar axis (days after a prediction time, several samples per subject) are
+scored by :mod:`~ehrsurv_dist.metrics.calendar` (:func:`calendar_metrics`, the MEDS-evaluation
+table, and its two plots, which import matplotlib only when called).
 The plots live in :mod:`ehrsurv_dist.metrics.plots` and are not imported here, so that importing
 the metrics does not import matplotlib.
 """
