@@ -25,6 +25,9 @@ time convention), :mod:`~ehrsurv_dist.metrics.hazards` (the hazard table, surviv
 :mod:`~ehrsurv_dist.metrics.concordance`, :mod:`~ehrsurv_dist.metrics.brier` (Brier, IBS,
 td-AUC, horizons), :mod:`~ehrsurv_dist.metrics.calibration`, :mod:`~ehrsurv_dist.metrics.risk`,
 :mod:`~ehrsurv_dist.metrics.bootstrap` and :mod:`~ehrsurv_dist.metrics.report` (one split).
+Tasks on the calendar axis (days after a prediction time, several samples per subject) are
+scored by :mod:`~ehrsurv_dist.metrics.calendar` (:func:`calendar_metrics`, the MEDS-evaluation
+table, and its two plots, which import matplotlib only when called).
 The plots live in :mod:`ehrsurv_dist.metrics.plots` and are not imported here, so that importing
 the metrics does not import matplotlib.
 """
@@ -38,6 +41,17 @@ from ehrsurv_dist.metrics.brier import (
     integrated_brier,
     td_auc,
     valid_horizon_range,
+)
+from ehrsurv_dist.metrics.calendar import (
+    calendar_metrics,
+    calibration_days,
+    concordance_td_days,
+    harrell_c_days,
+    meds_eval_table,
+    subject_bootstrap_counts,
+    survival_at_days,
+    time_axis_dict,
+    uno_c_days,
 )
 from ehrsurv_dist.metrics.calibration import CalibrationResult, calibration_at
 from ehrsurv_dist.metrics.concordance import (
@@ -68,25 +82,34 @@ __all__ = [
     "as_hazard_table",
     "bootstrap_ci",
     "brier_scores",
+    "calendar_metrics",
     "calibration_at",
+    "calibration_days",
     "concordance_td",
+    "concordance_td_days",
     "default_horizons",
     "default_ibs_grid",
     "evaluate_split",
     "event_free_at",
     "harrell_c",
+    "harrell_c_days",
     "hazard_table_from_csr",
     "integrated_brier",
     "jsonable",
     "length_only_baseline",
+    "meds_eval_table",
     "pad_hazards",
     "risk_score_name",
     "risk_scores",
     "structured_y",
+    "subject_bootstrap_counts",
+    "survival_at_days",
     "survival_curves",
     "td_auc",
+    "time_axis_dict",
     "to_sksurv_time",
     "uno_c",
+    "uno_c_days",
     "uno_default_tau",
     "valid_horizon_range",
 ]
