@@ -449,15 +449,22 @@ def _timed_rows(ev: EventArrays, g: int) -> _Timed:
     return _Timed(sid, tu, key, code, sid[start], start, end)
 
 
-def _group_reduce(
-    ufunc: np.ufunc, values: np.ndarray, groups: np.ndarray, n: int, fill: int
+def _subject_reduce(
+    ufunc: np.ufunc, tr: _Timed, values: np.ndarray, rows: np.ndarray | None, fill: int
 ) -> np.ndarray:
-    """int64 [n]: ``ufunc`` over ``values`` [m] per group (``groups`` [m] sorted, in [0, n));
-    ``fill`` for empty groups."""
-    out = np.full(n, fill, dtype=np.int64)
-    if len(values):
-        first = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
-        out[groups[first]] = ufunc.reduceat(values, first)
+    """int64 [NT + 1]: ``ufunc`` per subject over ``values`` of its sorted rows (``rows``: the
+    positions ``values`` [m] hold, ascending; None = every row); ``fill`` for subjects without
+    such a row and for the extra last slot (subjects without timed rows)."""
+    nt = len(tr.subjects)
+    out = np.full(nt + 1, fill, dtype=np.int64)
+    if rows is None:
+        if len(values):
+            out[:nt] = ufunc.reduceat(values, tr.start)
+        return out
+    if len(rows):
+        subj = np.searchsorted(tr.start, rows, side="right") - 1
+        first = np.flatnonzero(np.concatenate([[True], subj[1:] != subj[:-1]]))
+        out[subj[first]] = ufunc.reduceat(values, first)
     return out
 
 
@@ -541,20 +548,25 @@ def make_samples(
 
     tr = _timed_rows(ev, g)
     nt = len(tr.subjects)
+    # Per-subject facts, with one extra slot (index nt) for subjects without timed rows; the
+    # births and event rows are few, so their subsets are cheap.
     row_cls = cls[tr.code]
-    subj_of_row = np.repeat(np.arange(nt, dtype=np.int64), tr.end - tr.start)
-    # Per-subject facts, with one extra slot (index nt) for subjects without timed rows.
-    last_rec = _group_reduce(np.maximum, tr.tu, subj_of_row, nt + 1, np.iinfo(np.int64).min)
-    is_b = (row_cls & 1) > 0
-    first_rec = _group_reduce(
-        np.minimum, np.where(is_b, _I64_MAX, tr.tu), subj_of_row, nt + 1, _I64_MAX
-    )
-    bsel = np.flatnonzero(is_b)
-    birth = _group_reduce(np.minimum, tr.tu[bsel], subj_of_row[bsel], nt + 1, _I64_MAX)
-    esel = np.flatnonzero((row_cls & 2) > 0)
-    first_ev = _group_reduce(np.minimum, tr.tu[esel], subj_of_row[esel], nt + 1, _I64_MAX)
+    marked = np.flatnonzero(row_cls)
+    m_cls = row_cls[marked]
+    bsel, esel = marked[(m_cls & 1) > 0], marked[(m_cls & 2) > 0]
+    last_rec = _subject_reduce(np.maximum, tr, tr.tu, None, np.iinfo(np.int64).min)
+    birth = _subject_reduce(np.minimum, tr, tr.tu[bsel], bsel, _I64_MAX)
+    first_ev = _subject_reduce(np.minimum, tr, tr.tu[esel], esel, _I64_MAX)
+    if task.days_after_first_record is not None or task.min_history_days > 0:
+        not_birth = np.where((row_cls & 1) > 0, _I64_MAX, tr.tu)
+        first_rec = _subject_reduce(np.minimum, tr, not_birth, None, _I64_MAX)
+    else:  # not needed
+        first_rec = np.full(nt + 1, _I64_MAX, dtype=np.int64)
 
-    all_subjects = sorted_unique(ev.subject_id)
+    # Every subject of the unit: those with timed rows, and the few with static rows only.
+    all_subjects = tr.subjects
+    if bool(ev.time_null.any()):
+        all_subjects = np.union1d(tr.subjects, sorted_unique(ev.subject_id[ev.time_null]))
     s_sid, s_pt = _prediction_times(tr, task, labels, all_subjects, is_at, first_rec[:nt])
     n = len(s_sid)
 
@@ -578,29 +590,43 @@ def make_samples(
     c_key = np.floor_divide(c_pt, g)
     lo, hi = tr.start[spos[cand]], tr.end[spos[cand]]
     n_le = _count_le(tr.key, lo, hi, c_key)
-    pos = concat_ranges(lo, n_le)
     n_lt = _count_le(tr.key, lo, hi, c_key - 1)
+    c_sid = s_sid[cand]
+    one_per_subject = len(c_sid) < 2 or bool(np.all(c_sid[1:] > c_sid[:-1]))
+    whole = one_per_subject and len(cand) == nt and int(n_le.sum()) == len(tr.sid)
+    pos = None if whole else concat_ranges(lo, n_le)  # None: every row, in order
     straddle = n_le > n_lt  # the prediction time's visit has rows: some may come later
     if bool(straddle.any()):
         sj = np.flatnonzero(straddle)
-        out_start = np.cumsum(n_le) - n_le
-        spot = concat_ranges(out_start[sj] + n_lt[sj], n_le[sj] - n_lt[sj])
-        late = tr.tu[pos[spot]] > np.repeat(c_pt[sj], n_le[sj] - n_lt[sj])
+        spot = concat_ranges(lo[sj] + n_lt[sj], n_le[sj] - n_lt[sj])  # positions in tr
+        late_s = np.repeat(sj, n_le[sj] - n_lt[sj])
+        late = tr.tu[spot] > c_pt[late_s]
         if bool(late.any()):
+            if pos is None:
+                pos = np.arange(len(tr.sid), dtype=np.int64)
+            out_start = np.cumsum(n_le) - n_le  # where each sample's rows start in pos
+            within = spot - lo[late_s]  # offset of each straddle row in its sample's rows
             keep = np.ones(len(pos), dtype=bool)
-            keep[spot[late]] = False
-            per = np.zeros(len(cand), dtype=np.int64)
-            np.add.at(per, np.repeat(sj, n_le[sj] - n_lt[sj])[late], 1)
-            pos, n_le = pos[keep], n_le - per
-    cut = EventArrays(
-        np.repeat(np.arange(len(cand), dtype=np.int64), n_le),
-        tr.tu[pos],
-        np.zeros(len(pos), dtype=bool),
-        tr.code[pos],
-        ev.dictionary,
-    )
+            keep[(out_start[late_s] + within)[late]] = False
+            pos = pos[keep]
+            n_le = n_le - np.bincount(late_s[late], minlength=len(cand))
+    # The cut rows, keyed by subject when each has one sample (no copy when the cut keeps
+    # every row), else by the sample's position.
+    if pos is None:
+        cut = EventArrays(tr.sid, tr.tu, np.zeros(len(tr.sid), bool), tr.code, ev.dictionary)
+    else:
+        cut = EventArrays(
+            tr.sid[pos] if one_per_subject else np.repeat(np.arange(len(cand)), n_le),
+            tr.tu[pos],
+            np.zeros(len(pos), dtype=bool),
+            tr.code[pos],
+            ev.dictionary,
+        )
     gu = group_visits(cut, None, granularity)
-    kept_c = gu.visits.subject_id  # positions in cand, ascending
+    if one_per_subject:
+        kept_c = lookup(gu.visits.subject_id, c_sid)[0]
+    else:
+        kept_c = gu.visits.subject_id  # positions in cand, ascending
     no_input = np.ones(len(cand), dtype=bool)
     no_input[kept_c] = False
     reason[cand[no_input]] = 5

@@ -135,7 +135,7 @@ def random_unit(rng: np.random.Generator, n_subjects: int) -> list[tuple[int, in
         for d in days:
             for _ in range(int(rng.integers(1, 5))):
                 t = base + int(d) * US_PER_DAY + int(rng.integers(0, 6)) * 4 * H
-                t += int(rng.integers(0, 4)) * 15 * 60_000_000  # several times within an hour
+                t += int(rng.integers(0, 4)) * 15 * 60_000_000 + 60_000_000  # several in an hour
                 rows.append((sid, t, str(rng.choice(CODES, p=CODE_P))))
     order = rng.permutation(len(rows))
     return [rows[i] for i in order]
@@ -241,6 +241,26 @@ def test_make_samples_equals_reference_on_rules(seed: int) -> None:
     )
     su = check_against_reference(rows, after, None)
     assert su.num_samples > 3
+
+
+@pytest.mark.parametrize(("seed", "shift"), [(0, 0), (1, 0), (2, -1), (3, -1)])
+def test_one_sample_per_subject_at_the_last_record_equals_reference(seed: int, shift: int) -> None:
+    """One sample per subject at (or 1 µs before) its last record: the cut keeps every row (or
+    every row but the straddling last ones), the path that skips the copy of the rows."""
+    rng = np.random.default_rng(200 + seed)
+    rows = random_unit(rng, 40)
+    births = {r[0] for r in rows if r[2] == S.BIRTH_CODE}
+    last: dict[int, int] = {}
+    for sid, t, code in rows:
+        if sid in births and t is not None and code != S.BIRTH_CODE:
+            last[sid] = max(last.get(sid, t), t)
+    rows = [r for r in rows if r[0] in last]
+    for sid, t, _ in rows:  # the last record of any code
+        last[sid] = max(last[sid], t if t is not None else last[sid])
+    labels = [(sid, t + shift) for sid, t in sorted(last.items())]
+    task = label_task(event_codes=("NO_SUCH",), horizon_days=30.0)
+    su = check_against_reference(rows, task, labels)
+    assert su.num_samples >= len(last) - 3
 
 
 def test_sorted_input_takes_the_same_path_as_unsorted() -> None:
