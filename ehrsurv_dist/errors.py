@@ -21,6 +21,10 @@ class CohortError(EhrsurvError):
     """A MEDS cohort or outcome table cannot be used as it is."""
 
 
+class LabelError(CohortError):
+    """A MEDS label file (prediction times of a calendar-axis task) cannot be used as it is."""
+
+
 class OutputError(EhrsurvError):
     """An output location is unusable (exists with another run, unwritable, ...)."""
 
