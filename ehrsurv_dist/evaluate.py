@@ -24,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ehrsurv_dist import atomic, rundir
+from ehrsurv_dist import atomic, calendar_eval, rundir
 from ehrsurv_dist import metrics as M
 from ehrsurv_dist import schema as S
+from ehrsurv_dist import task as T
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import batches_from_blocks
 from ehrsurv_dist.data.pipeline import IngestPipeline, task_groups
@@ -47,7 +48,7 @@ def load_run(run_dir: str) -> tuple[JobSpec, Vocabulary, dict[str, Any]]:
     cfg = rundir.path(run_dir, rundir.CONFIG)
     if not os.path.exists(cfg):
         raise EhrsurvError(f"{run_dir} is not a run directory (no {rundir.CONFIG})")
-    spec = load_config(JobSpec, cfg)
+    spec = T.with_run_edges(load_config(JobSpec, cfg), run_dir)
     export_path = rundir.path(run_dir, rundir.EXPORT)
     export = modeling.load_export(export_path)
     vocab = Vocabulary.load(rundir.path(run_dir, rundir.VOCAB))
@@ -61,14 +62,18 @@ def _pipeline(
     spec: JobSpec, vocab: Vocabulary, cohort: str, require_outcomes: bool
 ) -> IngestPipeline:
     data = dataclasses.replace(spec.data, cohort=cohort)
+    spec = dataclasses.replace(spec, data=data)
     pipe = IngestPipeline(
         cohort,
         data,
         layout=modeling.layout_of(spec),  # type: ignore[arg-type]
         seed=spec.seed,
         require_outcomes=require_outcomes,
+        task=T.task_spec(spec),
     )
     pipe.vocab = vocab
+    edges = T.edges_of(spec)
+    pipe.bin_edges = tuple(edges) if edges is not None else None
     return pipe
 
 
@@ -85,6 +90,7 @@ def _to_arrow(p: Predictions) -> pa.Table:
             S.EVENT: pa.array(p.event, pa.bool_()),
             S.LAST_VISIT: pa.array(p.last_visit, pa.int64()),
             "hazard": pa.ListArray.from_arrays(off, pa.array(p.values, pa.float32())),
+            **{k: pa.array(v) for k, v in p.extra.items()},
         }
     )
 
@@ -104,6 +110,11 @@ def _from_arrow(tables: list[pa.Table]) -> Predictions:
                     h.flatten().to_numpy(),
                     (h.offsets.to_numpy() - h.offsets[0].as_py()).astype(np.int64),
                 ),
+                extra={
+                    k: t.column(k).to_numpy()
+                    for k in (S.PREDICTION_TIME, S.TIME_DAYS)
+                    if k in t.column_names
+                },
             )
         )
     return Predictions.concat(parts)  # sorted by subject id: a canonical order
@@ -253,9 +264,11 @@ class _Scoring:
         return predict_split_ray(self.export_path, self.spec, pipe, split)
 
     def labels(self, pipe: IngestPipeline, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(last_visit, event) of every subject of ``split``, without running the model (the
-        train split's labels give the censoring distribution of IBS and Uno's C)."""
-        cols = [S.SUBJECT_ID, S.LAST_VISIT, S.EVENT]
+        """(last_visit, event) of every subject of ``split`` — on the calendar axis (time_days,
+        event) of every sample — without running the model (the train split's labels give the
+        censoring distribution of IBS and Uno's C)."""
+        time_col = S.TIME_DAYS if pipe.spec.task is not None else S.LAST_VISIT
+        cols = [S.SUBJECT_ID, time_col, S.EVENT]
         if self.model is not None:
             blocks = [b.select(cols) for b in pipe.blocks(split)]
         else:
@@ -266,7 +279,7 @@ class _Scoring:
             return np.zeros(0, np.int64), np.zeros(0, bool)
         t = t.sort_by(S.SUBJECT_ID)
         return (
-            t.column(S.LAST_VISIT).to_numpy().astype(np.int64),
+            t.column(time_col).to_numpy(),
             t.column(S.EVENT).to_numpy(zero_copy_only=False).astype(bool),
         )
 
@@ -291,6 +304,9 @@ def evaluate_run(
     with _Scoring(spec, run_dir, export, use_ray) as score:
         train = score.labels(pipe, S.TRAIN_SPLIT)
         preds = {split: score(pipe, split) for split in splits}
+    edges = T.edges_of(spec)
+    if edges is not None:
+        return calendar_eval.score_splits(run_dir, spec, edges, train, preds, n_boot)
     return _score_splits(run_dir, spec, train, preds, n_boot)
 
 
@@ -403,19 +419,41 @@ class PredictReport:
         )
 
 
-def predict_cohort(run_dir: str, cohort: str, out: str, *, use_ray: bool = True) -> PredictReport:
-    """Predictions for every subject of another cohort (no metrics).
+def predict_cohort(
+    run_dir: str,
+    cohort: str,
+    out: str,
+    *,
+    use_ray: bool = True,
+    labels: str | None = None,
+) -> PredictReport:
+    """Predictions for every subject of another cohort (no metrics) — on the calendar axis for
+    every sample of the run's task (its rule, or ``labels``: a MEDS label file of this cohort).
 
     Codes unseen when the run's vocabulary was fitted map to UNK; they are counted (one scan
     of the cohort, on Ray when ``use_ray``), as are the truncated histories.
     """
     spec, vocab, export = load_run(run_dir)
+    if labels is not None:
+        if not T.is_calendar(spec):
+            raise EhrsurvError(
+                f"--labels needs a calendar-axis run; {run_dir} is on the visit axis"
+            )
+        pt = dataclasses.replace(
+            spec.task.prediction_times, at_code=None, days_after_first_record=None
+        )
+        task = dataclasses.replace(spec.task, labels=labels, prediction_times=pt)
+        spec = dataclasses.replace(spec, task=task)
     pipe = _pipeline(spec, vocab, cohort, require_outcomes=False)
     with _Scoring(spec, run_dir, export, use_ray) as score:
         stats = pipe.fit(vocab, use_ray=use_ray).stats
         p = score(pipe, None)
-    risk = _risk(spec, M.hazard_table_from_csr(p.values, p.offsets))
-    atomic.write_parquet(predictions_table(p, "all", risk), out)
+    edges = T.edges_of(spec)
+    if edges is not None:
+        atomic.write_parquet(calendar_eval.predictions_table(p, "all", edges), out)
+    else:
+        risk = _risk(spec, M.hazard_table_from_csr(p.values, p.offsets))
+        atomic.write_parquet(predictions_table(p, "all", risk), out)
     trunc = "truncated_flat" if pipe.layout == "flat" else "truncated_hierarchical"
     report = PredictReport(
         subjects=len(p.subject_id),

@@ -162,6 +162,10 @@ class EvalSpec:
     calibration_horizon: int | None = option(
         None, "Horizon k of the calibration plot (null = median event time)."
     )
+    horizons_days: list[float] = option(
+        [30.0, 90.0, 365.0],
+        "Calendar axis: days for Brier score and td-AUC (kept where within task.horizon_days).",
+    )
     actors: int | None = option(
         None,
         "Ray Data actors holding the model for batch inference (evaluate, predict); null = "
@@ -178,6 +182,121 @@ class EvalSpec:
 
 
 @dataclass(kw_only=True)
+class PredictionTimesSpec:
+    """Rules that make prediction times from the data (instead of a label file)."""
+
+    at_code: str | None = option(
+        None,
+        "Every distinct time at which this code occurs is a prediction time (e.g. a discharge "
+        "code such as ADMIN//DISCHARGE).",
+    )
+    days_after_first_record: float | None = option(
+        None, "One prediction time per subject, this many days after its first timed record."
+    )
+
+    def __post_init__(self) -> None:
+        require(
+            self.at_code is None or self.days_after_first_record is None,
+            "at_code",
+            "give one rule: at_code or days_after_first_record, not both",
+        )
+        d = self.days_after_first_record
+        require(d is None or d >= 0, "days_after_first_record", f"must be >= 0, got {d}")
+
+
+@dataclass(kw_only=True)
+class BinsSpec:
+    """The day bins of the calendar axis: one hazard per bin, closed at the horizon."""
+
+    edges_days: list[float] | None = option(
+        None,
+        "Bin edges in days: 0 < ... < horizon_days, strictly increasing (0 and the horizon may "
+        "be left out; they are added). null: fit `quantiles` bins on the train split.",
+    )
+    quantiles: int = option(
+        8,
+        "Without edges_days: this many bins, inner edges at quantiles of the train split's "
+        "event times (never the tuning or held-out split); the fitted edges are saved in the run.",
+    )
+
+    def __post_init__(self) -> None:
+        require(self.quantiles >= 1, "quantiles", f"must be >= 1, got {self.quantiles}")
+
+
+@dataclass(kw_only=True)
+class TaskSection:
+    """What is predicted: the seed's visit axis, or a MEDS task on the calendar axis."""
+
+    axis: Literal["visit", "calendar"] = option(
+        "visit",
+        "visit: survival over visit indices, outcomes from data.outcomes (one row per subject); "
+        "calendar: survival in days after each prediction time (label file or rule), outcome "
+        "from event codes in the data (docs/tasks.md).",
+    )
+    labels: str | None = option(
+        None,
+        "Calendar axis: a MEDS label file (subject_id, prediction_time[, value columns]) or a "
+        "folder of them; any number of rows per subject. Relative to the cohort when not found "
+        "as given.",
+    )
+    prediction_times: PredictionTimesSpec = section(
+        PredictionTimesSpec, "Calendar axis without a label file: a rule for prediction times."
+    )
+    min_history_days: float = option(
+        0.0, "Calendar axis: skip (and count) samples with less history before them (>= 0)."
+    )
+    event_codes: list[str] = option(
+        ["MEDS_DEATH"],
+        "Calendar axis: codes whose first occurrence after the prediction time is the event; "
+        "PREFIX//* matches a code family.",
+    )
+    horizon_days: float = option(
+        730.0,
+        "Calendar axis: follow-up after the prediction time, in days (> 0); samples are "
+        "censored here at the latest.",
+    )
+    bins: BinsSpec = section(BinsSpec, "Calendar axis: the day bins.")
+
+    def __post_init__(self) -> None:
+        require(self.horizon_days > 0, "horizon_days", f"must be > 0, got {self.horizon_days}")
+        require(
+            self.min_history_days >= 0,
+            "min_history_days",
+            f"must be >= 0, got {self.min_history_days}",
+        )
+        require(len(self.event_codes) > 0, "event_codes", "needs at least one code")
+        if self.axis == "calendar":
+            pt = self.prediction_times
+            rules = (pt.at_code is not None) + (pt.days_after_first_record is not None)
+            require(
+                (self.labels is not None) + rules == 1,
+                "labels",
+                "the calendar axis needs exactly one source of prediction times: task.labels, "
+                "task.prediction_times.at_code or task.prediction_times.days_after_first_record",
+            )
+        if self.bins.edges_days is not None:
+            e = [float(x) for x in self.bins.edges_days]
+            bad = [x for x in e if x < 0 or x > self.horizon_days]
+            require(
+                not bad,
+                "bins",
+                f"edges_days must lie in [0, horizon_days={self.horizon_days:g}]; got {bad}",
+            )
+            require(
+                all(b > a for a, b in zip(e, e[1:], strict=False)),
+                "bins",
+                f"edges_days must increase strictly; got {e}",
+            )
+
+    def edges(self) -> list[float] | None:
+        """The given bin edges with 0 and the horizon added, or None (fit quantiles)."""
+        if self.bins.edges_days is None:
+            return None
+        inner = [float(x) for x in self.bins.edges_days if 0 < float(x) < self.horizon_days]
+        return [0.0, *inner, float(self.horizon_days)]
+
+
+@dataclass(kw_only=True)
 class JobSpec(JobConfig):
     """A whole job: data, model, training, and the pretrain / finetune / eval settings."""
 
@@ -186,3 +305,6 @@ class JobSpec(JobConfig):
     finetune: FinetuneSpec = section(FinetuneSpec, "Survival fine-tuning strategy and loss.")
     pretrain: PretrainSpec = section(PretrainSpec, "Pretraining objective.")
     eval: EvalSpec = section(EvalSpec, "Evaluation settings.")
+    task: TaskSection = section(
+        TaskSection, "The prediction task: visit axis (default) or a calendar-time MEDS task."
+    )

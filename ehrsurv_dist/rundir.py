@@ -6,7 +6,8 @@
       config.yaml              resolved job config (with the launch command as a header)
       MODE                     pretrain | finetune: a run directory serves one mode
       vocab.json               the vocabulary fitted on the train split
-      rejects.parquet          dropped subjects and the reason
+      rejects.parquet          dropped subjects (calendar axis: samples) and the reason
+      time_axis.json           calendar axis: the day-bin edges the run trains and predicts on
       metrics.json             per split metrics (+ "train" history)
       checkpoints/best/model.pt   the exported best model
       predictions/predictions.parquet
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from ehrsurv_dist.schema import REJECTS_FILE
+from ehrsurv_dist.schema import REJECTS_FILE, TIME_AXIS_FILE
 
 CONFIG = "config.yaml"
 MODE = "MODE"
@@ -30,11 +31,13 @@ EXPORT = os.path.join(CHECKPOINTS, "best", "model.pt")
 PREDICTIONS_DIR = "predictions"
 PREDICTIONS = os.path.join(PREDICTIONS_DIR, "predictions.parquet")
 PLOTS = "plots"
+TIME_AXIS = TIME_AXIS_FILE
+PREDICTIONS_TIME_AXIS = os.path.join(PREDICTIONS_DIR, TIME_AXIS_FILE)
 RAY_DIR = "ray"
 RUN_NAME = "train"  # Ray Train's run name: its checkpoints are under RUN/ray/train/
 
 # A new run's own files: removed again if the run fails before its first checkpoint.
-RUN_FILES = (CONFIG, MODE, VOCAB, REJECTS)
+RUN_FILES = (CONFIG, MODE, VOCAB, REJECTS, TIME_AXIS)
 
 
 def path(run_dir: str, name: str) -> str:

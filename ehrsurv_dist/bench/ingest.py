@@ -29,6 +29,16 @@ the ``*_median_s`` keys keep the medians.
   cohort and ran the other paths (so its allocator holds more); ``process_peak_rss_mb`` is the
   bench process's lifetime peak.
 
+- ``asof_overhead``: the calendar axis's as-of cut measured side by side with the same cohort
+  without labels, on the single-process path (the same per-unit function the Ray tasks run):
+  a MEDS label file with one prediction time per subject at its last record (so the cut keeps
+  every input row and both paths build the same visits and tokens) is written to
+  ``OUT/asof_labels.parquet``; ``asof_single_s`` is that path's best round, and
+  ``asof_overhead`` = ``asof_single_s`` ÷ ``single_s`` − 1 (the cost of finding the prediction
+  times, cutting and deriving the outcomes from event codes). ``asof_samples`` is the number of
+  samples (the visit path's ``subjects`` differ only where the outcome table cut an event's
+  last visit or rejected a subject).
+
 Subjects/s counts the subjects that reach a batch (the pyarrow read counts the cohort's subjects).
 """
 
@@ -46,15 +56,20 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehrsurv_dist import atomic
+from ehrsurv_dist import schema as S
 from ehrsurv_dist.bench.ingest_summary import ingest_summary
 from ehrsurv_dist.bench.local_ray import start_local_ray
 from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data.collate import BatchStats, batches_from_blocks
 from ehrsurv_dist.data.meds import data_files
 from ehrsurv_dist.data.pipeline import READ_COLUMNS, IngestPipeline
+from ehrsurv_dist.data.samples import TaskSpec
+
+_SID_TIME = pa.schema([(S.SUBJECT_ID, pa.int64()), (S.TIME, pa.timestamp("us"))])
 
 REQUIRED_KEYS = (
     "ray_subjects_per_s",
@@ -285,6 +300,7 @@ def run_ingest_bench(
 
     single_stats = BatchStats()
     ray_stats = BatchStats()
+    asof_pipe = _asof_pipeline(cohort, cfg, kw, out, pipe)
 
     def single() -> int:
         return _consume(pipe.iter_batches(split, 0, batch_size=batch_size, stats=single_stats))
@@ -296,6 +312,7 @@ def run_ingest_bench(
         "read": lambda: _read_all(cohort, False),
         "read_dict": lambda: _read_all(cohort, True),
         "single": single,
+        "asof": lambda: _consume(asof_pipe.iter_batches(split, 0, batch_size=batch_size)),
         "ray": ray_path,
     }
     t_n, last_n, mem_n = _ray_session(ncpu, repeats, passes, sample_rss="ray")
@@ -333,6 +350,11 @@ def run_ingest_bench(
         "real_token_fraction": single_stats.real_token_fraction,
         "driver_peak_rss_mb": drv["peak"],
         # extras
+        "asof_overhead": best["asof"] / best["single"] - 1.0,
+        "asof_overhead_median": med["asof"] / med["single"] - 1.0,
+        "asof_single_s": best["asof"],
+        "asof_single_median_s": med["asof"],
+        "asof_samples": int(last_n["asof"]),
         "speedup_median": med["single"] / med["ray"],
         "io_fraction_median": med["read"] / med["single"] * (n_single / n_cohort),
         "ray_1cpu_speedup": best["single"] / ray1,
@@ -376,6 +398,32 @@ def run_ingest_bench(
     atomic.write_json(res, os.path.join(out, "bench.json"))
     atomic.write_text(ingest_summary(cohort, res, pipe.plan), os.path.join(out, "SUMMARY.md"))
     return res
+
+
+def _asof_pipeline(
+    cohort: str, cfg: DataConfig, kw: dict[str, Any], out: str, pipe: IngestPipeline
+) -> IngestPipeline:
+    """The calendar-axis pipeline of the same cohort: prediction times at each subject's last
+    record (a MEDS label file in ``out``), event code ``MEDS_DEATH``, the visit run's
+    vocabulary."""
+    files = data_files(cohort)[1]
+    parts = [pq.read_table(f, columns=[S.SUBJECT_ID, S.TIME]).cast(_SID_TIME) for f in files]
+    t = pa.concat_tables(parts)
+    t = t.filter(pc.is_valid(t[S.TIME]))
+    last = t.group_by(S.SUBJECT_ID).aggregate([(S.TIME, "max")])
+    labels = pa.table(
+        {
+            S.SUBJECT_ID: last[S.SUBJECT_ID],
+            S.PREDICTION_TIME: last[f"{S.TIME}_max"],
+        }
+    )
+    path = os.path.join(out, "asof_labels.parquet")
+    atomic.write_parquet(labels, path)
+    task = TaskSpec(event_codes=(S.DEATH_CODE,), horizon_days=3650.0, labels=path)
+    asof = IngestPipeline(
+        cohort, cfg, report=None, require_outcomes=False, task=task, vocab=pipe.vocab, **kw
+    )
+    return asof
 
 
 def _with_pad(

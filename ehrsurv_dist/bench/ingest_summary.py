@@ -49,6 +49,10 @@ def ingest_summary(cohort: str, r: dict[str, Any], plan: UnitPlan) -> str:
         f"**{r['driver_peak_rss_mb']:.0f} MB**, rising by at most "
         f"{r['driver_rss_growth_mb']:.0f} MB during an epoch (bench process: "
         f"{r['bench_process_rss_during_ray_mb']:.0f} MB)",
+        f"- calendar axis, the as-of cut (prediction time at each subject's last record, "
+        f"single process): {r['asof_single_s']:.3f} s for {r['asof_samples']:,} samples vs "
+        f"{r['single_s']:.3f} s for {r['subjects']:,} subjects without labels: overhead "
+        f"**{r['asof_overhead']:+.1%}** (median {r['asof_overhead_median']:+.1%})",
         f"- one-time steps: validation {r['validate_s']:.2f} s, vocabulary scan "
         f"{r['fit_vocab_s']:.2f} s (vocabulary size {r['vocab_size']})",
         "",

@@ -61,8 +61,35 @@ def add_job_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     )
 
 
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """Shortcuts for the calendar-axis task (``task.*``; docs/tasks.md)."""
+    g = p.add_argument_group(
+        "calendar-axis task (shortcuts for task.* keys; any of them selects task.axis=calendar)"
+    )
+    g.add_argument(
+        "--labels",
+        help="MEDS label file or folder (subject_id, prediction_time): the prediction times "
+        "(task.labels); relative paths are also looked up in the cohort",
+    )
+    g.add_argument(
+        "--event-code",
+        action="append",
+        default=None,
+        metavar="CODE",
+        help="code whose first occurrence after the prediction time is the event; repeatable; "
+        "PREFIX//* matches a family (task.event_codes; default MEDS_DEATH)",
+    )
+    g.add_argument(
+        "--horizon-days",
+        type=float,
+        default=None,
+        help="follow-up after the prediction time in days, > 0 (task.horizon_days)",
+    )
+
+
 def job_overrides(args: argparse.Namespace) -> list[Any]:
-    """The overrides of a job command, then --cohort and --init as (key, path) pairs.
+    """The overrides of a job command, then --cohort, --init and the task shortcuts as
+    (key, value) pairs.
 
     A pair's value is taken verbatim, not parsed as YAML (a path may look like YAML).
     """
@@ -71,7 +98,16 @@ def job_overrides(args: argparse.Namespace) -> list[Any]:
         overrides.append(("data.cohort", args.cohort))
     if getattr(args, "init", None):
         overrides.append(("finetune.init", args.init))
-    return overrides
+    task: list[Any] = []
+    if getattr(args, "labels", None):
+        task.append(("task.labels", args.labels))
+    if getattr(args, "event_code", None):
+        task.append(("task.event_codes", list(args.event_code)))
+    if getattr(args, "horizon_days", None) is not None:
+        task.append(("task.horizon_days", float(args.horizon_days)))
+    if task:
+        overrides.append(("task.axis", "calendar"))
+    return overrides + task
 
 
 def add_quiet(p: argparse.ArgumentParser, help: str) -> None:

@@ -13,7 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ehrsurv_dist.cli.args import EXIT_OK, Subparsers, add_job_args, add_quiet, job_overrides
+from ehrsurv_dist.cli.args import (
+    EXIT_OK,
+    Subparsers,
+    add_job_args,
+    add_quiet,
+    add_task_args,
+    job_overrides,
+)
 from ehrsurv_dist.errors import EhrsurvError, OutputError
 from ehrsurv_dist.rundir import METRICS, PLOTS
 
@@ -37,6 +44,7 @@ def add_train_parsers(sub: Subparsers) -> None:
         )
         add_job_args(t)
         if mode == "finetune":
+            add_task_args(t)
             t.add_argument("--init", help="pretrained run directory to initialise the encoder from")
             t.add_argument(
                 "--no-eval", action="store_true", help="skip the evaluation after training"
@@ -96,6 +104,9 @@ def summary(metrics: dict[str, Any], out: str) -> str:
         m = metrics.get(split)
         if not m or not m.get("n_subjects"):
             continue
+        if "horizon_days" in m:  # calendar axis: samples, and the day scale
+            lines.extend(_calendar_lines(split, m))
+            continue
         ci = m.get("c_index_td_ci") or [float("nan"), float("nan")]
         lines.append(
             f"  {split:9s} n={m['n_subjects']:5d} events={m.get('n_events', 0):5d}  "
@@ -105,6 +116,24 @@ def summary(metrics: dict[str, Any], out: str) -> str:
         )
     lines.append(f"metrics: {out}/{METRICS}   plots: {out}/{PLOTS}/")
     return "\n".join(lines)
+
+
+def _calendar_lines(split: str, m: dict[str, Any]) -> list[str]:
+    """A calendar-axis split's lines: counts, concordance with intervals, and the day scale."""
+    ci = (m.get("ci") or {}).get("c_index_td") or [float("nan"), float("nan")]
+    cal = m.get("calibration") or {}
+    days = ", ".join(
+        f"{d}d Brier {_f(b)} AUC {_f((m.get('td_auc') or {}).get(d))}"
+        for d, b in (m.get("brier") or {}).items()
+    )
+    return [
+        f"  {split:9s} samples={m.get('n_samples', 0):5d} subjects={m.get('n_subjects', 0):5d} "
+        f"events={m.get('n_events', 0):5d} (within {float(m['horizon_days']):g} days)",
+        f"            td-C {_f(m.get('c_index_td'))} [{_f(ci[0])}, {_f(ci[1])}]  "
+        f"Harrell {_f(m.get('c_index_harrell'))}  Uno {_f(m.get('c_index_uno'))}  "
+        f"IBS {_f(m.get('ibs'))}  ECE {_f(cal.get('ece'))}",
+        f"            {days}",
+    ]
 
 
 def _f(x: Any) -> str:
@@ -166,6 +195,11 @@ def add_predict_parser(sub: Subparsers) -> None:
     pr.add_argument("run", help="run directory written by `ehrsurv finetune`")
     pr.add_argument("--cohort", required=True, help="MEDS cohort to predict")
     pr.add_argument("--out", required=True, help="output Parquet file (written atomically)")
+    pr.add_argument(
+        "--labels",
+        help="calendar-axis runs: a MEDS label file of COHORT with the prediction times to "
+        "predict at (default: the run's own rule, or its label path taken in COHORT)",
+    )
     pr.set_defaults(func=cmd_predict)
 
 
@@ -174,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if os.path.isdir(args.out):  # refuse before the work, not at the final rename
         raise OutputError(f"--out {args.out} is a directory; give a Parquet file path")
-    report = predict_cohort(args.run, args.cohort, args.out)
+    report = predict_cohort(args.run, args.cohort, args.out, labels=args.labels)
     print(report.summary(args.out))
     return EXIT_OK
 
@@ -190,6 +224,7 @@ def add_tune_parser(sub: Subparsers) -> None:
         "Re-running the same command resumes the sweep. See docs/tuning.md.",
     )
     add_job_args(tu, out_required=False)
+    add_task_args(tu)
     tu.add_argument("--init", help="pretrained run directory to initialise every trial from")
     tu.add_argument(
         "--dry-run", action="store_true", help="list the trials of the search space and exit"

@@ -46,32 +46,46 @@ def _np(col: pa.ChunkedArray | pa.Array, dtype: type) -> np.ndarray:
     return np.asarray(col.to_numpy(zero_copy_only=False) if len(col) else [], dtype=dtype)
 
 
-def _labels_to_arrow(
-    unit: int, subject_id: np.ndarray, event: np.ndarray, last_visit: np.ndarray, truncated: Any
-) -> dict[str, pa.Array]:
-    n = len(subject_id)
-    return {
+# Calendar-axis label columns a block may carry (``SubjectLabels.extra``), with their dtypes.
+EXTRA_COLUMNS: dict[str, type] = {
+    S.PREDICTION_TIME: np.int64,
+    S.TIME_DAYS: np.float64,
+    S.PREDICTION_AGE: np.float32,
+}
+
+
+def _labels_to_arrow(unit: int, labels: FlatTokens | VisitTokens) -> dict[str, pa.Array]:
+    n = len(labels.subject_id)
+    cols = {
         UNIT: pa.array(np.full(n, unit, dtype=np.int64)),
         UNIT_SIZE: pa.array(np.full(n, n, dtype=np.int64)),
-        S.SUBJECT_ID: pa.array(subject_id, pa.int64()),
-        S.EVENT: pa.array(event, pa.bool_()),
-        S.LAST_VISIT: pa.array(last_visit, pa.int64()),
-        TRUNCATED: pa.array(truncated, pa.bool_()),
+        S.SUBJECT_ID: pa.array(labels.subject_id, pa.int64()),
+        S.EVENT: pa.array(labels.event, pa.bool_()),
+        S.LAST_VISIT: pa.array(labels.last_visit, pa.int64()),
+        TRUNCATED: pa.array(labels.truncated, pa.bool_()),
     }
+    for name, dtype in EXTRA_COLUMNS.items():
+        if name in labels.extra:
+            cols[name] = pa.array(np.asarray(labels.extra[name], dtype=dtype))
+    return cols
 
 
-def _labels_from_arrow(t: pa.Table) -> dict[str, np.ndarray]:
+def _labels_from_arrow(t: pa.Table) -> dict[str, Any]:
+    extra = {
+        name: _np(t[name], dtype) for name, dtype in EXTRA_COLUMNS.items() if name in t.column_names
+    }
     return {
         "subject_id": _np(t[S.SUBJECT_ID], np.int64),
         "event": _np(t[S.EVENT], np.bool_),
         "last_visit": _np(t[S.LAST_VISIT], np.int64),
         "truncated": _np(t[TRUNCATED], np.bool_),
+        "extra": extra,
     }
 
 
 def flat_to_arrow(ft: FlatTokens, unit: int) -> pa.Table:
     """One row per subject: labels plus ``codes``/``ages``/``visit_ids`` lists."""
-    cols = _labels_to_arrow(unit, ft.subject_id, ft.event, ft.last_visit, ft.truncated)
+    cols = _labels_to_arrow(unit, ft)
     cols[S.CODES] = _list(ft.codes.astype(np.int32), ft.offsets)
     cols[S.AGES] = _list(ft.ages.astype(np.float32), ft.offsets)
     cols[S.VISIT_IDS] = _list(ft.visit_ids.astype(np.int32), ft.offsets)
@@ -91,7 +105,7 @@ def flat_from_arrow(t: pa.Table) -> FlatTokens:
 
 def hier_to_arrow(vt: VisitTokens, unit: int) -> pa.Table:
     """One row per subject: labels plus per-visit lists and the codes list."""
-    cols = _labels_to_arrow(unit, vt.subject_id, vt.event, vt.last_visit, vt.truncated)
+    cols = _labels_to_arrow(unit, vt)
     cols[S.AGES] = _list(vt.visit_ages.astype(np.float32), vt.visit_offsets)
     cols[S.TIME_DELTAS] = _list(vt.time_deltas.astype(np.float32), vt.visit_offsets)
     cols[VISIT_SIZES] = _list(vt.visit_sizes.astype(np.int32), vt.visit_offsets)

@@ -26,6 +26,7 @@ from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, event_arrays
 from ehrsurv_dist.data.layouts import FlatTokens, Limits, VisitTokens, flatten, to_hierarchical
 from ehrsurv_dist.data.meds import CohortReport, read_outcomes
 from ehrsurv_dist.data.plan import Unit, UnitPlan
+from ehrsurv_dist.data.samples import LabelArrays, TaskSpec, make_samples, read_labels
 from ehrsurv_dist.data.splits import hash_splits
 from ehrsurv_dist.data.visits import GroupedUnit, group_visits
 from ehrsurv_dist.data.vocab import Vocabulary
@@ -42,7 +43,9 @@ class EncodeSpec:
     """Everything a worker needs to turn a unit into a block (picklable).
 
     Attributes mirror :class:`config.DataConfig`; ``bad_subjects`` are dropped (sorted int64);
-    ``splits_path`` is the MEDS split file or None; ``limits`` are the layouts' truncation.
+    ``splits_path`` is the MEDS split file or None; ``limits`` are the layouts' truncation;
+    ``task`` is the calendar-axis task (one row per (subject, prediction time), outcomes from
+    event codes; :mod:`samples`), None on the visit axis (one row per subject, ``outcomes``).
     """
 
     cohort: str
@@ -53,15 +56,22 @@ class EncodeSpec:
     bad_subjects: tuple[int, ...] = ()
     layout: Layout = "flat"
     limits: Limits = Limits()
+    task: TaskSpec | None = None
 
     @classmethod
     def for_cohort(
-        cls, cohort: str, data: DataConfig, report: CohortReport, layout: Layout
+        cls,
+        cohort: str,
+        data: DataConfig,
+        report: CohortReport,
+        layout: Layout,
+        task: TaskSpec | None = None,
     ) -> EncodeSpec:
-        """The spec of a validated cohort under a data configuration."""
+        """The spec of a validated cohort under a data configuration (and a calendar task)."""
         return cls(
             cohort=cohort,
-            outcomes=report.outcomes,
+            outcomes=report.outcomes if task is None else None,
+            task=task,
             granularity=data.granularity,
             split_seed=data.split_seed,
             splits_path=cohort_splits_path(cohort),
@@ -96,6 +106,14 @@ def _outcome_arrays(path: str) -> OutcomeArrays:
     key = _cache_key("outcomes", path)
     if key not in _CACHE:
         _CACHE[key] = OutcomeArrays.from_table(read_outcomes(path))
+    return _CACHE[key]  # type: ignore[no-any-return]
+
+
+def _label_arrays(path: str) -> LabelArrays:
+    """The task's label file(s), read once per process (each Ray worker caches them)."""
+    key = ("labels", path)
+    if key not in _CACHE:
+        _CACHE[key] = read_labels(path)
     return _CACHE[key]  # type: ignore[no-any-return]
 
 
@@ -185,9 +203,34 @@ def _events(table: pa.Table, spec: EncodeSpec) -> EventArrays:
 
 
 def unit_visits(table: pa.Table, spec: EncodeSpec) -> GroupedUnit:
-    """Visits, labels and rejects of one unit's rows (every row of its subjects)."""
-    out = _outcome_arrays(spec.outcomes) if spec.outcomes else None
-    return group_visits(_events(table, spec), out, spec.granularity)
+    """Visits, labels and rejects of one unit's rows (every row of its subjects).
+
+    On the calendar axis (``spec.task``) a row is a sample (subject, prediction time): its
+    visits are the subject's records up to the prediction time, its labels the days to the
+    event or censoring (``visits.extra``), and a rejected sample's reason names its
+    prediction time.
+    """
+    ev = _events(table, spec)
+    if spec.task is None:
+        out = _outcome_arrays(spec.outcomes) if spec.outcomes else None
+        return group_visits(ev, out, spec.granularity)
+    task = spec.task
+    labels = _label_arrays(task.labels) if task.labels else None
+    su = make_samples(ev, task, labels, spec.granularity)
+    sv = su.visits
+    sv.extra = {
+        S.PREDICTION_TIME: np.asarray(su.prediction_time_us, dtype=np.int64),
+        S.TIME_DAYS: np.asarray(su.time_days, dtype=np.float64),
+        S.PREDICTION_AGE: np.asarray(su.prediction_age, dtype=np.float32),
+    }
+    rj = su.rejects
+    rj_sid = np.asarray(rj[S.SUBJECT_ID].to_numpy(zero_copy_only=False), dtype=np.int64)
+    when = rj[S.PREDICTION_TIME].cast(pa.string()).to_pylist()
+    why = [
+        f"{r} (prediction_time {t})"
+        for r, t in zip(rj[S.REJECT_REASON].to_pylist(), when, strict=True)
+    ]
+    return GroupedUnit(sv, ev.dictionary, rj_sid, np.asarray(why, dtype=object))
 
 
 def encode_unit(

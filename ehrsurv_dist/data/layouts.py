@@ -180,6 +180,7 @@ def flatten(sv: SubjectVisits, code_ids: np.ndarray, limits: Limits = Limits()) 
         last_visit=(last_vis - first_vis).astype(np.int64),
         truncated=truncated,
         tokens=Ragged.from_lengths(values, lengths),
+        extra=sv.extra,
     )
 
 
@@ -239,4 +240,5 @@ def to_hierarchical(
         last_visit=(kn - 1).astype(np.int64),
         truncated=(kn < sv.num_visits) | cut_codes,
         visits=Ragged(values, voff),
+        extra=sv.extra,
     )

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.bins import bin_index
 from ehrsurv_dist.data import masking
 from ehrsurv_dist.data.blocks import Layout
 from ehrsurv_dist.data.layouts import FlatTokens, VisitTokens
@@ -47,6 +48,8 @@ class BatchSpec:
         check_batches: run the contract checks on this many first batches of an iteration
             (-1 = every batch).
         drop_last: drop each block's last batch when it is smaller than ``batch_size``.
+        bin_edges: the calendar axis's day-bin edges (``e_0 = 0 … e_K = horizon``): batches
+            then carry ``bin``, the 0-based bin of ``time_days``; None on the visit axis.
     """
 
     layout: Layout = "flat"
@@ -61,6 +64,7 @@ class BatchSpec:
     mlm_prob: float = masking.MLM_PROB
     check_batches: int = 8
     drop_last: bool = False
+    bin_edges: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in ("flat", "hierarchical"):
@@ -164,14 +168,24 @@ class PaddedBlock:
 
 
 def _labels(
-    subject_id: np.ndarray, event: np.ndarray, last_visit: np.ndarray
+    rows: FlatTokens | VisitTokens, order: np.ndarray, spec: BatchSpec
 ) -> dict[str, np.ndarray]:
-    return {
-        S.SUBJECT: np.ascontiguousarray(subject_id, dtype=np.int64),
+    """The label fields of rows ``order``: ``schema.LABEL_FIELDS``, and on the calendar axis
+    ``schema.CALENDAR_FIELDS`` (``bin`` from ``time_days`` and the spec's bin edges)."""
+    last_visit = rows.last_visit[order]
+    out = {
+        S.SUBJECT: np.ascontiguousarray(rows.subject_id[order], dtype=np.int64),
         S.LAST_VISIT: np.ascontiguousarray(last_visit, dtype=np.int64),
-        S.EVENT: np.ascontiguousarray(event, dtype=np.bool_),
+        S.EVENT: np.ascontiguousarray(rows.event[order], dtype=np.bool_),
         S.NUM_VISITS: np.ascontiguousarray(last_visit + 1, dtype=np.int64),
     }
+    for name, values in rows.extra.items():
+        out[name] = np.ascontiguousarray(values[order])
+    if spec.bin_edges is not None:
+        if S.TIME_DAYS not in out:
+            raise ValueError("bin_edges are set (calendar axis) but the block has no time_days")
+        out[S.BIN] = bin_index(out[S.TIME_DAYS], out[S.EVENT], np.asarray(spec.bin_edges))
+    return out
 
 
 def _batch_max(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -256,9 +270,7 @@ def pad_flat(ft: FlatTokens, batches: Ragged, spec: BatchSpec, epoch: int = 0) -
         fields[S.MLM_LABELS] = lab
     return PaddedBlock(
         layout="flat",
-        per_row=Ragged(
-            _labels(ft.subject_id[order], ft.event[order], ft.last_visit[order]), bounds
-        ),
+        per_row=Ragged(_labels(ft, order, spec), bounds),
         per_token=Ragged(fields, offsets),
         shapes=L[:, None],
         expected={"tokens": lengths},
@@ -339,7 +351,7 @@ def pad_hierarchical(
         fields[S.MLM_LABELS] = lab
     ncodes = np.add.reduceat(vsz, np.minimum(vstart, max(len(vsz) - 1, 0))) if len(vsz) else 0
     ncodes = np.where(nv > 0, ncodes, 0)
-    labels = _labels(vt.subject_id[order], vt.event[order], vt.last_visit[order])
+    labels = _labels(vt, order, spec)
     return PaddedBlock(
         layout="hierarchical",
         per_row=Ragged(labels, bounds),

@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.config import DataConfig
+from ehrsurv_dist.config import ConfigError, DataConfig
 from ehrsurv_dist.data.blocks import Layout
 from ehrsurv_dist.data.collate import (
     BatchSpec,
@@ -61,6 +61,7 @@ from ehrsurv_dist.data.encode import (
 )
 from ehrsurv_dist.data.meds import CohortReport, validate_cohort
 from ehrsurv_dist.data.plan import ROWS_PER_UNIT, Unit, UnitPlan, plan_units, task_groups
+from ehrsurv_dist.data.samples import TaskSpec
 from ehrsurv_dist.data.scan import (
     IngestFit,
     count_unknown_tokens,
@@ -154,6 +155,8 @@ class IngestPipeline:
         max_rows_per_task: more tasks if a task would read more rows than this (memory bound).
         block_bytes: target size of the Ray blocks the tasks emit (``target_max_block_size``).
         vocab: a vocabulary to use without :meth:`fit` (e.g. the one saved with a run).
+        task: a calendar-axis task (rows are (subject, prediction time) samples, outcomes from
+            event codes, no outcome table); None: the visit axis.
 
     Raises:
         CohortError: the cohort is unusable (as ``CohortReport.raise_if_unusable``).
@@ -178,17 +181,28 @@ class IngestPipeline:
         max_rows_per_task: int = 4_000_000,
         block_bytes: int = 8 << 20,
         vocab: Vocabulary | None = None,
+        task: TaskSpec | None = None,
     ) -> None:
         self.cohort = cohort
         self.data = data or DataConfig(cohort=cohort)
+        if task is not None and self.data.truncation != "keep_recent":
+            raise ConfigError(
+                "data.truncation",
+                "the calendar axis keeps the most recent history before the prediction time: "
+                "use keep_recent",
+            )
         if report is None:
             report = validate_cohort(
-                cohort, self.data.outcomes, self.data.granularity, require_outcomes=require_outcomes
+                cohort,
+                self.data.outcomes,
+                self.data.granularity,
+                require_outcomes=require_outcomes,
+                task=task,
             )
         report.raise_if_unusable(self.data.drop_bad_subjects)
         self.report = report
         self.plan = plan_units(cohort, report, rows_per_unit)
-        self.spec = EncodeSpec.for_cohort(cohort, self.data, report, layout)
+        self.spec = EncodeSpec.for_cohort(cohort, self.data, report, layout, task)
         self.layout: Layout = layout
         self.seed = seed
         self.window_batches = window_batches or self.data.window_batches
@@ -200,6 +214,9 @@ class IngestPipeline:
         self.block_bytes = max(1, block_bytes)
         self.max_rows_per_task = max(1, max_rows_per_task)
         self.vocab: Vocabulary | None = vocab
+        # The calendar axis's day-bin edges, set once they are known (given, or fitted on
+        # the train split after :meth:`fit`); batches then carry each sample's bin.
+        self.bin_edges: tuple[float, ...] | None = None
         self.fitted: IngestFit | None = None
         log.info(
             "ingest plan: %s units (%s: %s)", self.plan.num_units, self.plan.mode, self.plan.reason
@@ -233,13 +250,14 @@ class IngestPipeline:
         count_unknown_tokens(totals, vocab)
         rejects = rejects_table(self.report.bad_subjects, totals)
         if rejects.num_rows:
-            log.warning("dropped %d subject(s); reasons are in the rejects file", rejects.num_rows)
+            what = "sample(s) (subject, prediction time)" if self.spec.task else "subject(s)"
+            log.warning("dropped %d %s; reasons are in the rejects file", rejects.num_rows, what)
             if rejects_path is not None:
                 atomic.write_parquet(rejects, rejects_path)
         if vocab_path is not None:
             vocab.save(vocab_path)
         self.vocab = vocab
-        self.fitted = IngestFit(vocab, totals.counts, totals.stats, rejects)
+        self.fitted = IngestFit(vocab, totals.counts, totals.stats, rejects, totals.event_days)
         return self.fitted
 
     def _scan_single(self) -> Iterator[pa.Table]:
@@ -264,6 +282,7 @@ class IngestPipeline:
             seed=self.seed,
             mlm_vocab_size=self._vocab().size if self.mlm else None,
             check_batches=self.check_batches,
+            bin_edges=self.bin_edges,
         )
         return replace(spec, **overrides) if overrides else spec
 

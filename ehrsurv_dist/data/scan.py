@@ -9,7 +9,7 @@ codes, not by the cohort. The vocabulary is then fitted on the train counts.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,9 @@ from ehrsurv_dist.ragged import rows_any
 FACTS_SCHEMA = pa.schema(
     [("kind", pa.string()), ("split", pa.string()), ("key", pa.string()), ("value", pa.int64())]
 )
+EVENT_MINUTES = "event_minutes"
+MINUTES_PER_DAY = 1440.0
+
 STAT_KEYS = (
     "subjects",
     "events",
@@ -37,7 +40,9 @@ def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
     """One unit's rows → facts (long format): code counts and statistics per split, rejects.
 
     Rows: ``kind='count'`` (split, code, count), ``kind='stat'`` (split, name, value),
-    ``kind='reject'`` (split null, reason, subject_id).
+    ``kind='reject'`` (split null, reason, subject_id); on the calendar axis also
+    ``kind='event_minutes'`` (split, '', minutes from the prediction time to each event): the
+    train split's event times are what quantile day bins are fitted on.
     """
     gu = unit_visits(table, spec)
     sv = gu.visits
@@ -64,6 +69,10 @@ def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
             int(trunc_hier[m].sum()),
         ]
         parts.append(_facts("stat", name, pa.array(STAT_KEYS), pa.array(vals, pa.int64())))
+        if S.TIME_DAYS in sv.extra:
+            days = sv.extra[S.TIME_DAYS][m & sv.event]
+            minutes = np.rint(days * MINUTES_PER_DAY).astype(np.int64)
+            parts.append(_facts(EVENT_MINUTES, name, pa.array([""] * len(days)), minutes))
     if len(gu.reject_subjects):
         parts.append(
             _facts(
@@ -103,13 +112,16 @@ class IngestFit:
             ``truncated_flat`` (subjects cut by max_seq_len/max_visits),
             ``truncated_hierarchical`` (cut by max_visits/max_codes_per_visit),
             ``unknown_tokens`` (tokens that map to UNK).
-        rejects: ``subject_id``, ``reason`` of every dropped subject.
+        rejects: ``subject_id``, ``reason`` of every dropped subject (calendar axis: sample).
+        event_days: calendar axis, per split: float64 days from the prediction time to each
+            event (to the minute); empty arrays on the visit axis.
     """
 
     vocab: Vocabulary
     code_counts: dict[str, pa.Table]
     stats: dict[str, dict[str, int]]
     rejects: pa.Table
+    event_days: dict[str, np.ndarray] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -129,12 +141,14 @@ class ScanTotals:
         stats: per split, the :data:`STAT_KEYS` sums.
         reject_subjects: int64 [K], in scan order.
         reject_reasons: [K] reason strings.
+        event_days: per split, float64 days to each event (calendar axis; else empty).
     """
 
     counts: dict[str, pa.Table]
     stats: dict[str, dict[str, int]]
     reject_subjects: np.ndarray
     reject_reasons: list[str]
+    event_days: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def reduce_facts(facts: Iterable[pa.Table]) -> ScanTotals:
@@ -143,6 +157,7 @@ def reduce_facts(facts: Iterable[pa.Table]) -> ScanTotals:
     stats: dict[str, dict[str, int]] = {s: dict.fromkeys(STAT_KEYS, 0) for s in S.SPLITS}
     rej_sid: list[np.ndarray] = []
     rej_why: list[str] = []
+    ev_min: dict[str, list[np.ndarray]] = {s: [] for s in S.SPLITS}
     for t in facts:
         kind = np.asarray(t["kind"].to_pylist(), dtype=object)
         for name in S.SPLITS:
@@ -157,13 +172,23 @@ def reduce_facts(facts: Iterable[pa.Table]) -> ScanTotals:
             st["split"].to_pylist(), st["key"].to_pylist(), st["value"].to_pylist(), strict=True
         ):
             stats[split][key] += int(value)
+        em = t.filter(pa.array(kind == EVENT_MINUTES))
+        if em.num_rows:
+            em_split = np.asarray(em["split"].to_pylist(), dtype=object)
+            em_val = np.asarray(em["value"].to_numpy(), dtype=np.int64)
+            for name in S.SPLITS:
+                ev_min[name].append(em_val[em_split == name])
         rj = t.filter(pa.array(kind == "reject"))
         if rj.num_rows:
             rej_sid.append(np.asarray(rj["value"].to_numpy(), dtype=np.int64))
             rej_why.extend(rj["key"].to_pylist())
     merged = {s: merge_counts(c) for s, c in counts.items()}
     sid = np.concatenate(rej_sid) if rej_sid else np.zeros(0, np.int64)
-    return ScanTotals(merged, stats, sid, rej_why)
+    days = {
+        s: (np.concatenate(v) if v else np.zeros(0, np.int64)) / MINUTES_PER_DAY
+        for s, v in ev_min.items()
+    }
+    return ScanTotals(merged, stats, sid, rej_why, days)
 
 
 def count_unknown_tokens(totals: ScanTotals, vocab: Vocabulary) -> None:

@@ -25,6 +25,12 @@ from ehrsurv_dist.data.meds_read import (
     read_outcomes,
     short_error,
 )
+from ehrsurv_dist.data.samples import (
+    TaskSpec,
+    check_label_subjects,
+    event_code_mask,
+    read_labels,
+)
 from ehrsurv_dist.data.validate_files import NO_TIME_MAX, NO_TIME_MIN, FileSummary, check_file
 from ehrsurv_dist.data.validation_report import CohortReport, Problem
 from ehrsurv_dist.data.visits import GRANULARITY_US
@@ -38,6 +44,7 @@ def validate_cohort(
     outcomes: str | None = None,
     granularity: str = "day",
     require_outcomes: bool = False,
+    task: TaskSpec | None = None,
 ) -> CohortReport:
     """Check a MEDS cohort and its outcome table; never raises for bad data.
 
@@ -46,6 +53,10 @@ def validate_cohort(
         outcomes: outcome table path; default ``COHORT/outcomes.parquet`` when it exists.
         granularity: visit granularity (used for the outcome-before-first-visit check).
         require_outcomes: report a missing outcome table as an error rather than a warning.
+        task: a calendar-axis task: its label file and event codes are checked against the
+            cohort (unknown subjects, unreadable labels and event codes that never occur are
+            fatal; prediction times before birth or after a subject's last record are counted
+            as warnings: those samples are skipped and written to the rejects file).
 
     Returns:
         The report; ``report.ok`` is False when there is at least one error.
@@ -53,7 +64,7 @@ def validate_cohort(
     if granularity not in GRANULARITY_US:
         raise ValueError(f"granularity must be one of {sorted(GRANULARITY_US)}")
     rep = CohortReport(cohort=cohort, outcomes=None)
-    summaries = _check_files(rep, cohort)
+    summaries, codes = _check_files(rep, cohort)
     if not summaries:
         return rep
     subj = _merge_summaries(summaries)
@@ -71,8 +82,56 @@ def validate_cohort(
         S.SUBJECT_ID,
     )
     _check_birth_and_age(rep, subj)
-    _check_outcome_table(rep, cohort, outcomes, require_outcomes, subj, granularity)
+    if task is None:
+        _check_outcome_table(rep, cohort, outcomes, require_outcomes, subj, granularity)
+    else:
+        _check_task(rep, task, subj, codes, require_outcomes)
     return rep
+
+
+def _check_task(
+    rep: CohortReport, task: TaskSpec, s: _Subjects, codes: set[str], require_events: bool
+) -> None:
+    """The calendar task against the cohort: event codes that occur (an error when training,
+    ``require_events``; a warning for ``predict``), label rows that name known subjects at
+    times inside their records."""
+    dictionary = pa.array(sorted(codes), pa.string())
+    for pattern in task.event_codes:
+        if not bool(event_code_mask((pattern,), dictionary).any()):
+            msg = (
+                f"task.event_codes: {pattern!r} matches no code of the cohort "
+                f"({len(codes):,} distinct codes)"
+            )
+            if require_events:
+                rep.add_fatal("task_event_code", msg, None, S.CODE)
+            else:
+                rep.add(Problem("warning", "task_event_code", msg, None, S.CODE))
+    if task.labels is None:
+        return
+    try:
+        labels = read_labels(task.labels)
+        check_label_subjects(labels, s.ids)
+    except CohortError as e:
+        rep.add_fatal("task_labels", str(e), task.labels)
+        return
+    pos = np.minimum(np.searchsorted(s.ids, labels.subject_id), len(s.ids) - 1)
+    pt = labels.prediction_time_us
+    before_birth = (s.birth[pos] != NO_TIME_MIN) & (pt < s.birth[pos])
+    after_last = (s.last[pos] != NO_TIME_MIN) & (pt > s.last[pos])
+    for sel, check, what in (
+        (before_birth, "prediction_before_birth", f"before the subject's {S.BIRTH_CODE}"),
+        (after_last, "prediction_after_last_record", "after the subject's last record"),
+    ):
+        rep.add_subjects(
+            "warning",
+            check,
+            f"{int(sel.sum())} label row(s) have a prediction time {what}: those samples are "
+            "skipped and written to the rejects file",
+            np.unique(labels.subject_id[sel]),
+            task.labels,
+            S.PREDICTION_TIME,
+            count=int(sel.sum()),
+        )
 
 
 @dataclass
@@ -87,13 +146,14 @@ class _Subjects:
     last: np.ndarray  # last event time, NO_TIME_MIN where none
 
 
-def _check_files(rep: CohortReport, cohort: str) -> list[FileSummary]:
-    """List and check every shard; the summaries of the usable ones (none: nothing to merge)."""
+def _check_files(rep: CohortReport, cohort: str) -> tuple[list[FileSummary], set[str]]:
+    """List and check every shard: the summaries of the usable ones (none: nothing to merge)
+    and the distinct codes."""
     try:
         fs, files, other = data_files(cohort)
     except Exception as e:
         rep.add_fatal("unreadable_cohort", f"cannot list {cohort}: {short_error(e)}", None)
-        return []
+        return [], set()
     rep.files = files
     for o in other:
         rep.add(Problem("warning", "ignored_file", "not a .parquet file; ignored", o))
@@ -101,7 +161,7 @@ def _check_files(rep: CohortReport, cohort: str) -> list[FileSummary]:
         rep.add_fatal(
             "empty_cohort", f"no Parquet files under {io.join(cohort, S.DATA_SUBDIR)}", None
         )
-        return []
+        return [], set()
     summaries: list[FileSummary] = []
     codes: set[str] = set()
     for path in files:
@@ -110,7 +170,7 @@ def _check_files(rep: CohortReport, cohort: str) -> list[FileSummary]:
             summaries.append(summ)
             codes |= distinct
     rep.n_codes = len(codes - set(S.NON_INPUT_CODES))
-    return summaries
+    return summaries, codes
 
 
 def _merge_summaries(summaries: list[FileSummary]) -> _Subjects:

@@ -22,7 +22,7 @@ Shape vocabulary: ``N`` subjects, ``NV`` visits, ``NC`` codes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -66,11 +66,19 @@ class SubjectLabels:
         subject_id: int64 [N].
         event: bool [N]; True = event in the interval after visit T.
         last_visit: int64 [N]; T = index of the last input visit.
+        extra: more per-row label columns, aligned with ``subject_id`` (the calendar axis's
+            ``prediction_time``, ``time_days``, ``prediction_age``: ``schema.CALENDAR_FIELDS``);
+            empty on the visit axis. Every selection of rows carries them along.
     """
 
     subject_id: np.ndarray
     event: np.ndarray
     last_visit: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict, kw_only=True)
+
+    def extra_take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """``extra`` at rows ``idx``."""
+        return {k: v[idx] for k, v in self.extra.items()}
 
     @property
     def num_subjects(self) -> int:
@@ -82,6 +90,7 @@ class SubjectLabels:
             "subject_id": int(self.subject_id[i]),
             "event": bool(self.event[i]),
             "last_visit": int(self.last_visit[i]),
+            **{k: v[i].item() for k, v in self.extra.items()},
         }
 
 
@@ -116,7 +125,11 @@ class SubjectVisits(SubjectLabels):
         """The subjects at positions ``idx`` (in that order), with their visits and codes."""
         idx = np.asarray(idx, dtype=np.int64)
         return SubjectVisits(
-            self.subject_id[idx], self.event[idx], self.last_visit[idx], self.visits.take(idx)
+            self.subject_id[idx],
+            self.event[idx],
+            self.last_visit[idx],
+            self.visits.take(idx),
+            extra=self.extra_take(idx),
         )
 
     def subject(self, i: int) -> dict[str, object]:
@@ -138,14 +151,12 @@ class GroupedUnit:
 
     Attributes:
         visits: the kept subjects' visits; ``visits.codes`` is a dictionary array.
-        code_index: int32 [NC]; index into ``dictionary`` per code of ``visits``.
         dictionary: string array of the distinct codes.
         reject_subjects: int64 [K], sorted.
         reject_reasons: object [K] (reason strings).
     """
 
     visits: SubjectVisits
-    code_index: np.ndarray
     dictionary: pa.Array
     reject_subjects: np.ndarray
     reject_reasons: np.ndarray
@@ -322,7 +333,7 @@ def group_visits(
         visits=Ragged({"time": visit_time, "age": visit_age, "codes": codes}, visit_offsets),
     )
     rej_sid, rej_reason = _rejects(all_subjects, subjects, b_sid, tok_subjects, outcomes)
-    return GroupedUnit(visits, code_index, ev.dictionary, rej_sid, rej_reason)
+    return GroupedUnit(visits, ev.dictionary, rej_sid, rej_reason)
 
 
 def build_visits(

@@ -19,12 +19,13 @@ from typing import Any
 import torch
 
 from ehrsurv_dist import schema as S
+from ehrsurv_dist import task as T
 from ehrsurv_dist.config import ConfigError, to_dict
 from ehrsurv_dist.data.pipeline import IngestPipeline
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.rundir import EXPORT, RAY_DIR, RUN_NAME, VOCAB
+from ehrsurv_dist.rundir import EXPORT, RAY_DIR, RUN_NAME, TIME_AXIS, VOCAB
 from ehrsurv_dist.train import manifest, modeling
 from ehrsurv_dist.train.outdir import (
     check_resume_checkpoints,
@@ -110,9 +111,10 @@ def check_resources(spec: JobSpec) -> None:
 
 def _preflight(
     spec: JobSpec, mode: str, out: str, resume: bool, vocab: Vocabulary | None
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, JobSpec]:
     """Everything before training, cheapest first: checkpoints (resume), the cohort (validated
-    before Ray starts), resources, then the vocabulary fit and the split checks."""
+    before Ray starts), resources, then the vocabulary fit, the split checks and (calendar
+    axis) the day bins. Returns the job with its bins resolved."""
     if resume:
         check_resume_checkpoints(out)
     layout = modeling.layout_of(spec)
@@ -125,6 +127,7 @@ def _preflight(
         mlm=mlm,
         require_outcomes=mode == "finetune",
         pad_multiple=spec.data.resolved_pad_multiple(spec.train.use_gpu),
+        task=T.task_spec(spec) if mode == "finetune" else None,
     )
     init_ray(spec)
     check_resources(spec)
@@ -139,6 +142,9 @@ def _preflight(
         vocab_path=vocab_path,
         rejects_path=os.path.join(out, S.REJECTS_FILE),
     )
+    if mode == "finetune" and T.is_calendar(spec):
+        spec = _resolve_bins(spec, out, resume, fit)
+        pipe.bin_edges = tuple(T.edges_of(spec) or ())
     train_subjects = fit.stats[S.TRAIN_SPLIT]["subjects"]
     if train_subjects == 0:
         raise EhrsurvError(f"the train split of {spec.data.cohort} is empty")
@@ -155,7 +161,19 @@ def _preflight(
                     f"{fit.stats[split]['subjects']} subjects censored): the likelihood has "
                     "nothing to learn and the validation C-index is undefined"
                 )
-    return fit, pipe
+    return fit, pipe, spec
+
+
+def _resolve_bins(spec: JobSpec, out: str, resume: bool, fit: Any) -> JobSpec:
+    """The calendar axis's day bins: the run's own on resume, else given or fitted on the
+    train split's event times; saved as ``RUN/time_axis.json``."""
+    if resume and os.path.exists(os.path.join(out, TIME_AXIS)):
+        return T.with_run_edges(spec, out)
+    edges = T.resolve_edges(spec, fit.event_days.get(S.TRAIN_SPLIT))
+    spec = T.with_edges(spec, edges)
+    T.save_time_axis(spec, os.path.join(out, TIME_AXIS))
+    log.info("calendar axis: %d day bins, edges %s", len(edges) - 1, edges)
+    return spec
 
 
 def run_training(
@@ -187,7 +205,7 @@ def run_training(
     created = not os.path.exists(out)
     resume = prepare_run_dir(out, spec, mode)
     try:  # pre-flight: a failure before training leaves no half-made new run behind
-        fit, pipe = _preflight(spec, mode, out, resume, vocab)
+        fit, pipe, spec = _preflight(spec, mode, out, resume, vocab)
     except BaseException:
         if not resume:
             discard_new_run(out, created)

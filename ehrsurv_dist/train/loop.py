@@ -183,13 +183,16 @@ class Predictions:
         event: bool [N].
         last_visit: int64 [N].
         hazard: N rows; row i holds the hazards of subject i, float32, length
-            ``last_visit[i] + 1``.
+            ``last_visit[i] + 1`` (visit axis) or K, one per day bin (calendar axis).
+        extra: calendar axis: ``prediction_time`` int64 [N] and ``time_days`` float64 [N]
+            (a row is then a sample: subject and prediction time); empty on the visit axis.
     """
 
     subject_id: np.ndarray
     event: np.ndarray
     last_visit: np.ndarray
     hazard: Ragged
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def values(self) -> np.ndarray:
@@ -207,12 +210,17 @@ class Predictions:
     def take(self, idx: np.ndarray) -> Predictions:
         """Subjects ``idx``, in that order."""
         return Predictions(
-            self.subject_id[idx], self.event[idx], self.last_visit[idx], self.hazard.take(idx)
+            self.subject_id[idx],
+            self.event[idx],
+            self.last_visit[idx],
+            self.hazard.take(idx),
+            {k: v[idx] for k, v in self.extra.items()},
         )
 
     @staticmethod
     def concat(parts: list[Predictions]) -> Predictions:
-        """Concatenate, then sort by subject id (a canonical order whatever the sharding)."""
+        """Concatenate, then sort by subject id (and prediction time on the calendar axis):
+        a canonical order whatever the sharding."""
         parts = [p for p in parts if len(p.subject_id)]
         if not parts:
             z = np.zeros(0, np.int64)
@@ -222,8 +230,13 @@ class Predictions:
             event=np.concatenate([p.event for p in parts]),
             last_visit=np.concatenate([p.last_visit for p in parts]),
             hazard=Ragged.concat([p.hazard for p in parts]),
+            extra={k: np.concatenate([p.extra[k] for p in parts]) for k in parts[0].extra},
         )
-        return joined.take(np.argsort(joined.subject_id, kind="stable"))
+        if S.PREDICTION_TIME in joined.extra:
+            order = np.lexsort((joined.extra[S.PREDICTION_TIME], joined.subject_id))
+        else:
+            order = np.argsort(joined.subject_id, kind="stable")
+        return joined.take(order)
 
 
 @torch.no_grad()
@@ -233,7 +246,8 @@ def predict(
     """Hazards of every subject in ``batches`` (this rank's share), eval mode.
 
     The hazards of subject b are those of its real visit slots ``0..last_visit[b]``; the label
-    construction guarantees these are exactly the real visits.
+    construction guarantees these are exactly the real visits. On the calendar axis (batches
+    carry ``bin``) a row is a sample and its hazards are the K day bins'.
     """
     was_training = module.training
     module.eval()
@@ -242,8 +256,11 @@ def predict(
         for batch in batches:
             tb = to_tensors(batch, device)
             out = forward(**select_inputs(module, tb))
-            h = torch.sigmoid(out.logits.float()).cpu().numpy()  # [B, V]
+            h = torch.sigmoid(out.logits.float()).cpu().numpy()  # [B, V] or [B, K]
             lv = np.asarray(batch[S.LAST_VISIT], dtype=np.int64)
+            if S.BIN in batch:  # calendar axis: K hazards per sample
+                parts.append(_calendar_predictions(batch, h, lv))
+                continue
             vm = out.visit_mask.cpu().numpy()
             real = np.arange(h.shape[1])[None, :] <= lv[:, None]  # [B, V]
             if not np.array_equal(real & vm, real):
@@ -260,6 +277,21 @@ def predict(
     finally:
         module.train(was_training)
     return Predictions.concat(parts)
+
+
+def _calendar_predictions(batch: Batch, h: np.ndarray, lv: np.ndarray) -> Predictions:
+    """A calendar batch's predictions: every sample's K day-bin hazards (``h`` [B, K])."""
+    n, k = h.shape
+    return Predictions(
+        subject_id=np.asarray(batch[S.SUBJECT], dtype=np.int64),
+        event=np.asarray(batch[S.EVENT], dtype=bool),
+        last_visit=lv,
+        hazard=Ragged.from_lengths(h.astype(np.float32).reshape(-1), np.full(n, k, np.int64)),
+        extra={
+            S.PREDICTION_TIME: np.asarray(batch[S.PREDICTION_TIME], dtype=np.int64),
+            S.TIME_DAYS: np.asarray(batch[S.TIME_DAYS], dtype=np.float64),
+        },
+    )
 
 
 @torch.no_grad()

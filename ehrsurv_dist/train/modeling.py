@@ -20,6 +20,7 @@ from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.models import builders as B
 from ehrsurv_dist.models.config import BEHRTConfig, HierarchicalConfig, LoRAConfig, LSTMConfig
 from ehrsurv_dist.models.lora import apply_strategy
+from ehrsurv_dist.task import num_bins
 
 EXPORT_FORMAT = 1
 ModelConfig = BEHRTConfig | HierarchicalConfig | LSTMConfig
@@ -35,8 +36,11 @@ def layout_of(spec: JobSpec) -> str:
 
 
 def model_config(spec: JobSpec, vocab_size: int) -> ModelConfig:
-    """The model config of the job's ``model`` section for a vocabulary of ``vocab_size``."""
+    """The model config of the job's ``model`` section for a vocabulary of ``vocab_size``
+    (on the calendar axis, with one hazard per day bin of the job's resolved ``task.bins``)."""
     m, d = spec.model, spec.data
+    k = num_bins(spec)
+    cal = {"num_bins": k} if k else {}
     # model.size is one of tiny/small/medium/large (checked by the job schema), and every
     # architecture but the LSTM has a builder per size: builders.behrt_small, ...
     if m.arch == "behrt":
@@ -47,6 +51,7 @@ def model_config(spec: JobSpec, vocab_size: int) -> ModelConfig:
             attention=m.attention,
             sinusoidal=m.sinusoidal,
             visit_pooling=m.visit_pooling,
+            **cal,
         )
     if m.arch == "hierarchical":
         return getattr(B, f"hierarchical_{m.size}")(  # type: ignore[no-any-return]
@@ -55,9 +60,10 @@ def model_config(spec: JobSpec, vocab_size: int) -> ModelConfig:
             max_codes_per_visit=d.max_codes_per_visit,
             dropout=m.dropout,
             attention=m.attention,
+            **cal,
         )
     lb = B.lstm_tiny if m.size == "tiny" else B.lstm_baseline
-    return lb(vocab_size)
+    return lb(vocab_size, **cal)
 
 
 def lora_config(spec: JobSpec) -> LoRAConfig:

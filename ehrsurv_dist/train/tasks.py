@@ -44,6 +44,9 @@ class SurvivalTask:
             ``first_n``; the job's ``finetune.risk_score``).
         risk_k: k for ``risk_score = horizon`` (the job's ``finetune.risk_k``).
         risk_n: n for ``risk_score = first_n`` (the job's ``finetune.risk_n``).
+        time_field: the batch field holding each row's time index: ``last_visit`` (visit
+            axis: hazards per visit) or ``bin`` (calendar axis: hazards per day bin, the model's
+            mask all true, so the same likelihood is the calendar one, ``calendar_nll``).
     """
 
     loss: SurvivalLoss = "nll"
@@ -54,6 +57,7 @@ class SurvivalTask:
     risk_score: Literal["mean_hazard", "horizon", "first_n"] = "mean_hazard"
     risk_k: int | None = None
     risk_n: int | None = None
+    time_field: str = S.LAST_VISIT
 
     def lambda_at(self, epoch: int) -> float:
         if self.curriculum_epochs > 0:
@@ -64,9 +68,12 @@ class SurvivalTask:
         self, forward: Forward, module: nn.Module, batch: Mapping[str, Tensor], epoch: int = 0
     ) -> tuple[Tensor, dict[str, float]]:
         out: SurvivalOutput = forward(**select_inputs(module, batch))
-        lv, ev = batch[S.LAST_VISIT], batch[S.EVENT]
+        lv, ev = batch[self.time_field], batch[S.EVENT]
         if self.loss == "nll":
-            loss = L.discrete_time_nll(out.logits, lv, ev, out.visit_mask)
+            if self.time_field == S.BIN:
+                loss = L.calendar_nll(out.logits, lv, ev)
+            else:
+                loss = L.discrete_time_nll(out.logits, lv, ev, out.visit_mask)
             return loss, {"nll": float(loss.detach())}
         if self.loss == "cox":
             loss = cox.cox_partial_likelihood(cox.cox_log_risk(out.logits, out.visit_mask), lv, ev)
@@ -143,6 +150,7 @@ def build_task(spec: JobSpec, mode: str, vocab_size: int) -> SurvivalTask | Pret
             risk_score=f.risk_score,
             risk_k=f.risk_k,
             risk_n=f.risk_n,
+            time_field=S.BIN if spec.task.axis == "calendar" else S.LAST_VISIT,
         )
     p = spec.pretrain
     return PretrainTask(p.objective, vocab_size, p.mlm_weight, p.nvp_weight)

@@ -32,6 +32,7 @@ import torch
 from ehrsurv_dist import atomic
 from ehrsurv_dist import metrics as M
 from ehrsurv_dist import schema as S
+from ehrsurv_dist.calendar_eval import survival_at_edges
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
 from ehrsurv_dist.data.shards import KeptShard
@@ -208,6 +209,18 @@ def validate(
     if rc.mode == "finetune":
         # every rank reads the whole tuning split (it is not split), so no gather
         preds = predict(engine, engine.module, val_shard.batches(rc.val_spec, 0), rc.device)
+        if rc.val_spec.bin_edges is not None:  # calendar axis: td-C on the day scale
+            td = (
+                M.concordance_td_days(
+                    survival_at_edges(preds),
+                    np.asarray(rc.val_spec.bin_edges),
+                    preds.extra[S.TIME_DAYS],
+                    preds.event,
+                )
+                if len(preds.subject_id)
+                else math.nan
+            )
+            return {"val_c_index_td": td, "val_samples": int(len(preds.subject_id))}, td
         td = (
             M.concordance_td(
                 M.hazard_table_from_csr(preds.values, preds.offsets),
