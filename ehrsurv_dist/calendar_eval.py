@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ehrsurv_dist import atomic, rundir
 from ehrsurv_dist import metrics as M
@@ -101,9 +102,13 @@ def score_splits(
             train_time_days=train[0],
             train_event=train[1],
             horizons_days=tuple(spec.eval.horizons_days),
-            n_bootstrap=spec.eval.n_boot if n_boot is None else n_boot,
+            n_bootstrap=n_boot_of(spec, n_boot),
             seed=spec.seed,
         )
+        m["leakage"] = _leakage(p, time_days)
+        oracle = _oracle(spec.data.cohort, p, e, train, spec.seed, n_boot_of(spec, n_boot))
+        if oracle is not None:
+            m["oracle"] = oracle
         results[split] = M.jsonable(m)
         tables.append(predictions_table(p, split, edges))
         meds.append(
@@ -120,6 +125,80 @@ def score_splits(
         )
         atomic.write_json(M.time_axis_dict(e), rundir.path(run_dir, rundir.PREDICTIONS_TIME_AXIS))
     return results
+
+
+def n_boot_of(spec: Any, n_boot: int | None) -> int:
+    """Bootstrap resamples: ``n_boot``, else the run's ``eval.n_boot``."""
+    return int(spec.eval.n_boot if n_boot is None else n_boot)
+
+
+def _leakage(p: Predictions, time_days: np.ndarray) -> dict[str, Any]:
+    """The length-only diagnostic on the calendar axis: Harrell's C of the number of input
+    visits as the risk. Nothing after the prediction time is input, so a length signal here is
+    history, not a leak (on the visit axis, where the input ends at the outcome, it is the
+    warning sign); it tells how much of the score the history's length alone explains."""
+    return {
+        "length_only_c_index_harrell": M.harrell_c_days(
+            (p.last_visit + 1).astype(np.float64), time_days, p.event
+        )
+    }
+
+
+def _oracle(
+    cohort: str,
+    p: Predictions,
+    edges: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    n_boot: int,
+) -> dict[str, Any] | None:
+    """The synthetic generator's oracle on this split's samples at the run's bins, when the
+    cohort has calendar truth (``truth.parquet`` with a per-sample rate) for every sample:
+    ``observable`` (frailty at its mean: the fair ceiling) and ``frailty`` (the true rate)."""
+    from ehrsurv_dist.data import synth_calendar as SC
+
+    path = os.path.join(cohort, S.TRUTH_FILE)
+    if "://" in cohort or not os.path.exists(path):
+        return None
+    truth = pq.read_table(path)
+    if SC.TRUTH_RATE_OBSERVABLE not in truth.column_names:
+        return None
+    keys = [S.SUBJECT_ID, S.PREDICTION_TIME]
+    want = pa.table(
+        {
+            S.SUBJECT_ID: pa.array(p.subject_id, pa.int64()),
+            S.PREDICTION_TIME: pa.array(p.extra[S.PREDICTION_TIME], pa.int64()),
+            "__row": pa.array(np.arange(len(p.subject_id)), pa.int64()),
+        }
+    )
+    have = truth.select(keys + [SC.TRUTH_RATE, SC.TRUTH_RATE_OBSERVABLE]).set_column(
+        1, S.PREDICTION_TIME, truth[S.PREDICTION_TIME].cast(pa.int64())
+    )
+    rows = want.join(have, keys, join_type="inner").sort_by("__row")
+    if rows.num_rows != len(p.subject_id):
+        return None  # samples the generator has no truth for (e.g. another rule's samples)
+    out: dict[str, Any] = {}
+    for name, observable in (("observable", True), ("frailty", False)):
+        m = M.calendar_metrics(
+            SC.oracle_survival(rows, edges, observable=observable),
+            edges,
+            p.extra[S.TIME_DAYS],
+            p.event,
+            p.subject_id,
+            train_time_days=train[0],
+            train_event=train[1],
+            horizons_days=(),
+            n_bootstrap=n_boot,
+            seed=seed,
+        )
+        out[name] = {
+            "c_index_td": m["c_index_td"],
+            "c_index_td_ci": m["ci"].get("c_index_td"),
+            "c_index_harrell": m["c_index_harrell"],
+            "ibs": m["ibs"],
+            "ece": m["calibration"]["ece"],
+        }
+    return out
 
 
 def _plots(

@@ -133,6 +133,14 @@ def _calendar_lines(split: str, m: dict[str, Any]) -> list[str]:
         f"Harrell {_f(m.get('c_index_harrell'))}  Uno {_f(m.get('c_index_uno'))}  "
         f"IBS {_f(m.get('ibs'))}  ECE {_f(cal.get('ece'))}",
         f"            {days}",
+        *(
+            [
+                f"            oracle (synthetic truth, fair / with frailty): td-C "
+                f"{_f(o['observable']['c_index_td'])} / {_f(o['frailty']['c_index_td'])}"
+            ]
+            if (o := m.get("oracle"))
+            else []
+        ),
     ]
 
 
