@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, get_args, get_type_hints
@@ -218,6 +219,20 @@ def add_validate_parser(sub: Subparsers) -> None:
         help="treat a missing outcome table as an error (default: a warning; pretraining needs none)",
     )
     v.add_argument("--json", help="also write the report as JSON to this path")
+    v.add_argument(
+        "--labels",
+        help="also check a calendar-axis task's MEDS label file (subject_id, prediction_time): "
+        "schema, nulls, duplicates, unknown subjects, prediction times before birth or after "
+        "the last record (docs/tasks.md); the outcome table is then not checked",
+    )
+    v.add_argument(
+        "--event-code",
+        action="append",
+        default=None,
+        metavar="CODE",
+        help="with --labels: the task's event code(s), checked to occur in the cohort "
+        "(repeatable; PREFIX//* matches a family; default MEDS_DEATH)",
+    )
     v.set_defaults(func=cmd_validate)
 
 
@@ -226,11 +241,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ehrsurv_dist.atomic import write_json as write_json_atomic
     from ehrsurv_dist.data.meds import validate_cohort
 
+    task = None
+    if args.labels:
+        from ehrsurv_dist.data.samples import TaskSpec
+
+        codes = tuple(args.event_code or ("MEDS_DEATH",))
+        labels = args.labels
+        in_cohort = os.path.join(args.cohort, labels)
+        if not os.path.exists(labels) and "://" not in args.cohort and os.path.exists(in_cohort):
+            labels = in_cohort  # as task.labels: a relative path is also looked up in the cohort
+        task = TaskSpec(event_codes=codes, horizon_days=1.0, labels=labels)
+    elif args.event_code:
+        raise EhrsurvError("--event-code needs --labels (the task whose outcome it names)")
     rep = validate_cohort(
         args.cohort,
         outcomes=args.outcomes,
         granularity=args.granularity,
-        require_outcomes=args.require_outcomes,
+        require_outcomes=args.require_outcomes or task is not None,
+        task=task,
     )
     print(rep.format())
     if args.json:
