@@ -122,8 +122,12 @@ def run_row(
     common: Sequence[str],
     pretrain_run: str | None,
     n_boot: int,
+    job: str | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one row (or reuse its finished result); returns its table entry."""
+    """Train and evaluate one row (or reuse its finished result); returns its table entry.
+
+    ``job``: the base job file (the calendar bench's ``jobs/finetune_calendar.yaml``); None:
+    the defaults (the visit bench)."""
     run = os.path.join(out, "runs", row.name)
     done = _run_dir_done(run)
     if done is not None:
@@ -133,12 +137,18 @@ def run_row(
         if pretrain_run is None:
             raise ValueError(f"row {row.name} needs the pretraining run")
         over.append(("finetune.init", pretrain_run))
-    spec = load_config(JobSpec, None, over)
+    spec = load_config(JobSpec, job, over)
     t0 = time.perf_counter()
     res = run_training(spec, "finetune", run, progress=False)
     train_s = time.perf_counter() - t0
     m = evaluate_run(run, splits=(S.TRAIN_SPLIT, S.TUNING_SPLIT, S.HELD_OUT_SPLIT), n_boot=n_boot)
     wall = time.perf_counter() - t0
+    if job is not None:
+        from ehrsurv_dist.bench.calendar import calendar_run_entry
+
+        entry = calendar_run_entry(row, run, m, spec, res, wall, train_s)
+        atomic.write_json(entry, os.path.join(run, "bench_row.json"))
+        return entry
     vocab_size = Vocabulary.load(rundir.path(run, rundir.VOCAB)).size
     trainable, total = count_parameters(spec, vocab_size)
     held, tun, tr = m[S.HELD_OUT_SPLIT], m[S.TUNING_SPLIT], m[S.TRAIN_SPLIT]
@@ -248,13 +258,15 @@ def run_bench(
     cohort: str | None = None,
     preset: str = "local",
     subjects: int | None = None,
-    signal: float = 3.0,
+    signal: float | None = None,
     seed: int = 42,
     common: Sequence[str] = (),
     pretrain_epochs: int = 4,
     n_boot: int = 200,
     only: Sequence[str] | None = None,
     note: Callable[[str], None] = lambda s: None,
+    axis: str = "visit",
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     """Run ``kind`` (``models`` or ``losses``) and write bench.json, SUMMARY.md and plots.
 
@@ -262,15 +274,41 @@ def run_bench(
         kind: ``models`` (strategies, pretraining, families, attention) or ``losses``.
         out: output directory; re-running with the same ``out`` reuses finished rows.
         cohort: an existing synthetic cohort (with ``synth_report.json``); else one is made.
-        preset, subjects, signal, seed: the synthetic cohort (``ehrsurv synth``).
-        common: overrides of every row (model size, epochs, lr, workers...).
+        preset, subjects, signal, seed: the synthetic cohort (``ehrsurv synth``; signal None:
+            3 on the visit axis, the generator's 1 on the calendar axis; subjects None: the
+            preset's on the visit axis, 5000 on the calendar axis).
+        common: overrides of every row (model size, lr, workers...).
         pretrain_epochs: epochs of the shared joint MLM+NVP pretraining (``models`` only).
         n_boot: bootstrap resamples of the intervals.
         only: run just these row names.
         note: progress messages.
+        axis: ``visit`` (the seed's comparison) or ``calendar`` (``models`` only; the rows of
+            :mod:`ehrsurv_dist.bench.calendar`, base job ``jobs/finetune_calendar.yaml``).
+        epochs: ``train.epochs`` of every fine-tuning row (None: the job's).
     """
     import ray  # Ray at the edge: the rows share one local cluster, shut down at the end
 
+    if axis not in ("visit", "calendar"):
+        raise ValueError(f"axis must be visit or calendar, got {axis!r}")
+    if epochs is not None:
+        common = [f"train.epochs={epochs}", *common]
+    if axis == "calendar":
+        if kind != "models":
+            raise ValueError("--axis calendar applies to `bench models` only")
+        return _run_calendar_bench(
+            out,
+            cohort=cohort,
+            preset=preset,
+            subjects=subjects,
+            signal=signal,
+            seed=seed,
+            common=common,
+            pretrain_epochs=pretrain_epochs,
+            n_boot=n_boot,
+            only=only,
+            note=note,
+        )
+    signal = 3.0 if signal is None else signal
     os.makedirs(out, exist_ok=True)
     if cohort is None:
         cohort = _synthetic_cohort(out, preset, seed, subjects, signal, note)
@@ -327,13 +365,22 @@ def _selected_rows(kind: str, only: Sequence[str] | None) -> list[Row]:
 
 
 def _pretrain(
-    out: str, cohort: str, common: Sequence[str], epochs: int, note: Callable[[str], None]
+    out: str,
+    cohort: str,
+    common: Sequence[str],
+    epochs: int,
+    note: Callable[[str], None],
+    base: Sequence[str] = (),
 ) -> str:
-    """``OUT/runs/pretrain``: the shared joint MLM + NVP pretraining run (reused when done)."""
+    """``OUT/runs/pretrain``: the shared joint MLM + NVP pretraining run (reused when done).
+
+    ``base``: overrides before ``common`` (the calendar bench: the job's model size and data
+    shape, so that the fine-tuning job can load the encoder)."""
     pre_run = os.path.join(out, "runs", "pretrain")
     if not os.path.exists(rundir.path(pre_run, rundir.EXPORT)):
         note(f"pretraining (joint MLM + NVP, {epochs} epochs)")
         over: list[Any] = [
+            *base,
             *common,
             "pretrain.objective=joint",
             f"train.epochs={epochs}",
@@ -390,3 +437,90 @@ def _summary_md(
             "",
         ]
     )
+
+
+def _run_calendar_bench(
+    out: str,
+    *,
+    cohort: str | None,
+    preset: str,
+    subjects: int | None,
+    signal: float | None,
+    seed: int,
+    common: Sequence[str],
+    pretrain_epochs: int,
+    n_boot: int,
+    only: Sequence[str] | None,
+    note: Callable[[str], None],
+) -> dict[str, Any]:
+    """``bench models --axis calendar``: the fine-tuning rows first (their predictions fix the
+    held-out samples and the bins), then the oracles and the Cox baseline; the table lists the
+    baselines first. See :mod:`ehrsurv_dist.bench.calendar`."""
+    import ray
+
+    from ehrsurv_dist.bench import calendar as C
+
+    names = C.calendar_row_names()
+    if only:
+        unknown = set(only) - set(names)
+        if unknown:
+            raise ValueError(f"unknown rows {sorted(unknown)}; known: {names}")
+    os.makedirs(out, exist_ok=True)
+    sig = C.DEFAULT_SIGNAL if signal is None else signal
+    if cohort is None:
+        cohort = _calendar_cohort(out, preset, seed, subjects or C.DEFAULT_SUBJECTS, sig, note)
+    cohort = os.path.abspath(cohort)
+    wanted = [n for n in names if not only or n in set(only)]
+    rows = [r for r in C.calendar_model_rows() if r.name in wanted]
+    job = C.CALENDAR_JOB
+    spec = C.calendar_job(common)
+    started = not ray.is_initialized()
+    t_all = time.perf_counter()
+    model_results = []
+    try:
+        pre_run = None
+        if any(r.pretrained for r in rows):
+            base = [
+                f"model.size={spec.model.size}",
+                f"data.max_seq_len={spec.data.max_seq_len}",
+                f"data.batch_size={spec.data.batch_size}",
+            ]
+            pre_run = _pretrain(out, cohort, common, pretrain_epochs, note, base)
+        for i, row in enumerate(rows):
+            note(f"[{i + 1}/{len(rows)}] {row.label}")
+            model_results.append(run_row(row, cohort, out, common, pre_run, n_boot, job))
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+    # the reference run: the first model row of the table that has finished predictions
+    runs = [os.path.join(out, "runs", r.name) for r in C.calendar_model_rows()]
+    baselines = C.run_baselines(wanted, cohort, out, spec, runs, n_boot, note)
+    results = baselines + model_results
+    flat = _flat(results, time.perf_counter() - t_all, sig, seed)
+    flat["rows"] = len(results)  # no separate oracle row here: it is one of the results
+    flat["axis"] = "calendar"
+    atomic.write_json(flat, os.path.join(out, "bench.json"))
+    _plot(results, os.path.join(out, "plots", "models_calendar_c_index_td.png"), "Calendar axis")
+    summary = C.calendar_summary_md(cohort, common, results, flat["wall_s"])
+    atomic.write_text(summary, os.path.join(out, "SUMMARY.md"))
+    return flat
+
+
+def _calendar_cohort(
+    out: str, preset: str, seed: int, subjects: int, signal: float, note: Callable[[str], None]
+) -> str:
+    """``OUT/cohort``: a synthetic calendar cohort with its summary (made unless there)."""
+    from ehrsurv_dist.data.synth_calendar import (
+        CalendarParams,
+        calendar_summary,
+        synthesize_calendar,
+    )
+
+    cohort = os.path.join(out, "cohort")
+    if not os.path.exists(os.path.join(cohort, "synth_report.json")):
+        note(f"synthesising a calendar cohort of {subjects:,} subjects (signal {signal:g})")
+        params = CalendarParams(signal=signal)
+        synthesize_calendar(cohort, preset, subjects=subjects, seed=seed, params=params)
+        rep = calendar_summary(cohort, params.horizon_days)
+        atomic.write_json(rep, os.path.join(cohort, "synth_report.json"))
+    return cohort

@@ -279,12 +279,17 @@ def _add_models_parser(bsub: Subparsers, kind: str, desc: str) -> None:
         default="local",
         help="synthetic preset when no --cohort (default local)",
     )
-    bm.add_argument("--subjects", type=positive_int, help="synthetic subjects (overrides)")
+    bm.add_argument(
+        "--subjects",
+        type=positive_int,
+        help="synthetic subjects (default: the preset's; 5000 with --axis calendar)",
+    )
     bm.add_argument(
         "--signal",
         type=float,
-        default=3.0,
-        help="synthetic signal: 3 (default) separates models, 1 is the seed's",
+        default=None,
+        help="synthetic signal: 3 (default) separates models, 1 is the seed's; with --axis "
+        "calendar the calendar generator's (default 1)",
     )
     bm.add_argument("--seed", type=int, default=42, help="cohort and job seed (default 42)")
     bm.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (default 200)")
@@ -297,6 +302,23 @@ def _add_models_parser(bsub: Subparsers, kind: str, desc: str) -> None:
     bm.add_argument(
         "--only", action="append", help="run only this row (repeatable; see SUMMARY.md)"
     )
+    bm.add_argument(
+        "--epochs",
+        type=positive_int,
+        help="train.epochs of every fine-tuning row (default: the job's; KEY=VALUE overrides win)",
+    )
+    if kind == "models":
+        bm.add_argument(
+            "--axis",
+            choices=["visit", "calendar"],
+            default="visit",
+            help="visit (default): the seed's comparison above on a visit-axis cohort; "
+            "calendar: a synthetic calendar cohort (OUT/cohort unless --cohort) and the job "
+            "jobs/finetune_calendar.yaml, rows oracle, oracle_frailty (the generator's exact "
+            "survival without / with frailty), cox_counts (ridge Cox on log1p code counts + "
+            "age), behrt_scratch, behrt_pretrained (LoRA from MLM+NVP pretraining), "
+            "hierarchical, lstm",
+        )
     bm.add_argument(
         "overrides",
         nargs="*",
@@ -326,7 +348,9 @@ def cmd_models(args: argparse.Namespace, kind: str) -> int:
             "pretrain_epochs",
             "n_boot",
             "only",
+            "epochs",
         ),
+        axis=getattr(args, "axis", "visit"),
     )
     _print_summary(args.out)
     print(f"{res['rows']} rows in {res['wall_s']:.0f} s; bench.json in {args.out}")
