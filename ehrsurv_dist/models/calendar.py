@@ -126,6 +126,30 @@ class CalendarHead(nn.Module):
         return logits
 
 
+@torch.no_grad()
+def init_hazard_bias(model: nn.Module, logit: float) -> bool:
+    """Start every bin's hazard at ``sigmoid(logit)`` (the output bias of the calendar head).
+
+    A head whose bias is 0 starts at a hazard of 0.5 per bin, far above any real cohort's
+    (a few percent), and spends its first epochs only learning the base rate; starting at the
+    train split's average hazard per bin removes that phase. Returns False when ``model`` has
+    no calendar head (visit axis).
+    """
+    head = getattr(getattr(model, "module", model), "calendar_head", None)
+    if not isinstance(head, CalendarHead):
+        return False
+    head.fc2.bias.fill_(float(logit))
+    return True
+
+
+def base_hazard_logit(n_samples: int, n_events: int, num_bins: int) -> float:
+    """logit of the per-bin hazard that gives ``n_events / n_samples`` events by the horizon
+    when every bin has the same hazard: ``h = 1 − (1 − p)^(1/K)``, clipped to [1e-4, 0.5]."""
+    p = min(max(n_events / max(n_samples, 1), 1e-4), 0.999)
+    h = min(max(1.0 - (1.0 - p) ** (1.0 / max(num_bins, 1)), 1e-4), 0.5)
+    return math.log(h / (1.0 - h))
+
+
 def last_visit_index(visit_mask: Tensor) -> Tensor:
     """int64 [B]: the last real visit slot, 0 for a sample without one (its state is 0)."""
     return last_real_visit(visit_mask).clamp(min=0)

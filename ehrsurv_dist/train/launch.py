@@ -25,6 +25,7 @@ from ehrsurv_dist.data.pipeline import IngestPipeline
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.models.calendar import base_hazard_logit
 from ehrsurv_dist.rundir import EXPORT, RAY_DIR, RUN_NAME, TIME_AXIS, VOCAB
 from ehrsurv_dist.train import manifest, modeling
 from ehrsurv_dist.train.outdir import (
@@ -248,6 +249,16 @@ def _worker_config(
         "batch_spec": pipe.batch_spec(),
         "vocab_size": fit.vocab.size,
         "train_subjects": fit.stats[S.TRAIN_SPLIT]["subjects"],
+        # calendar axis: the head starts at the train split's average hazard per bin
+        "hazard_bias": (
+            base_hazard_logit(
+                fit.stats[S.TRAIN_SPLIT]["subjects"],
+                fit.stats[S.TRAIN_SPLIT]["events"],
+                T.num_bins(spec),
+            )
+            if mode == "finetune" and T.is_calendar(spec)
+            else None
+        ),
         "init_export": init_export,
         # Splits Ray Train divides between the workers (anew every epoch); the others every
         # worker reads whole, so it may keep their blocks (worker.py).

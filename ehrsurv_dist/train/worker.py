@@ -37,6 +37,7 @@ from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.collate import BatchSpec
 from ehrsurv_dist.data.shards import KeptShard
 from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.models.calendar import init_hazard_bias
 from ehrsurv_dist.train import manifest, modeling
 from ehrsurv_dist.train.distributed import all_reduce
 from ehrsurv_dist.train.engine import Engine, build_engine
@@ -129,6 +130,8 @@ def build_rank_engine(rc: RankContext) -> Engine:
     engine, with a schedule over every epoch's steps."""
     spec, config = rc.spec, rc.config
     model = modeling.build_model(spec, config["vocab_size"], rc.mode)
+    if config.get("hazard_bias") is not None:
+        init_hazard_bias(model, config["hazard_bias"])
     if config.get("init_export"):
         modeling.load_encoder(model, modeling.load_export(config["init_export"]))
     if rc.mode == "finetune":
