@@ -279,12 +279,12 @@ class TaskSection:
             bad = [x for x in e if x < 0 or x > self.horizon_days]
             require(
                 not bad,
-                "bins",
+                "bins.edges_days",
                 f"edges_days must lie in [0, horizon_days={self.horizon_days:g}]; got {bad}",
             )
             require(
                 all(b > a for a, b in zip(e, e[1:], strict=False)),
-                "bins",
+                "bins.edges_days",
                 f"edges_days must increase strictly; got {e}",
             )
 
