@@ -308,3 +308,20 @@ class JobSpec(JobConfig):
     task: TaskSection = section(
         TaskSection, "The prediction task: visit axis (default) or a calendar-time MEDS task."
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task.axis == "calendar":
+            # The ranking and Cox terms take a visit index per subject; on the calendar axis a
+            # censoring at the horizon has the index K (every bin survived), which they reject.
+            require(
+                self.finetune.loss == "nll",
+                "finetune.loss",
+                f"the calendar axis trains the day-bin likelihood (nll); got {self.finetune.loss!r}",
+            )
+            require(
+                self.data.truncation == "keep_recent",
+                "data.truncation",
+                "the calendar axis keeps the most recent history before the prediction time: "
+                "use keep_recent",
+            )

@@ -30,17 +30,20 @@ def is_calendar(spec: JobSpec) -> bool:
 
 
 def labels_path(spec: JobSpec) -> str | None:
-    """``task.labels`` as an absolute path (URIs kept): as given when it exists, else taken
-    relative to the cohort (``labels/death.parquet`` inside a MEDS cohort)."""
+    """``task.labels`` as an absolute path (URIs kept): a relative path is taken in the cohort
+    when it exists there (``labels/death.parquet`` inside a MEDS cohort: the same file whatever
+    the working directory, and a new cohort's own file for ``predict``), else as given."""
     p = spec.task.labels
     if p is None or "://" in p:
         return p
-    if os.path.exists(p) or os.path.isabs(p):
-        return os.path.abspath(p)
+    if os.path.isabs(p):
+        return p
     in_cohort = io.join(spec.data.cohort, p)
     fs, q = io.resolve(in_cohort)
     if io.exists(fs, q):
         return in_cohort if "://" in in_cohort else os.path.abspath(in_cohort)
+    if os.path.exists(p):
+        return os.path.abspath(p)
     raise ConfigError(
         "task.labels", f"no label file {p!r} (looked for it as given and in {spec.data.cohort})"
     )
