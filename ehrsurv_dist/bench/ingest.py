@@ -71,6 +71,8 @@ from ehrsurv_dist.data.samples import TaskSpec
 
 _SID_TIME = pa.schema([(S.SUBJECT_ID, pa.int64()), (S.TIME, pa.timestamp("us"))])
 
+ASOF_EVENT_CODE = "EHRSURV_BENCH//NO_EVENT"
+
 REQUIRED_KEYS = (
     "ray_subjects_per_s",
     "ray_1cpu_subjects_per_s",
@@ -404,8 +406,8 @@ def _asof_pipeline(
     cohort: str, cfg: DataConfig, kw: dict[str, Any], out: str, pipe: IngestPipeline
 ) -> IngestPipeline:
     """The calendar-axis pipeline of the same cohort: prediction times at each subject's last
-    record (a MEDS label file in ``out``), event code ``MEDS_DEATH``, the visit run's
-    vocabulary."""
+    record (a MEDS label file in ``out``), an event code that never occurs (every sample at
+    risk), the visit run's vocabulary."""
     files = data_files(cohort)[1]
     parts = [pq.read_table(f, columns=[S.SUBJECT_ID, S.TIME]).cast(_SID_TIME) for f in files]
     t = pa.concat_tables(parts)
@@ -419,7 +421,10 @@ def _asof_pipeline(
     )
     path = os.path.join(out, "asof_labels.parquet")
     atomic.write_parquet(labels, path)
-    task = TaskSpec(event_codes=(S.DEATH_CODE,), horizon_days=3650.0, labels=path)
+    # An event code no cohort holds: every sample is at risk (with MEDS_DEATH, a subject whose
+    # last record is its death would be excluded as not at risk, and the two paths would do
+    # different amounts of work); the outcome look-up still runs in full.
+    task = TaskSpec(event_codes=(ASOF_EVENT_CODE,), horizon_days=3650.0, labels=path)
     asof = IngestPipeline(
         cohort, cfg, report=None, require_outcomes=False, task=task, vocab=pipe.vocab, **kw
     )
