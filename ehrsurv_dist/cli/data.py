@@ -190,6 +190,14 @@ def _synth_calendar(args: argparse.Namespace) -> int:
             f"{rep['true_death_within_horizon']:.1%}), censored alive before it "
             f"{rep['censored_before_horizon']:.1%}"
         )
+        o = rep["oracle_held_out"]
+        if "observable" in o:
+            print(
+                f"oracle on held_out ({o['samples']:,} samples, day bins {o['edges_days']}): "
+                f"td-C {o['observable']['c_index_td']:.4f} fair (observable rate), "
+                f"{o['frailty']['c_index_td']:.4f} with frailty; IBS "
+                f"{o['observable']['ibs']:.4f} / {o['frailty']['ibs']:.4f}"
+            )
         print(f"report written to {args.out}/synth_report.json")
     return EXIT_OK
 

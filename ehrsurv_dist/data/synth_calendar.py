@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import meds
 import numpy as np
@@ -667,13 +668,14 @@ def synthesize_calendar(
     return SynthResult(out, n_total, k_shards, rows, time.perf_counter() - t0)
 
 
-def calendar_summary(cohort: str, horizon_days: float, task: str = "death") -> dict[str, float]:
-    """Sizes and outcome shares of a calendar cohort, from its label and truth files.
+def calendar_summary(cohort: str, horizon_days: float, task: str = "death") -> dict[str, Any]:
+    """Sizes and outcome shares of a calendar cohort, from its label and truth files, and the
+    oracle's held-out scores.
 
     Keys: ``subjects``, ``horizon_days``, ``died_within_horizon`` (share, label file),
     ``censored_before_horizon`` (share censored, alive, before the horizon),
     ``true_death_within_horizon`` (share of drawn T − pt within the horizon, observed or not),
-    ``median_rate_observable`` (per day).
+    ``median_rate_observable`` (per day), and ``oracle_held_out`` (:func:`oracle_report`).
     """
     lab = pq.read_table(os.path.join(cohort, LABELS_DIR, f"{task}.parquet"))
     tr = pq.read_table(os.path.join(cohort, S.TRUTH_FILE))
@@ -687,4 +689,53 @@ def calendar_summary(cohort: str, horizon_days: float, task: str = "death") -> d
         "censored_before_horizon": float(np.mean((fu < horizon_days) & (dd > fu))),
         "true_death_within_horizon": float(np.mean(dd <= horizon_days)),
         "median_rate_observable": float(np.median(tr[TRUTH_RATE_OBSERVABLE].to_numpy())),
+        "oracle_held_out": oracle_report(cohort, tr, horizon_days),
     }
+
+
+def oracle_report(
+    cohort: str, truth: pa.Table, horizon_days: float, n_bootstrap: int = 100
+) -> dict[str, Any]:
+    """The oracle's held-out td-C and IBS on default day bins (0, 30, 90, 180, 365, horizon).
+
+    Labels come from the truth (time = min(death, end of follow-up, horizon), event = death
+    first), which is what the task derives from the written records; a run's own bins and
+    samples are scored again by ``ehrsurv evaluate`` (``metrics.json``, ``oracle``).
+    """
+    from ehrsurv_dist.metrics.calendar import calendar_metrics
+
+    dd = np.asarray(truth[TRUTH_DEATH_DAYS].to_numpy(), np.float64)
+    fu = np.asarray(truth[TRUTH_FOLLOWUP_DAYS].to_numpy(), np.float64)
+    time_days = np.minimum(np.minimum(dd, fu), horizon_days)
+    event = (dd <= fu) & (dd <= horizon_days)
+    sid = np.asarray(truth[S.SUBJECT_ID].to_numpy(), np.int64)
+    sp = pq.read_table(os.path.join(cohort, S.SUBJECT_SPLITS_PATH))
+    split_of = dict(zip(sp[S.SUBJECT_ID].to_pylist(), sp[S.SPLIT].to_pylist(), strict=True))
+    split = np.asarray([split_of.get(int(s), "") for s in sid], dtype=object)
+    edges = np.array(
+        sorted({0.0, *(d for d in (30.0, 90.0, 180.0, 365.0) if d < horizon_days), horizon_days})
+    )
+    ho, tr_ = split == S.HELD_OUT_SPLIT, split == S.TRAIN_SPLIT
+    out: dict[str, Any] = {"edges_days": edges.tolist(), "samples": int(ho.sum())}
+    if not bool(ho.any()) or not bool(event[ho].any()):
+        return out
+    for name, observable in (("observable", True), ("frailty", False)):
+        surv = oracle_survival(truth.filter(pa.array(ho)), edges, observable=observable)
+        m = calendar_metrics(
+            surv,
+            edges,
+            time_days[ho],
+            event[ho],
+            sid[ho],
+            train_time_days=time_days[tr_],
+            train_event=event[tr_],
+            horizons_days=(),
+            n_bootstrap=n_bootstrap,
+            seed=0,
+        )
+        out[name] = {
+            "c_index_td": m["c_index_td"],
+            "c_index_td_ci": m["ci"].get("c_index_td"),
+            "ibs": m["ibs"],
+        }
+    return out
