@@ -932,33 +932,18 @@ def plot_calibration_days(
     Raises:
         ValueError: a mapping without the calibration keys, or mismatched lengths.
     """
-    from matplotlib.figure import Figure
+    from ehrsurv_dist.metrics.plots import calibration_figure
 
-    from ehrsurv_dist import atomic
-
-    missing = {"horizon_days", "ece", "predicted", "observed", "n"} - set(calibration)
-    if missing:
-        raise ValueError(f"calibration: missing keys {sorted(missing)}")
-    pred = np.asarray(calibration["predicted"], dtype=np.float64)
-    obs = np.asarray(calibration["observed"], dtype=np.float64)
-    n = np.asarray(calibration["n"], dtype=np.float64)
-    if not pred.shape == obs.shape == n.shape or pred.ndim != 1:
-        raise ValueError("calibration: predicted, observed and n must be 1-D of equal length")
-    h = horizon_key(float(calibration["horizon_days"]))
-    fig = Figure(figsize=(5, 5))
-    ax = fig.add_subplot()
-    top = float(max(1e-3, pred.max(initial=0.0), obs.max(initial=0.0))) * 1.05
-    ax.plot([0, top], [0, top], color="grey", ls="--", lw=1, label="perfect")
-    sizes = 20 + 180 * n / max(n.max(initial=1.0), 1.0)
-    ax.plot(pred, obs, color="C0", lw=1)
-    ax.scatter(pred, obs, s=sizes, color="C0", zorder=3, label="risk deciles (size: n)")
-    ax.set_xlim(0, top)
-    ax.set_ylim(0, top)
-    ax.set_xlabel(f"predicted P(event by {h} days) = 1 − S({h})")
-    ax.set_ylabel("observed (Kaplan–Meier)")
-    ax.set_title(f"Calibration at {h} days, ECE={float(calibration['ece']):.3f}")
-    ax.legend(loc="upper left")
-    return Path(atomic.write_png(fig, path, dpi))
+    h = horizon_key(float(calibration.get("horizon_days", float("nan"))))
+    return calibration_figure(
+        calibration,
+        "horizon_days",
+        path,
+        xlabel=f"predicted P(event by {h} days) = 1 − S({h})",
+        title=f"Calibration at {h} days",
+        points="risk deciles (size: n)",
+        dpi=dpi,
+    )
 
 
 def plot_survival_days(

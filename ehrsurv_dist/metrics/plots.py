@@ -107,7 +107,41 @@ def plot_calibration(
         ValueError: a mapping without the calibration keys, or mismatched lengths.
     """
     c = calibration.as_dict() if isinstance(calibration, CalibrationResult) else calibration
-    missing = {"horizon", "ece", "predicted", "observed", "n"} - set(c)
+    return calibration_figure(
+        c,
+        "horizon",
+        path,
+        xlabel=f"predicted P(event by k={c.get('horizon')}) = 1 − S(k−1)",
+        title=f"Calibration at k={c.get('horizon')}",
+        points="risk bins (size: n)",
+        dpi=dpi,
+    )
+
+
+def calibration_figure(
+    c: Mapping[str, Any],
+    horizon_key: str,
+    path: str | os.PathLike[str],
+    *,
+    xlabel: str,
+    title: str,
+    points: str,
+    dpi: int = 100,
+) -> Path:
+    """The calibration plot both axes draw: predicted against observed (Kaplan–Meier) per risk
+    bin, point size by bin size, the diagonal, the ECE in the title.
+
+    Args:
+        c: ``predicted``, ``observed``, ``n`` (1-D, equal length), ``ece`` and ``horizon_key``.
+        horizon_key: the key holding the horizon (checked present).
+        path: target PNG (written atomically).
+        xlabel, title, points: the axis label, the title (the ECE is appended), the points' legend.
+        dpi: resolution.
+
+    Raises:
+        ValueError: a mapping without the calibration keys, or mismatched lengths.
+    """
+    missing = {horizon_key, "ece", "predicted", "observed", "n"} - set(c)
     if missing:
         raise ValueError(f"calibration: missing keys {sorted(missing)}")
     pred = np.asarray(c["predicted"], dtype=np.float64)
@@ -122,12 +156,12 @@ def plot_calibration(
     ax.plot([0, top], [0, top], color="grey", ls="--", lw=1, label="perfect")
     sizes = 20 + 180 * n / max(n.max(initial=1.0), 1.0)
     ax.plot(pred, obs, color="C0", lw=1)
-    ax.scatter(pred, obs, s=sizes, color="C0", zorder=3, label="risk bins (size: n)")
+    ax.scatter(pred, obs, s=sizes, color="C0", zorder=3, label=points)
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
-    ax.set_xlabel(f"predicted P(event by k={c['horizon']}) = 1 − S(k−1)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("observed (Kaplan–Meier)")
-    ax.set_title(f"Calibration at k={c['horizon']}, ECE={float(c['ece']):.3f}")
+    ax.set_title(f"{title}, ECE={float(c['ece']):.3f}")
     ax.legend(loc="upper left")
     return Path(atomic.write_png(fig, path, dpi))
 

@@ -126,6 +126,27 @@ class CalendarHead(nn.Module):
         return logits
 
 
+def attach_calendar_head(
+    model: nn.Module,
+    *,
+    time_dim: int,
+    in_dim: int,
+    head_dim: int,
+    num_bins: int,
+    dropout: float,
+    fields: tuple[str, ...] = (PREDICTION_AGE,),
+) -> None:
+    """Give a survival model its calendar-axis parts (``num_bins > 0``): the extra input
+    ``fields``, the time-before-prediction embedding (width ``time_dim``) and the K-bin head
+    (``in_dim`` → ``head_dim`` → ``num_bins``), initialised as the visit-axis head is."""
+    from ehrsurv_dist.models.behrt import init_weights
+
+    model.input_fields = (*type(model).input_fields, *fields)  # type: ignore[attr-defined]
+    model.before_prediction = TimeBeforePrediction(time_dim)
+    model.calendar_head = CalendarHead(in_dim, head_dim, num_bins, dropout)
+    model.calendar_head.apply(init_weights)
+
+
 @torch.no_grad()
 def init_hazard_bias(model: nn.Module, logit: float) -> bool:
     """Start every bin's hazard at ``sigmoid(logit)`` (the output bias of the calendar head).

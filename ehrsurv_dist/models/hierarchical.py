@@ -17,8 +17,7 @@ from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import TransformerBlock, build_attention_mask, init_weights
 from ehrsurv_dist.models.calendar import (
-    CalendarHead,
-    TimeBeforePrediction,
+    attach_calendar_head,
     calendar_output,
     check_prediction_age,
     days_before_prediction,
@@ -33,7 +32,6 @@ from ehrsurv_dist.schema import (
     CODE_MASK,
     CODES,
     PAD_ID,
-    PREDICTION_AGE,
     TIME_DELTAS,
     VISIT_MASK,
 )
@@ -242,12 +240,14 @@ class HierarchicalBEHRTSurvival(nn.Module):
             self.head = HazardHead(cfg.hidden_dim, cfg.hazard_hidden_dim, cfg.head_dropout)
             self.head.apply(init_weights)
         else:
-            self.input_fields = (*type(self).input_fields, PREDICTION_AGE)
-            self.before_prediction = TimeBeforePrediction(cfg.hidden_dim)
-            self.calendar_head = CalendarHead(
-                cfg.hidden_dim, cfg.hazard_hidden_dim, cfg.num_bins, cfg.head_dropout
+            attach_calendar_head(
+                self,
+                time_dim=cfg.hidden_dim,
+                in_dim=cfg.hidden_dim,
+                head_dim=cfg.hazard_hidden_dim,
+                num_bins=cfg.num_bins,
+                dropout=cfg.head_dropout,
             )
-            self.calendar_head.apply(init_weights)
 
     def forward(
         self,

@@ -15,8 +15,7 @@ from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import init_weights
 from ehrsurv_dist.models.calendar import (
-    CalendarHead,
-    TimeBeforePrediction,
+    attach_calendar_head,
     calendar_output,
     check_prediction_age,
     days_before_prediction,
@@ -62,12 +61,15 @@ class LSTMSurvival(nn.Module):
         if cfg.num_bins == 0:
             self.head.apply(init_weights)
         else:
-            self.input_fields = (*type(self).input_fields, AGES, PREDICTION_AGE)
-            self.before_prediction = TimeBeforePrediction(cfg.embedding_dim)
-            self.calendar_head = CalendarHead(
-                cfg.hidden_dim, cfg.head_dim, cfg.num_bins, cfg.head_dropout
+            attach_calendar_head(
+                self,
+                time_dim=cfg.embedding_dim,
+                in_dim=cfg.hidden_dim,
+                head_dim=cfg.head_dim,
+                num_bins=cfg.num_bins,
+                dropout=cfg.head_dropout,
+                fields=(AGES, PREDICTION_AGE),
             )
-            self.calendar_head.apply(init_weights)
 
     def forward(
         self,

@@ -17,8 +17,7 @@ from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import BEHRTEncoder, init_weights
 from ehrsurv_dist.models.calendar import (
-    CalendarHead,
-    TimeBeforePrediction,
+    attach_calendar_head,
     calendar_output,
     check_prediction_age,
     days_before_prediction,
@@ -27,7 +26,7 @@ from ehrsurv_dist.models.calendar import (
 from ehrsurv_dist.models.config import BEHRTConfig
 from ehrsurv_dist.models.heads import AttentionVisitPooling, HazardHead, aggregate_visits
 from ehrsurv_dist.outputs import SurvivalOutput
-from ehrsurv_dist.schema import AGES, ATTENTION_MASK, CODES, PREDICTION_AGE, VISIT_IDS
+from ehrsurv_dist.schema import AGES, ATTENTION_MASK, CODES, VISIT_IDS
 
 
 def select_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -72,12 +71,14 @@ class BEHRTSurvival(nn.Module):
         if self.pooling is not None:
             init_weights(self.pooling.proj)
         if cfg.num_bins > 0:
-            self.input_fields = (*type(self).input_fields, PREDICTION_AGE)
-            self.before_prediction = TimeBeforePrediction(cfg.embedding_dim)
-            self.calendar_head = CalendarHead(
-                cfg.hidden_dim, cfg.head_dim, cfg.num_bins, cfg.head_dropout
+            attach_calendar_head(
+                self,
+                time_dim=cfg.embedding_dim,
+                in_dim=cfg.hidden_dim,
+                head_dim=cfg.head_dim,
+                num_bins=cfg.num_bins,
+                dropout=cfg.head_dropout,
             )
-            self.calendar_head.apply(init_weights)
 
     def forward(
         self,
