@@ -141,7 +141,7 @@ def attach_calendar_head(
     (``in_dim`` → ``head_dim`` → ``num_bins``), initialised as the visit-axis head is."""
     from ehrsurv_dist.models.behrt import init_weights
 
-    model.input_fields = (*type(model).input_fields, *fields)  # type: ignore[attr-defined]
+    model.input_fields = (*type(model).input_fields, *fields)  # type: ignore[assignment,attr-defined]
     model.before_prediction = TimeBeforePrediction(time_dim)
     model.calendar_head = CalendarHead(in_dim, head_dim, num_bins, dropout)
     model.calendar_head.apply(init_weights)

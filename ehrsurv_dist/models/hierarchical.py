@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import TransformerBlock, build_attention_mask, init_weights
 from ehrsurv_dist.models.calendar import (
+    CalendarHead,
+    TimeBeforePrediction,
     attach_calendar_head,
     calendar_output,
     check_prediction_age,
@@ -229,6 +231,10 @@ class HierarchicalBEHRTSurvival(nn.Module):
     embedding (``before_prediction``), and ``calendar_head`` maps the timeline state of the last
     real visit to K bin logits; there is then no per-visit ``head``.
     """
+
+    # calendar axis only (``attach_calendar_head``): typed here for the type checker
+    before_prediction: TimeBeforePrediction
+    calendar_head: CalendarHead
 
     input_fields: tuple[str, ...] = (CODES, AGES, TIME_DELTAS, CODE_MASK, VISIT_MASK)
 

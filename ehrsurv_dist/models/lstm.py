@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from ehrsurv_dist.models.behrt import init_weights
 from ehrsurv_dist.models.calendar import (
+    CalendarHead,
+    TimeBeforePrediction,
     attach_calendar_head,
     calendar_output,
     check_prediction_age,
@@ -39,6 +41,10 @@ class LSTMSurvival(nn.Module):
     embedding), and ``calendar_head`` maps the LSTM state of the last real visit to K bin logits;
     there is then no per-visit ``head``.
     """
+
+    # calendar axis only (``attach_calendar_head``): typed here for the type checker
+    before_prediction: TimeBeforePrediction
+    calendar_head: CalendarHead
 
     input_fields: tuple[str, ...] = (CODES, CODE_MASK, VISIT_MASK)
 
