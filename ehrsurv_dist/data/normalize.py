@@ -36,6 +36,7 @@ from ehrsurv_dist.errors import CohortError
 TIME_TYPE = pa.timestamp("us")
 CODE_DICT_TYPE = pa.dictionary(pa.int32(), pa.string())
 MAX_NAMED = 5  # subjects an error names
+UTC_NAMES = frozenset({"UTC", "utc", "Etc/UTC", "+00:00", "Z", "GMT"})
 
 
 class EncodingError(CohortError):
@@ -74,7 +75,11 @@ def schema_changes(sch: pa.Schema) -> list[str]:
         t = sch.field(S.TIME).type
         vt = _value_type(t)
         if t != TIME_TYPE and pa.types.is_timestamp(vt):
-            zone = f" (converted from {vt.tz} to UTC, zone dropped)" if vt.tz else ""
+            zone = ""
+            if vt.tz in UTC_NAMES:
+                zone = " (UTC, zone dropped)"
+            elif vt.tz:
+                zone = f" (converted from {vt.tz} to UTC, zone dropped)"
             out.append(f"'{S.TIME}' {t} → timestamp[us]{zone}")
     if S.CODE in sch.names:
         t = sch.field(S.CODE).type
