@@ -67,3 +67,51 @@ def write_cohort(
     if outcomes is not None:
         pq.write_table(outcomes_table(outcomes), os.path.join(root, S.OUTCOMES_FILE))
     return root
+
+
+DRIFT_TIME = pa.timestamp("ms", tz="UTC")
+DRIFT_CODE = pa.large_string()
+DRIFT_ID = pa.int32()
+
+
+def drift_shards(
+    root: str | os.PathLike[str],
+    time_type: pa.DataType = DRIFT_TIME,
+    code_type: pa.DataType = DRIFT_CODE,
+    id_type: pa.DataType = DRIFT_ID,
+    span: bool = True,
+) -> list[str]:
+    """Make a cohort's shards drift, as an incremental refresh written by another tool does.
+
+    Every shard under ``data/`` is read, the rows are cut in two by subject and written back
+    as ``shard_a.parquet`` (MEDS types) and ``shard_b.parquet`` (``time_type``, ``code_type``,
+    ``id_type``; other columns dropped). With ``span`` the first row of the last subject of
+    ``shard_a`` moves to ``shard_b``: that subject spans shards (the reader's hash path).
+
+    Returns:
+        The two shard paths.
+    """
+    data = os.path.join(os.fspath(root), S.DATA_SUBDIR)
+    olds = sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(data) for f in fs if f.endswith(".parquet")
+    )
+    t = pa.concat_tables(
+        [pq.read_table(p, columns=[S.SUBJECT_ID, S.TIME, S.CODE]) for p in olds]
+    ).combine_chunks()
+    for p in olds:
+        os.remove(p)
+    sid = t[S.SUBJECT_ID].to_numpy()
+    cut = np.unique(sid)[len(np.unique(sid)) // 2]
+    a_rows = np.flatnonzero(sid < cut)
+    b_rows = np.flatnonzero(sid >= cut)
+    if span:  # a subject of shard_a gets one row in shard_b
+        moved = np.flatnonzero(sid == sid[a_rows[-1]])[0]
+        a_rows = a_rows[a_rows != moved]
+        b_rows = np.concatenate([b_rows, [moved]])
+    b = t.take(pa.array(b_rows)).cast(
+        pa.schema([(S.SUBJECT_ID, id_type), (S.TIME, time_type), (S.CODE, code_type)])
+    )
+    paths = [os.path.join(data, "shard_a.parquet"), os.path.join(data, "shard_b.parquet")]
+    pq.write_table(t.take(pa.array(a_rows)), paths[0])
+    pq.write_table(b, paths[1])
+    return paths

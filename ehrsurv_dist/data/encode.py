@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehrsurv_dist import schema as S
@@ -25,12 +24,12 @@ from ehrsurv_dist.data.blocks import Layout, flat_to_arrow, hier_to_arrow
 from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, event_arrays
 from ehrsurv_dist.data.layouts import FlatTokens, Limits, VisitTokens, flatten, to_hierarchical
 from ehrsurv_dist.data.meds import CohortReport, read_outcomes
+from ehrsurv_dist.data.normalize import normalise_events
 from ehrsurv_dist.data.plan import Unit, UnitPlan
 from ehrsurv_dist.data.samples import LabelArrays, TaskSpec, make_samples, read_labels
-from ehrsurv_dist.data.splits import hash_splits
+from ehrsurv_dist.data.splits import cohort_splits_path, hash_splits, read_split_file
 from ehrsurv_dist.data.visits import GroupedUnit, group_visits
 from ehrsurv_dist.data.vocab import Vocabulary
-from ehrsurv_dist.errors import CohortError
 from ehrsurv_dist.rng import splitmix64
 
 READ_COLUMNS = (S.SUBJECT_ID, S.TIME, S.CODE)
@@ -83,15 +82,6 @@ class EncodeSpec:
         )
 
 
-def cohort_splits_path(cohort: str) -> str | None:
-    """The cohort's MEDS split file, or None when it has none."""
-    fs, root = io.resolve(cohort)
-    sp = io.join(root, S.SUBJECT_SPLITS_PATH)
-    if not io.exists(fs, sp):
-        return None
-    return sp if "://" not in cohort else cohort.rstrip("/") + "/" + S.SUBJECT_SPLITS_PATH
-
-
 _CACHE: dict[tuple[str, str], Any] = {}
 
 
@@ -118,21 +108,17 @@ def _label_arrays(path: str) -> LabelArrays:
 
 
 def _split_table(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sorted subject ids, int32 index into names, split names), read once per process."""
+    """(sorted subject ids, int32 index into names (-1: none), split names), read once per
+    process, with the split names mapped as :func:`splits.read_split_file` does."""
     key = _cache_key("splits", path)
     if key not in _CACHE:
-        fs, p = io.resolve(path)
-        try:
-            with fs.open_input_file(p) as f:
-                t = pq.read_table(f, columns=[S.SUBJECT_ID, S.SPLIT])
-        except Exception as e:
-            raise CohortError(f"cannot read splits file {path}: {e}") from None
-        sid = np.asarray(t[S.SUBJECT_ID].cast(pa.int64()).to_numpy(zero_copy_only=False))
-        enc = pc.dictionary_encode(t[S.SPLIT].cast(pa.string())).combine_chunks()
-        idx = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), np.int32)
-        names = np.asarray(enc.dictionary.to_pylist(), dtype=object)
-        order = np.argsort(sid, kind="stable")
-        _CACHE[key] = (sid[order], idx[order], names)
+        sf = read_split_file(path)
+        sf.raise_if_unusable()
+        names = np.asarray(S.SPLITS, dtype=object)
+        idx = np.full(len(sf.subject_id), -1, dtype=np.int32)
+        for i, name in enumerate(S.SPLITS):
+            idx[sf.split == name] = i
+        _CACHE[key] = (sf.subject_id, idx, names)
     return _CACHE[key]  # type: ignore[no-any-return]
 
 
@@ -166,6 +152,8 @@ def read_unit(unit: Unit, cohort: str, with_row: bool = False) -> pa.Table:
             t = pf.read(columns=cols)
         else:
             t = pf.read_row_groups(list(unit.row_groups), columns=cols)
+    # one schema for every shard, whatever tool wrote it (the validator reads the same way)
+    t, _ = normalise_events(t, unit.path, dictionary_codes=True)
     if with_row:
         rows = (np.int64(unit.file_index) << _ROW_SHIFT) + unit.first_row + np.arange(t.num_rows)
         t = t.append_column(ROW, pa.array(rows, pa.int64()))

@@ -8,23 +8,64 @@ they cannot use; :mod:`ehrsurv_dist.data.validate` checks the contents.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data import io
+from ehrsurv_dist.data.normalize import normalise_events, normalise_time
 from ehrsurv_dist.errors import CohortError
+
+MAX_NAMED = 5  # subjects an error message names
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """The files under ``COHORT/data``: what the reader takes and what it ignores.
+
+    Attributes:
+        fs: the filesystem.
+        parquet: the shards (``*.parquet``, not hidden), sorted.
+        other: files that are not ``*.parquet`` (ignored).
+        hidden: files whose name, or a folder's name below ``data/``, starts with ``.`` or
+            ``_`` (temporary copies, ``_SUCCESS``, ``_metadata``, ...): ignored, as Spark,
+            Hive and pyarrow datasets do.
+    """
+
+    fs: Any
+    parquet: list[str]
+    other: list[str]
+    hidden: list[str]
+
+
+def is_hidden(path: str, root: str) -> bool:
+    """A path below ``root`` with a part that starts with ``.`` or ``_``."""
+    rel = path[len(root.rstrip("/")) :].strip("/")
+    return any(part.startswith((".", "_")) for part in rel.split("/") if part)
+
+
+def list_data_files(cohort: str) -> DataFiles:
+    """The shards under ``COHORT/data`` and the files ignored (see :class:`DataFiles`)."""
+    fs, root = io.resolve(cohort)
+    data = io.join(root, S.DATA_SUBDIR)
+    files = io.list_files(fs, data)
+    hidden = [f for f in files if is_hidden(f, data)]
+    shown = [f for f in files if not is_hidden(f, data)]
+    parquet = [f for f in shown if f.endswith(".parquet")]
+    other = [f for f in shown if not f.endswith(".parquet")]
+    return DataFiles(fs, parquet, other, hidden)
 
 
 def data_files(cohort: str) -> tuple[Any, list[str], list[str]]:
-    """(filesystem, Parquet shard paths, other files) under ``COHORT/data``."""
-    fs, root = io.resolve(cohort)
-    files = io.list_files(fs, io.join(root, S.DATA_SUBDIR))
-    parquet = [f for f in files if f.endswith(".parquet")]
-    other = [f for f in files if not f.endswith(".parquet")]
-    return fs, parquet, other
+    """(filesystem, Parquet shard paths, ignored files) under ``COHORT/data``: hidden files
+    and files that are not ``*.parquet`` are never read (:func:`list_data_files`)."""
+    d = list_data_files(cohort)
+    return d.fs, d.parquet, sorted(d.other + d.hidden)
 
 
 def default_outcomes_path(cohort: str) -> str:
@@ -43,17 +84,21 @@ def short_error(e: BaseException) -> str:
     return msg[:300]
 
 
-def read_events_table(path: str, fs: Any) -> pa.Table:
-    """Read subject_id, time, code of one shard, cast to the MEDS types (time → timestamp[us])."""
+def read_events(path: str, fs: Any) -> tuple[pa.Table, int]:
+    """subject_id, time, code of one shard in the reader's types (:mod:`normalize`), and the
+    number of times floored to the microsecond.
+
+    Raises:
+        CohortError: an unusable type, a time out of range, codes that are not UTF-8.
+    """
     with fs.open_input_file(path) as f:
         t = pq.read_table(f, columns=[S.SUBJECT_ID, S.TIME, S.CODE])
-    return pa.table(
-        {
-            S.SUBJECT_ID: t[S.SUBJECT_ID].cast(pa.int64()),
-            S.TIME: t[S.TIME].cast(pa.timestamp("us")),
-            S.CODE: t[S.CODE].cast(pa.string()),
-        }
-    )
+    return normalise_events(t, path)
+
+
+def read_events_table(path: str, fs: Any) -> pa.Table:
+    """subject_id int64, time timestamp[us], code string of one shard (:func:`read_events`)."""
+    return read_events(path, fs)[0]
 
 
 def read_outcomes(path: str) -> pa.Table:
@@ -71,13 +116,37 @@ def read_outcomes(path: str) -> pa.Table:
     except Exception as e:
         raise CohortError(f"cannot read outcome table {path}: {short_error(e)}") from None
     _check_outcome_columns(t.schema, path)
+    sid = t[S.SUBJECT_ID].cast(pa.int64())
+    try:
+        otime, _ = normalise_time(t[S.OUTCOME_TIME], S.OUTCOME_TIME)
+    except CohortError as e:
+        raise CohortError(f"outcome table {path}: {e}") from None
     return pa.table(
         {
-            S.SUBJECT_ID: t[S.SUBJECT_ID].cast(pa.int64()),
-            S.OUTCOME_EVENT: t[S.OUTCOME_EVENT].cast(pa.bool_()),
-            S.OUTCOME_TIME: t[S.OUTCOME_TIME].cast(pa.timestamp("us")),
+            S.SUBJECT_ID: sid,
+            S.OUTCOME_EVENT: _event_column(t[S.OUTCOME_EVENT], sid, path),
+            S.OUTCOME_TIME: otime,
         }
     )
+
+
+def _event_column(ev: pa.ChunkedArray, sid: pa.ChunkedArray, path: str) -> pa.ChunkedArray:
+    """``event`` as bool: an integer column may hold 0 and 1 only (another value, e.g. 2 for a
+    competing risk, is refused naming its subjects: competing risks are not modelled)."""
+    if pa.types.is_boolean(ev.type):
+        return ev
+    bad = pc.fill_null(pc.invert(pc.is_in(ev, pa.array([0, 1], ev.type))), False)
+    n = int(pc.sum(bad).as_py() or 0)
+    if n:
+        vals = sorted(set(ev.filter(bad).to_pylist()))[:MAX_NAMED]
+        ids = np.unique(sid.filter(bad).drop_null().to_numpy())[:MAX_NAMED]
+        raise CohortError(
+            f"outcome table {path}: column '{S.OUTCOME_EVENT}': {n} row(s) have values other "
+            f"than 0/1/true/false ({', '.join(map(str, vals))}; subject_id "
+            f"{', '.join(map(str, ids.tolist()))}): competing risks are not supported; "
+            "write event=1 for the event of interest and 0 (censored) otherwise"
+        )
+    return ev.cast(pa.bool_())
 
 
 def _check_outcome_columns(sch: pa.Schema, path: str) -> None:

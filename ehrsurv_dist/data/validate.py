@@ -16,12 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.constants import US_PER_YEAR
+from ehrsurv_dist.constants import US_PER_DAY, US_PER_YEAR
 from ehrsurv_dist.data import io
 from ehrsurv_dist.data.events import time_us
 from ehrsurv_dist.data.meds_read import (
-    data_files,
     default_outcomes_path,
+    list_data_files,
     read_outcomes,
     short_error,
 )
@@ -31,12 +31,14 @@ from ehrsurv_dist.data.samples import (
     event_code_mask,
     read_labels,
 )
+from ehrsurv_dist.data.splits import cohort_splits_path, read_split_file
 from ehrsurv_dist.data.validate_files import NO_TIME_MAX, NO_TIME_MIN, FileSummary, check_file
-from ehrsurv_dist.data.validation_report import CohortReport, Problem
+from ehrsurv_dist.data.validation_report import MAX_EXAMPLES, CohortReport, Problem
 from ehrsurv_dist.data.visits import GRANULARITY_US
 from ehrsurv_dist.errors import CohortError
 
 MAX_AGE_YEARS = 125.0
+OUTCOME_AFTER_END_DAYS = 365.0  # an outcome this long after the cohort's last record: reported
 
 
 def validate_cohort(
@@ -82,6 +84,7 @@ def validate_cohort(
         S.SUBJECT_ID,
     )
     _check_birth_and_age(rep, subj)
+    _check_splits(rep, cohort, subj.ids)
     if task is None:
         _check_outcome_table(rep, cohort, outcomes, require_outcomes, subj, granularity)
     else:
@@ -150,13 +153,24 @@ def _check_files(rep: CohortReport, cohort: str) -> tuple[list[FileSummary], set
     """List and check every shard: the summaries of the usable ones (none: nothing to merge)
     and the distinct codes."""
     try:
-        fs, files, other = data_files(cohort)
+        listing = list_data_files(cohort)
     except Exception as e:
         rep.add_fatal("unreadable_cohort", f"cannot list {cohort}: {short_error(e)}", None)
         return [], set()
+    fs, files = listing.fs, listing.parquet
     rep.files = files
-    for o in other:
+    for o in listing.other:
         rep.add(Problem("warning", "ignored_file", "not a .parquet file; ignored", o))
+    for o in listing.hidden:
+        rep.add(
+            Problem(
+                "warning",
+                "ignored_file",
+                "hidden file (its name or a folder's starts with '.' or '_'); ignored, as "
+                "Spark, Hive and pyarrow datasets do",
+                o,
+            )
+        )
     if not files:
         rep.add_fatal(
             "empty_cohort", f"no Parquet files under {io.join(cohort, S.DATA_SUBDIR)}", None
@@ -259,7 +273,7 @@ def _check_outcome_table(
     ofs, op = io.resolve(opath)
     if io.exists(ofs, op):
         rep.outcomes = opath
-        _check_outcomes(rep, opath, s.ids, s.first, granularity)
+        _check_outcomes(rep, opath, s, granularity)
     elif outcomes is not None or require_outcomes:
         rep.add_fatal("no_outcomes", f"outcome table not found: {opath}", opath)
     else:
@@ -273,13 +287,7 @@ def _check_outcome_table(
         )
 
 
-def _check_outcomes(
-    rep: CohortReport,
-    path: str,
-    subjects: np.ndarray,
-    first: np.ndarray,
-    granularity: str,
-) -> None:
+def _check_outcomes(rep: CohortReport, path: str, s: _Subjects, granularity: str) -> None:
     """Outcome rows: no nulls, one per subject, subjects known, some history before each."""
     try:
         t = read_outcomes(path)
@@ -290,6 +298,9 @@ def _check_outcomes(
     for col in (S.SUBJECT_ID, S.OUTCOME_EVENT, S.OUTCOME_TIME):
         nn = t[col].null_count
         if nn:
+            who = np.unique(
+                np.asarray(t.filter(pc.is_null(t[col]))[S.SUBJECT_ID].drop_null().to_numpy())
+            )
             rep.add(
                 Problem(
                     "error",
@@ -298,16 +309,142 @@ def _check_outcomes(
                     path,
                     col,
                     count=nn,
+                    subjects=who[:MAX_EXAMPLES].tolist(),
                     fatal=col == S.SUBJECT_ID,
                 ),
-                np.asarray(t.filter(pc.is_null(t[col]))[S.SUBJECT_ID].drop_null().to_numpy()),
+                who,
             )
     t = t.filter(pc.is_valid(t[S.SUBJECT_ID]))
     osid = np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
     ev = np.asarray(pc.fill_null(t[S.OUTCOME_EVENT], False).to_numpy(zero_copy_only=False))
     rep.n_events = int(ev.sum())
-    _check_outcome_subjects(rep, path, subjects, osid)
-    _check_history(rep, path, subjects, first, granularity, t, osid, ev)
+    _check_outcome_subjects(rep, path, s.ids, osid)
+    _check_outcome_times(rep, path, s, t, osid)
+    _check_history(rep, path, s.ids, s.first, granularity, t, osid, ev)
+
+
+def _check_outcome_times(
+    rep: CohortReport, path: str, s: _Subjects, t: pa.Table, osid: np.ndarray
+) -> None:
+    """Implausible outcome times: before the subject's birth (an error naming the subjects), or
+    more than :data:`OUTCOME_AFTER_END_DAYS` after the cohort's last record (a warning with the
+    count: a follow-up end or event in the future of the extract is most likely a typo)."""
+    tu, tnull = time_us(t[S.OUTCOME_TIME])
+    if not len(s.ids) or not len(osid):
+        return
+    pos = np.minimum(np.searchsorted(s.ids, osid), len(s.ids) - 1)
+    known = (s.ids[pos] == osid) & ~tnull
+    birth = s.birth[pos]
+    before = known & (birth != NO_TIME_MIN) & (tu < birth)
+    rep.add_subjects(
+        "error",
+        "outcome_before_birth",
+        f"{int(before.sum())} outcome row(s) have a time before the subject's {S.BIRTH_CODE}",
+        np.unique(osid[before]),
+        path,
+        S.OUTCOME_TIME,
+        count=int(before.sum()),
+    )
+    has_last = s.last != NO_TIME_MIN
+    if not bool(has_last.any()):
+        return
+    end = int(s.last[has_last].max())
+    late = ~tnull & (tu > end + int(OUTCOME_AFTER_END_DAYS * US_PER_DAY))
+    rep.add_subjects(
+        "warning",
+        "outcome_after_data_end",
+        f"{int(late.sum())} outcome row(s) have a time more than {OUTCOME_AFTER_END_DAYS:g} "
+        "days after the cohort's last record (a typo? the extract ends there); they are used "
+        "as written",
+        np.unique(osid[late]),
+        path,
+        S.OUTCOME_TIME,
+        count=int(late.sum()),
+    )
+
+
+def _check_splits(rep: CohortReport, cohort: str, subjects: np.ndarray) -> None:
+    """The MEDS split file: its names mapped (aliases reported, unknown names and subjects in
+    two splits refused: fatal), subjects it lists that the data lacks and subjects of the
+    data it does not list (assigned by the hash) counted."""
+    path = cohort_splits_path(cohort)
+    if path is None:
+        return
+    try:
+        sf = read_split_file(path)
+    except CohortError as e:
+        rep.add_fatal("bad_splits", str(e), path, S.SPLIT)
+        return
+    for name, (canon, rows) in sf.aliases.items():
+        rep.add(
+            Problem(
+                "warning",
+                "split_alias",
+                f"split name {name[:40]!r} read as '{canon}'",
+                path,
+                S.SPLIT,
+                count=rows,
+            )
+        )
+    if sf.unknown:
+        names = ", ".join(repr(n[:40]) for n in list(sf.unknown)[:MAX_EXAMPLES])
+        rows = sum(sf.unknown.values())
+        rep.add(
+            Problem(
+                "error",
+                "unknown_split",
+                f"{rows} row(s) name an unknown split ({names}); use "
+                f"{', '.join(S.SPLITS)} (or test → held_out, val/valid/validation → tuning)",
+                path,
+                S.SPLIT,
+                count=rows,
+                subjects=sf.unknown_subjects[:MAX_EXAMPLES].tolist(),
+                fatal=True,
+            )
+        )
+    if len(sf.conflicting):
+        rep.add(
+            Problem(
+                "error",
+                "conflicting_split",
+                f"{len(sf.conflicting)} subject(s) are listed in two different splits",
+                path,
+                S.SUBJECT_ID,
+                count=len(sf.conflicting),
+                subjects=sf.conflicting[:MAX_EXAMPLES].tolist(),
+                fatal=True,
+            )
+        )
+    if sf.null_rows:
+        rep.add(
+            Problem(
+                "warning",
+                "null_split",
+                f"{sf.null_rows} row(s) have a null split: those subjects are assigned by the hash",
+                path,
+                S.SPLIT,
+                count=sf.null_rows,
+            )
+        )
+    listed = np.unique(sf.subject_id)
+    rep.add_subjects(
+        "warning",
+        "unknown_split_subject",
+        f"{len(np.setdiff1d(listed, subjects))} subject(s) of the split file are not in the "
+        "data (ignored)",
+        np.setdiff1d(listed, subjects),
+        path,
+        S.SUBJECT_ID,
+    )
+    unlisted = np.setdiff1d(subjects, listed)
+    rep.add_subjects(
+        "warning",
+        "no_split",
+        f"{len(unlisted)} subject(s) are not in the split file: assigned by the hash",
+        unlisted,
+        path,
+        S.SUBJECT_ID,
+    )
 
 
 def _check_outcome_subjects(

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data.events import time_us
-from ehrsurv_dist.data.meds_read import read_events_table, short_error
-from ehrsurv_dist.data.validation_report import CohortReport, Problem
+from ehrsurv_dist.data.meds_read import read_events, short_error
+from ehrsurv_dist.data.normalize import EncodingError, check_utf8, schema_changes
+from ehrsurv_dist.data.validation_report import MAX_EXAMPLES, CohortReport, Problem
 
 NO_TIME_MAX = np.iinfo(np.int64).max  # "no time yet" of a running minimum
 NO_TIME_MIN = np.iinfo(np.int64).min  # "no time yet" of a running maximum
@@ -48,6 +49,7 @@ def check_file(rep: CohortReport, path: str, fs: Any) -> tuple[FileSummary | Non
     t = _drop_null_subjects(rep, path, t)
     sid = np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
     _check_null_codes(rep, path, t, sid)
+    _check_empty_codes(rep, path, t, sid)
     tu, tnull = time_us(t[S.TIME])
     rep.n_static_rows += int(tnull.sum())
     codes = t[S.CODE]
@@ -60,7 +62,8 @@ def check_file(rep: CohortReport, path: str, fs: Any) -> tuple[FileSummary | Non
 
 
 def _read_checked(rep: CohortReport, path: str, fs: Any) -> pa.Table | None:
-    """The shard's event columns, or None (reported) when its schema or data are unusable."""
+    """The shard's event columns in the reader's types (:mod:`normalize`), or None (reported)
+    when its schema or data are unusable; what was normalised is reported for the file."""
     try:
         with fs.open_input_file(path) as f:
             sch = pq.read_schema(f)
@@ -70,10 +73,55 @@ def _read_checked(rep: CohortReport, path: str, fs: Any) -> pa.Table | None:
     if not check_schema(rep, path, sch):
         return None
     try:
-        return read_events_table(path, fs)
+        t, floored = read_events(path, fs)
+        if S.TEXT_VALUE in sch.names and _is_text(sch.field(S.TEXT_VALUE).type):
+            _check_text_utf8(path, fs, t)
+    except EncodingError as e:
+        rep.add(
+            Problem(
+                "error",
+                "invalid_utf8",
+                e.message(),
+                path,
+                e.column,
+                count=e.rows,
+                subjects=e.subjects[:MAX_EXAMPLES],
+                fatal=True,
+            )
+        )
+        return None
     except Exception as e:
         rep.add_fatal("unreadable_file", f"cannot read data: {short_error(e)}", path)
         return None
+    changes = schema_changes(sch)
+    if floored:
+        changes.append(
+            f"{floored:,} time(s) with a sub-microsecond part floored to the microsecond"
+        )
+    if changes:
+        rep.add(
+            Problem(
+                "warning",
+                "normalised",
+                "read as the MEDS types: " + "; ".join(changes),
+                path,
+                count=floored,
+            )
+        )
+    return t
+
+
+def _is_text(t: pa.DataType) -> bool:
+    vt = t.value_type if pa.types.is_dictionary(t) else t
+    return bool(pa.types.is_string(vt) or pa.types.is_large_string(vt))
+
+
+def _check_text_utf8(path: str, fs: Any, events: pa.Table) -> None:
+    """``text_value`` is never a model input, but bytes that are not UTF-8 are an encoding
+    bug of the ETL: :class:`EncodingError` like a code's (rows align with ``events``)."""
+    with fs.open_input_file(path) as f:
+        text = pq.read_table(f, columns=[S.TEXT_VALUE])[S.TEXT_VALUE]
+    check_utf8(text, events[S.SUBJECT_ID], path, S.TEXT_VALUE)
 
 
 def check_schema(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
@@ -108,6 +156,8 @@ def check_schema(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
 
 def _check_subject_type(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
     sid_t = sch.field(S.SUBJECT_ID).type
+    if pa.types.is_dictionary(sid_t):
+        sid_t = sid_t.value_type
     if pa.types.is_integer(sid_t):
         return True
     want = meds.DataSchema.schema().field(S.SUBJECT_ID).type
@@ -118,7 +168,11 @@ def _check_subject_type(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
 
 
 def _check_time_type(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
+    """A timestamp of any unit and zone (normalised: :mod:`normalize`); anything else is
+    fatal."""
     time_t = sch.field(S.TIME).type
+    if pa.types.is_dictionary(time_t):
+        time_t = time_t.value_type
     if not pa.types.is_timestamp(time_t):
         hint = (
             " (string times: parse them into timestamps in your ETL)"
@@ -130,26 +184,12 @@ def _check_time_type(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
             "wrong_dtype", f"'{S.TIME}' has type {time_t}, expected {want}{hint}", path, S.TIME
         )
         return False
-    if time_t.unit != "us" or time_t.tz is not None:
-        rep.add(
-            Problem(
-                "warning",
-                "time_unit",
-                f"'{S.TIME}' is {time_t}; it is read as timestamp[us] without a time zone",
-                path,
-                S.TIME,
-            )
-        )
     return True
 
 
 def _check_code_type(rep: CohortReport, path: str, sch: pa.Schema) -> bool:
     code_t = sch.field(S.CODE).type
-    is_str = (
-        pa.types.is_string(code_t)
-        or pa.types.is_large_string(code_t)
-        or (pa.types.is_dictionary(code_t) and pa.types.is_string(code_t.value_type))
-    )
+    is_str = _is_text(code_t)
     if not is_str:
         rep.add_fatal("wrong_dtype", f"'{S.CODE}' has type {code_t}, expected string", path, S.CODE)
     return is_str
@@ -184,6 +224,29 @@ def _check_null_codes(rep: CohortReport, path: str, t: pa.Table, sid: np.ndarray
         path,
         S.CODE,
         count=int(code_null.sum()),
+    )
+
+
+def _check_empty_codes(rep: CohortReport, path: str, t: pa.Table, sid: np.ndarray) -> None:
+    """Empty or whitespace-only codes would become tokens without a word: refused (an error
+    naming the subjects; ``data.drop_bad_subjects=true`` drops them)."""
+    codes = t[S.CODE]
+    if not t.num_rows:
+        return
+    empty = np.asarray(
+        pc.fill_null(pc.equal(pc.utf8_trim_whitespace(codes), ""), False).to_numpy(
+            zero_copy_only=False
+        ),
+        dtype=bool,
+    )
+    rep.add_subjects(
+        "error",
+        "empty_code",
+        f"{int(empty.sum())} row(s) have an empty or whitespace-only code",
+        np.unique(sid[empty]),
+        path,
+        S.CODE,
+        count=int(empty.sum()),
     )
 
 

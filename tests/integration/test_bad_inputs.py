@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.testing import events_table, outcomes_table, write_cohort
+from ehrsurv_dist.testing import drift_shards, events_table, outcomes_table, write_cohort
 
 pytestmark = pytest.mark.integration
 
@@ -739,6 +740,243 @@ def c_tune_override_unknown_key(w: World) -> Case:
         ["'tune.num_sampels'", "did you mean 'tune.num_samples'"],
         code=2,
         absent=[str(w.tmp / "out")],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Messy real extracts (issue 19): schema drift, bad bytes, split files, outcome values, empty
+# codes, stray files
+
+
+def _bad_utf8(values: list[bytes]) -> pa.Array:
+    """A string column holding exactly these bytes (as a tool with another encoding writes)."""
+    import numpy as np
+
+    offsets = np.cumsum([0, *[len(v) for v in values]]).astype(np.int32)
+    return pa.StringArray.from_buffers(
+        len(values), pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(values))
+    )
+
+
+def _json_problems(path: Path) -> dict[str, dict[str, Any]]:
+    return {p["check"]: p for p in json.loads(path.read_text(encoding="utf-8"))["problems"]}
+
+
+def c_validate_schema_drift(w: World) -> Case:
+    # an incremental refresh by another tool: ms times with a zone, large_string codes, int32
+    # ids, and a subject in both shards; plus a shard of ns times with sub-µs parts
+    c = w.copy_cohort()
+    a, b = drift_shards(c)
+    t = pq.read_table(a)
+    ns = pc.add(t[S.TIME].cast(pa.timestamp("ns")).cast(pa.int64()), 123)
+    pq.write_table(t.set_column(1, S.TIME, ns.cast(pa.timestamp("ns"))), a)
+    n_timed = t.num_rows - t[S.TIME].null_count
+    rep = w.tmp / "report.json"
+
+    def check(r: Result) -> None:
+        d = json.loads(rep.read_text(encoding="utf-8"))
+        norm = {p["file"]: p for p in d["problems"] if p["check"] == "normalised"}
+        assert sorted(norm) == [a, b] and d["ok"]
+        assert norm[a]["count"] == n_timed  # every time floored to the microsecond, counted
+        assert "timestamp[ms, tz=UTC] → timestamp[us]" in norm[b]["message"]
+        assert "'code' large_string → string" in norm[b]["message"]
+
+    return Case(
+        ["validate", str(c), "--json", str(rep)],
+        ["[normalised]", a, b, f"({n_timed})", "floored to the microsecond"],
+        code=0,
+        stream="stdout",
+        check=check,
+    )
+
+
+def c_predict_schema_drift(w: World) -> Case:
+    # what validate accepts, predict reads through Ray Data (the hash path: a subject spans
+    # the drifted shards; this crashed with "Failed to unify schemas")
+    c = w.copy_cohort()
+    drift_shards(c)
+    out = w.tmp / "scores.parquet"
+    n = pq.read_table(Path(w.smoke) / S.OUTCOMES_FILE).num_rows
+
+    def check(r: Result) -> None:
+        assert pq.read_table(out).num_rows == n  # every subject predicted
+
+    return Case(
+        ["predict", w.run, "--cohort", str(c), "--out", str(out)],
+        [],
+        code=0,
+        stream="stdout",
+        check=check,
+        finished_ok=True,
+        ray=True,
+    )
+
+
+def c_invalid_utf8_code(w: World) -> Case:
+    c = w.small(_rows(3), _outcomes(3))
+    shard = c / "data" / "shard_0.parquet"
+    t = events_table(_rows(3))
+    codes = [x.encode() for x in t[S.CODE].to_pylist()]
+    codes[6] = b"ICD\xff9"  # subject 2, a latin-1 byte
+    pq.write_table(t.set_column(2, S.CODE, _bad_utf8(codes)), shard)
+    return Case(
+        _train("finetune", w, c),
+        ["invalid_utf8", str(shard), "column 'code'", "subject_id 2", "not valid UTF-8"],
+        code=2,
+        absent=[str(w.tmp / "out")],
+    )
+
+
+def c_validate_invalid_utf8_text_value(w: World) -> Case:
+    c = w.small(_rows(3), _outcomes(3))
+    shard = c / "data" / "shard_0.parquet"
+    t = events_table(_rows(3))
+    text = [b""] * t.num_rows
+    text[9] = b"caf\xe9"  # subject 3
+    pq.write_table(t.append_column(S.TEXT_VALUE, _bad_utf8(text)), shard)
+    return Case(
+        ["validate", str(c)],
+        ["invalid_utf8", str(shard), "column 'text_value'", "subject_id 3", "(1)"],
+        code=1,
+        stream="stdout",
+    )
+
+
+def _split_file(c: Path, sid: list[int], names: list[str]) -> Path:
+    path = c / S.SUBJECT_SPLITS_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({S.SUBJECT_ID: sid, S.SPLIT: names}), path)
+    return path
+
+
+def c_validate_split_aliases(w: World) -> Case:
+    c = w.small(_rows(6), _outcomes(6))
+    path = _split_file(
+        c, [1, 2, 3, 4, 5, 6, 77], ["TRAIN", "Train", "val", "test", "train", "held_out", "train"]
+    )
+    rep = w.tmp / "report.json"
+
+    def check(r: Result) -> None:
+        p = [x for x in json.loads(rep.read_text(encoding="utf-8"))["problems"]]
+        alias = {x["message"]: x["count"] for x in p if x["check"] == "split_alias"}
+        assert alias == {
+            "split name 'TRAIN' read as 'train'": 1,
+            "split name 'Train' read as 'train'": 1,
+            "split name 'val' read as 'tuning'": 1,
+            "split name 'test' read as 'held_out'": 1,
+        }
+        (unknown,) = [x for x in p if x["check"] == "unknown_split_subject"]
+        assert unknown["subjects"] == [77] and unknown["severity"] == "warning"
+
+    return Case(
+        ["validate", str(c), "--json", str(rep)],
+        ["split_alias", str(path), "column 'split'", "unknown_split_subject", "subject_id 77"],
+        code=0,
+        stream="stdout",
+        check=check,
+    )
+
+
+def c_unknown_split_name(w: World) -> Case:
+    c = w.small(_rows(4), _outcomes(4))
+    path = _split_file(c, [1, 2, 3, 4], ["train", "train", "dev", "tuning"])
+    return Case(
+        _train("finetune", w, c),
+        ["unknown_split", str(path), "column 'split'", "'dev'", "subject_id 3"],
+        code=2,
+        absent=[str(w.tmp / "out")],
+    )
+
+
+def c_outcome_event_value_2(w: World) -> Case:
+    # a competing risk coded 2: refused (it was silently read as an event)
+    c = w.small(_rows(4), None)
+    t = outcomes_table(_outcomes(4))
+    pq.write_table(
+        t.set_column(1, S.OUTCOME_EVENT, pa.array([0, 1, 2, 0], pa.int64())), c / S.OUTCOMES_FILE
+    )
+    return Case(
+        _train("finetune", w, c),
+        [str(c / S.OUTCOMES_FILE), "column 'event'", "subject_id 3", "competing risks"],
+        code=2,
+        absent=[str(w.tmp / "out")],
+    )
+
+
+def c_validate_outcome_far_future(w: World) -> Case:
+    c = w.small(_rows(4), [*_outcomes(3), (4, False, "2200-01-01")])
+    rep = w.tmp / "report.json"
+
+    def check(r: Result) -> None:
+        p = _json_problems(rep)["outcome_after_data_end"]
+        assert (p["count"], p["subjects"], p["severity"]) == (1, [4], "warning")
+
+    return Case(
+        ["validate", str(c), "--json", str(rep)],
+        ["outcome_after_data_end", "subject_id 4", "(1)"],
+        code=0,
+        stream="stdout",
+        check=check,
+    )
+
+
+def c_validate_outcome_before_birth(w: World) -> Case:
+    c = w.small(_rows(4), [*_outcomes(3), (4, False, "1950-01-01")])
+    return Case(
+        ["validate", str(c)],
+        ["outcome_before_birth", "subject_id 4", str(c / S.OUTCOMES_FILE)],
+        code=1,
+        stream="stdout",
+    )
+
+
+def c_validate_null_outcome_event(w: World) -> Case:
+    c = w.small(_rows(4), None)
+    t = outcomes_table(_outcomes(4))
+    pq.write_table(
+        t.set_column(1, S.OUTCOME_EVENT, pa.array([True, None, False, True])), c / S.OUTCOMES_FILE
+    )
+    return Case(
+        ["validate", str(c)],
+        ["null_outcome", "column 'event'", "subject_id 2"],
+        code=1,
+        stream="stdout",
+    )
+
+
+def c_empty_and_whitespace_codes(w: World) -> Case:
+    rows = [*_rows(4), (2, "2020-01-15", ""), (3, "2020-01-15", "  ")]
+    c = w.small(rows, _outcomes(4))
+    return Case(
+        _train("finetune", w, c),
+        ["empty_code", "(2)", "column 'code'", "subject_id 2, 3", "drop_bad_subjects"],
+        code=2,
+        absent=[str(w.tmp / "out")],
+    )
+
+
+def c_validate_hidden_files(w: World) -> Case:
+    c = w.copy_cohort()
+    shard = sorted((c / "data").rglob("*.parquet"))[0]
+    tmp_copy = c / "data" / f".tmp-{shard.name}"
+    tmp_copy.write_bytes(shard.read_bytes())
+    (c / "data" / "_SUCCESS").write_text("")
+    rows = pq.ParquetFile(shard).metadata.num_rows
+    rep = w.tmp / "report.json"
+
+    def check(r: Result) -> None:
+        d = json.loads(rep.read_text(encoding="utf-8"))
+        assert d["n_rows"] == rows  # not doubled
+        ignored = sorted(p["file"] for p in d["problems"] if p["check"] == "ignored_file")
+        assert ignored == sorted([str(tmp_copy), str(c / "data" / "_SUCCESS")])
+        assert all(p["check"] != "subject_spans_shards" for p in d["problems"])
+
+    return Case(
+        ["validate", str(c), "--json", str(rep)],
+        ["ignored_file", str(tmp_copy), "hidden file"],
+        code=0,
+        stream="stdout",
+        check=check,
     )
 
 

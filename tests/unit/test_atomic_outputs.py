@@ -45,6 +45,7 @@ ATOMIC_MODULE = "atomic.py"
 # (file, function): why a plain write is fine there.
 REVIEWED = {
     ("testing.py", "write_cohort"): "builds input cohorts for tests, not a command output",
+    ("testing.py", "drift_shards"): "rewrites input cohorts for tests, not a command output",
     ("tune/placement_groups.py", "after_worker_group_start"): (
         "an internal append-only record of placement groups (one short line per worker-group "
         "start), not an output a user reads"
