@@ -269,10 +269,10 @@ def random_outcomes(
     (the first wins); one row names a subject with no records."""
     base = us("2015-01-01")
     by: dict[int, list[int]] = {}
-    for s, t, _ in rows:
+    for s, rt, _ in rows:
         by.setdefault(s, [])
-        if t is not None:
-            by[s].append(t)
+        if rt is not None:
+            by[s].append(rt)
     out: list[tuple[int, bool, int | None]] = [(10_001, True, base)]
     for s in sorted(by):
         times = by[s] or [base]
