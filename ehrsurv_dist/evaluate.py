@@ -434,6 +434,9 @@ def predict_cohort(
     of the cohort, on Ray when ``use_ray``), as are the truncated histories.
     """
     spec, vocab, export = load_run(run_dir)
+    if T.is_calendar(spec) and spec.task.outcomes is not None:
+        # predictions need no outcomes: a run's outcome table belongs to its own cohort
+        spec = dataclasses.replace(spec, task=dataclasses.replace(spec.task, outcomes=None))
     if labels is not None:
         if not T.is_calendar(spec):
             raise EhrsurvError(

@@ -231,7 +231,7 @@ class TaskSection:
         "visit",
         "visit: survival over visit indices, outcomes from data.outcomes (one row per subject); "
         "calendar: survival in days after each prediction time (label file or rule), outcome "
-        "from event codes in the data (docs/tasks.md).",
+        "from event codes in the data or from task.outcomes (docs/tasks.md).",
     )
     labels: str | None = option(
         None,
@@ -248,7 +248,15 @@ class TaskSection:
     event_codes: list[str] = option(
         ["MEDS_DEATH"],
         "Calendar axis: codes whose first occurrence after the prediction time is the event; "
-        "PREFIX//* matches a code family.",
+        "PREFIX//* matches a code family. Ignored when task.outcomes is set.",
+    )
+    outcomes: str | None = option(
+        None,
+        "Calendar axis: an outcome table (subject_id, event bool, time timestamp[us]; one row per "
+        "subject) giving every sample's outcome instead of task.event_codes (then ignored): an "
+        "event at or before the prediction time excludes the sample (not at risk), a censoring "
+        "before it or a subject without a row too. Relative to the cohort when not found as "
+        "given; null: outcomes from event codes.",
     )
     horizon_days: float = option(
         730.0,
@@ -265,6 +273,11 @@ class TaskSection:
             f"must be >= 0, got {self.min_history_days}",
         )
         require(len(self.event_codes) > 0, "event_codes", "needs at least one code")
+        require(
+            self.outcomes is None or (self.axis == "calendar" and self.outcomes != ""),
+            "outcomes",
+            "must be a path, and only on the calendar axis (the visit axis reads data.outcomes)",
+        )
         if self.axis == "calendar":
             pt = self.prediction_times
             rules = (pt.at_code is not None) + (pt.days_after_first_record is not None)

@@ -33,7 +33,17 @@ def labels_path(spec: JobSpec) -> str | None:
     """``task.labels`` as an absolute path (URIs kept): a relative path is taken in the cohort
     when it exists there (``labels/death.parquet`` inside a MEDS cohort: the same file whatever
     the working directory, and a new cohort's own file for ``predict``), else as given."""
-    p = spec.task.labels
+    return _cohort_path(spec, spec.task.labels, "labels", "label file")
+
+
+def outcomes_path(spec: JobSpec) -> str | None:
+    """``task.outcomes`` as an absolute path (URIs kept), looked up as ``task.labels`` is: in
+    the cohort first, else as given."""
+    return _cohort_path(spec, spec.task.outcomes, "outcomes", "outcome table")
+
+
+def _cohort_path(spec: JobSpec, p: str | None, key: str, what: str) -> str | None:
+    """``p`` (the value of ``task.<key>``) made absolute: in the cohort, else as given."""
     if p is None or "://" in p:
         return p
     if os.path.isabs(p):
@@ -45,7 +55,7 @@ def labels_path(spec: JobSpec) -> str | None:
     if os.path.exists(p):
         return os.path.abspath(p)
     raise ConfigError(
-        "task.labels", f"no label file {p!r} (looked for it as given and in {spec.data.cohort})"
+        f"task.{key}", f"no {what} {p!r} (looked for it as given and in {spec.data.cohort})"
     )
 
 
@@ -61,6 +71,7 @@ def task_spec(spec: JobSpec) -> TaskSpec | None:
         at_code=t.prediction_times.at_code,
         days_after_first_record=t.prediction_times.days_after_first_record,
         min_history_days=float(t.min_history_days),
+        outcomes=outcomes_path(spec),
     )
 
 

@@ -239,7 +239,8 @@ def add_validate_parser(sub: Subparsers) -> None:
         default=None,
         metavar="CODE",
         help="with --labels: the task's event code(s), checked to occur in the cohort "
-        "(repeatable; PREFIX//* matches a family; default MEDS_DEATH)",
+        "(repeatable; PREFIX//* matches a family; default MEDS_DEATH); with --labels and "
+        "--outcomes, the outcome table is checked as the task's explicit outcomes instead",
     )
     v.set_defaults(func=cmd_validate)
 
@@ -258,7 +259,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         in_cohort = os.path.join(args.cohort, labels)
         if not os.path.exists(labels) and "://" not in args.cohort and os.path.exists(in_cohort):
             labels = in_cohort  # as task.labels: a relative path is also looked up in the cohort
-        task = TaskSpec(event_codes=codes, horizon_days=1.0, labels=labels)
+        task = TaskSpec(event_codes=codes, horizon_days=1.0, labels=labels, outcomes=args.outcomes)
     elif args.event_code:
         raise EhrsurvError("--event-code needs --labels (the task whose outcome it names)")
     rep = validate_cohort(

@@ -44,7 +44,8 @@ class EncodeSpec:
     Attributes mirror :class:`config.DataConfig`; ``bad_subjects`` are dropped (sorted int64);
     ``splits_path`` is the MEDS split file or None; ``limits`` are the layouts' truncation;
     ``task`` is the calendar-axis task (one row per (subject, prediction time), outcomes from
-    event codes; :mod:`samples`), None on the visit axis (one row per subject, ``outcomes``).
+    event codes or ``task.outcomes``; :mod:`samples`), None on the visit axis (one row per
+    subject, ``outcomes``).
     """
 
     cohort: str
@@ -204,7 +205,8 @@ def unit_visits(table: pa.Table, spec: EncodeSpec) -> GroupedUnit:
         return group_visits(ev, out, spec.granularity)
     task = spec.task
     labels = _label_arrays(task.labels) if task.labels else None
-    su = make_samples(ev, task, labels, spec.granularity)
+    table = _outcome_arrays(task.outcomes) if task.outcomes else None
+    su = make_samples(ev, task, labels, spec.granularity, table)
     sv = su.visits
     sv.extra = {
         S.PREDICTION_TIME: np.asarray(su.prediction_time_us, dtype=np.int64),

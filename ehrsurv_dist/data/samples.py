@@ -1,4 +1,5 @@
-"""Samples of a calendar-axis task: prediction times, outcomes from event codes, the as-of cut.
+"""Samples of a calendar-axis task: prediction times, outcomes (event codes or an outcome
+table), the as-of cut.
 
 On the calendar axis (the calendar-axis contract, docs/design.md) a *sample* is a pair
 (subject, prediction time). Prediction times come from MEDS label files (:func:`read_labels`) or
@@ -10,6 +11,13 @@ subject's first record). For each sample:
   record; always censored at ``prediction_time + horizon_days``. ``time_days`` is the (float)
   number of days from the prediction time to the event or censoring, capped at the horizon;
   ``event`` says the event happened within the horizon.
+- **Outcome from a table** (``task.outcomes``; ``event_codes`` are then ignored): a subject's
+  row (``event``, ``time`` = t) gives every sample of the subject its outcome: an event at
+  ``t <= prediction time`` makes the sample not at risk (excluded); an event after it gives
+  ``time_days = min(t - pt, horizon)``, ``event = t - pt <= horizon``; a censoring at
+  ``t < prediction time`` excludes the sample, otherwise ``time_days = min(t - pt, horizon)``
+  and no event. A subject without a row (or whose row has a null time; the first row wins
+  when there are several, as on the visit axis) has its samples excluded.
 - **Input (the as-of cut).** The subject's rows with ``time <= prediction_time`` (inclusive, as in
   MEDS), grouped into visits exactly as on the visit axis by
   :func:`ehrsurv_dist.data.visits.group_visits` (``MEDS_BIRTH`` sets the age, ``MEDS_BIRTH`` and
@@ -17,7 +25,8 @@ subject's first record). For each sample:
   straddle the prediction time: only its rows at or before the prediction time are input.
 - **Exclusions**, each with a reason (the first that applies wins, in this order): no
   ``MEDS_BIRTH``; prediction time before birth; prediction time after the subject's last record;
-  an event code at or before the prediction time (not at risk); history (prediction time minus
+  (outcome table) no outcome row; an event at or before the prediction time (not at risk);
+  (outcome table) censored before the prediction time; history (prediction time minus
   the first timed record other than ``MEDS_BIRTH``) shorter than ``min_history_days``; no input
   visit at or before the prediction time.
 
@@ -48,7 +57,7 @@ import pyarrow.parquet as pq
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.constants import US_PER_DAY, US_PER_YEAR
 from ehrsurv_dist.data import io
-from ehrsurv_dist.data.events import EventArrays, lookup, sorted_unique, time_us
+from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, lookup, sorted_unique, time_us
 from ehrsurv_dist.data.visits import GRANULARITY_US, SubjectVisits, group_visits
 from ehrsurv_dist.errors import ConfigError, LabelError, require
 from ehrsurv_dist.ragged import concat_ranges
@@ -59,18 +68,23 @@ FAMILY_SUFFIX = "//*"  # "PREFIX//*" matches every code that starts with "PREFIX
 REJECT_NO_BIRTH = "no_birth: no MEDS_BIRTH event, age unknown"
 REJECT_BEFORE_BIRTH = "before_birth: prediction time before MEDS_BIRTH"
 REJECT_AFTER_LAST = "after_last_record: prediction time after the subject's last record"
+REJECT_NO_OUTCOME_ROW = "no_outcome_row: the subject has no row in task.outcomes"
 REJECT_NOT_AT_RISK = "not_at_risk: event code at or before the prediction time"
+REJECT_CENSORED_BEFORE = "censored_before: censored before the prediction time (task.outcomes)"
 REJECT_SHORT_HISTORY = "short_history: history shorter than min_history_days"
 REJECT_NO_INPUT = "no_input_visit: no visit at or before the prediction time"
 REASONS: tuple[str, ...] = (
     REJECT_NO_BIRTH,
     REJECT_BEFORE_BIRTH,
     REJECT_AFTER_LAST,
+    REJECT_NO_OUTCOME_ROW,
     REJECT_NOT_AT_RISK,
+    REJECT_CENSORED_BEFORE,
     REJECT_SHORT_HISTORY,
     REJECT_NO_INPUT,
 )
 _REASONS = np.array(REASONS, dtype=object)
+_R = {r: i for i, r in enumerate(REASONS)}  # reason -> its index in REASONS
 _I64_MAX = np.iinfo(np.int64).max
 _MAX_NAMED = 5  # offending subjects named in an error message
 
@@ -82,7 +96,8 @@ class TaskSpec:
 
     Attributes:
         event_codes: codes whose first occurrence after the prediction time is the event; each a
-            code or ``PREFIX//*`` (every code starting with ``PREFIX//``).
+            code or ``PREFIX//*`` (every code starting with ``PREFIX//``). Ignored when
+            ``outcomes`` is set.
         horizon_days: follow-up after the prediction time (> 0); later events are censored.
         labels: path of a MEDS label file or a folder of Parquet label files.
         at_code: a code (or ``PREFIX//*``): every distinct time it occurs is a prediction time.
@@ -90,6 +105,8 @@ class TaskSpec:
             subject's first timed record (``MEDS_BIRTH`` not counted).
         min_history_days: samples whose history (prediction time minus the first record) is
             shorter are excluded.
+        outcomes: path of an outcome table (``subject_id``, ``event``, ``time``): the outcome
+            of every sample comes from its subject's row instead of ``event_codes``.
 
     Exactly one of ``labels``, ``at_code`` and ``days_after_first_record`` is set.
     """
@@ -100,6 +117,7 @@ class TaskSpec:
     at_code: str | None = None
     days_after_first_record: float | None = None
     min_history_days: float = 0.0
+    outcomes: str | None = None
 
     def __post_init__(self) -> None:
         codes = self.event_codes
@@ -128,6 +146,11 @@ class TaskSpec:
                 "days_after_first_record",
                 f"must be >= 0, got {d}",
             )
+        require(
+            self.outcomes is None or (isinstance(self.outcomes, str) and self.outcomes != ""),
+            "outcomes",
+            "must be a path (or null: outcomes from event_codes)",
+        )
         n = sum(x is not None for x in (self.labels, self.at_code, self.days_after_first_record))
         require(
             n == 1,
@@ -516,11 +539,27 @@ def _prediction_times(
     return tr.subjects[has], first_rec[has] + off
 
 
+def _sample_outcomes(
+    outcomes: OutcomeArrays, s_sid: np.ndarray, all_subjects: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(has a usable row, event, time µs), each [S], of the samples' subjects ``s_sid`` from
+    the outcome table: the subject's first row; a null time counts as no row."""
+    n = len(s_sid)
+    if len(all_subjects):
+        outcomes = outcomes.between(int(all_subjects[0]), int(all_subjects[-1]))
+    if len(outcomes.subject_id) == 0 or n == 0:
+        return np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int64)
+    opos, found = lookup(s_sid, outcomes.subject_id)
+    found &= outcomes.ok[opos]
+    return found, found & outcomes.event[opos], outcomes.time_us[opos]
+
+
 def make_samples(
     ev: EventArrays,
     task: TaskSpec,
     labels: LabelArrays | None = None,
     granularity: str = "day",
+    outcomes: OutcomeArrays | None = None,
 ) -> SampleUnit:
     """Samples, outcomes and as-of-cut input visits of one unit (complete subjects).
 
@@ -530,18 +569,24 @@ def make_samples(
         labels: the label rows when ``task.labels`` is set (may hold other subjects: only the
             unit's are used); ignored otherwise.
         granularity: visit granularity, one of ``GRANULARITY_US``.
+        outcomes: the outcome table when ``task.outcomes`` is set (may hold other subjects);
+            ignored otherwise.
 
     Returns:
         A :class:`SampleUnit`: kept samples sorted by (subject, prediction time), and the
         excluded ones with their reasons.
     """
     g = GRANULARITY_US[granularity]
+    use_table = task.outcomes is not None
+    if use_table and outcomes is None:
+        raise ValueError("task.outcomes is set: pass the OutcomeArrays to make_samples")
     k = len(ev.dictionary)
     dnames = np.asarray(ev.dictionary.to_numpy(zero_copy_only=False), dtype=object)
     # One class per code (extra slot: null code): 1 = MEDS_BIRTH, 2 = event code, 4 = at_code.
     cls = np.zeros(k + 1, dtype=np.int8)
     cls[:k][dnames == S.BIRTH_CODE] |= 1
-    cls[:k][event_code_mask(task.event_codes, ev.dictionary)] |= 2
+    if not use_table:  # with an outcome table the event codes are ignored
+        cls[:k][event_code_mask(task.event_codes, ev.dictionary)] |= 2
     if task.at_code is not None:
         cls[:k][event_code_mask([task.at_code], ev.dictionary)] |= 4
     is_at = (cls & 4) > 0
@@ -575,13 +620,20 @@ def make_samples(
     spos = np.where(found, spos, nt)
     b, last, first, fev = birth[spos], last_rec[spos], first_rec[spos], first_ev[spos]
     reason = np.full(n, -1, dtype=np.int64)
-    reason[b == _I64_MAX] = 0
-    reason[(reason < 0) & (s_pt < b)] = 1
-    reason[(reason < 0) & (s_pt > last)] = 2
-    reason[(reason < 0) & (fev <= s_pt)] = 3
+    reason[b == _I64_MAX] = _R[REJECT_NO_BIRTH]
+    reason[(reason < 0) & (s_pt < b)] = _R[REJECT_BEFORE_BIRTH]
+    reason[(reason < 0) & (s_pt > last)] = _R[REJECT_AFTER_LAST]
+    if use_table:
+        assert outcomes is not None
+        o_has, o_ev, o_t = _sample_outcomes(outcomes, s_sid, all_subjects)
+        reason[(reason < 0) & ~o_has] = _R[REJECT_NO_OUTCOME_ROW]
+        reason[(reason < 0) & o_ev & (o_t <= s_pt)] = _R[REJECT_NOT_AT_RISK]
+        reason[(reason < 0) & o_has & ~o_ev & (o_t < s_pt)] = _R[REJECT_CENSORED_BEFORE]
+    else:
+        reason[(reason < 0) & (fev <= s_pt)] = _R[REJECT_NOT_AT_RISK]
     if task.min_history_days > 0:
         short = (first == _I64_MAX) | ((s_pt - first) < task.min_history_days * US_PER_DAY)
-        reason[(reason < 0) & short] = 4
+        reason[(reason < 0) & short] = _R[REJECT_SHORT_HISTORY]
     cand = np.flatnonzero(reason < 0)
 
     # The as-of cut: rows with key <= the prediction time's key (a prefix of the subject's
@@ -629,14 +681,18 @@ def make_samples(
         kept_c = gu.visits.subject_id  # positions in cand, ascending
     no_input = np.ones(len(cand), dtype=bool)
     no_input[kept_c] = False
-    reason[cand[no_input]] = 5
+    reason[cand[no_input]] = _R[REJECT_NO_INPUT]
     kept = cand[kept_c]
 
     # Outcomes of the kept samples.
     pt = s_pt[kept]
-    fev_k = fev[kept]
-    has_ev = fev_k != _I64_MAX
-    dt_days = (np.where(has_ev, fev_k, last[kept]) - pt) / US_PER_DAY
+    if use_table:  # the table's event or censoring time (at or after pt: checked above)
+        has_ev, end = o_ev[kept], o_t[kept]
+    else:  # the first event code after pt, else the last record
+        fev_k = fev[kept]
+        has_ev = fev_k != _I64_MAX
+        end = np.where(has_ev, fev_k, last[kept])
+    dt_days = (end - pt) / US_PER_DAY
     event = has_ev & (dt_days <= task.horizon_days)
     time_days = np.minimum(dt_days, task.horizon_days).astype(np.float64)
     age = ((pt - b[kept]) / US_PER_YEAR).astype(np.float32)

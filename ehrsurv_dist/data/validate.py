@@ -55,10 +55,12 @@ def validate_cohort(
         outcomes: outcome table path; default ``COHORT/outcomes.parquet`` when it exists.
         granularity: visit granularity (used for the outcome-before-first-visit check).
         require_outcomes: report a missing outcome table as an error rather than a warning.
-        task: a calendar-axis task: its label file and event codes are checked against the
-            cohort (unknown subjects, unreadable labels and event codes that never occur are
-            fatal; prediction times before birth or after a subject's last record are counted
-            as warnings: those samples are skipped and written to the rejects file).
+        task: a calendar-axis task: its label file and event codes (or, with
+            ``task.outcomes``, its outcome table, checked as the visit axis's but for the
+            history check) are checked against the cohort (unknown subjects, unreadable labels
+            and event codes that never occur are fatal; prediction times before birth or after
+            a subject's last record are counted as warnings: those samples are skipped and
+            written to the rejects file). ``outcomes`` is not read then.
 
     Returns:
         The report; ``report.ok`` is False when there is at least one error.
@@ -96,10 +98,12 @@ def _check_task(
     rep: CohortReport, task: TaskSpec, s: _Subjects, codes: set[str], require_events: bool
 ) -> None:
     """The calendar task against the cohort: event codes that occur (an error when training,
-    ``require_events``; a warning for ``predict``), label rows that name known subjects at
-    times inside their records."""
+    ``require_events``; a warning for ``predict``) or, with ``task.outcomes``, that outcome
+    table instead; label rows that name known subjects at times inside their records."""
+    if task.outcomes is not None:
+        _check_task_outcomes(rep, task.outcomes, s, require_events)
     dictionary = pa.array(sorted(codes), pa.string())
-    for pattern in task.event_codes:
+    for pattern in task.event_codes if task.outcomes is None else ():
         if not bool(event_code_mask((pattern,), dictionary).any()):
             msg = (
                 f"task.event_codes: {pattern!r} matches no code of the cohort "
@@ -135,6 +139,23 @@ def _check_task(
             S.PREDICTION_TIME,
             count=int(sel.sum()),
         )
+
+
+def _check_task_outcomes(rep: CohortReport, path: str, s: _Subjects, required: bool) -> None:
+    """``task.outcomes``: the visit axis's checks of an outcome table (readable, typed, no
+    nulls, one row per subject, known subjects; subjects without a row are a warning) but the
+    history check: on the calendar axis an outcome before some prediction time only skips
+    that sample."""
+    ofs, op = io.resolve(path)
+    if not io.exists(ofs, op):
+        msg = f"task.outcomes: outcome table not found: {path}"
+        if required:
+            rep.add_fatal("no_outcomes", msg, path)
+        else:
+            rep.add(Problem("warning", "no_outcomes", msg, path))
+        return
+    rep.outcomes = path
+    _check_outcomes(rep, path, s, "day", calendar=True)
 
 
 @dataclass
@@ -287,8 +308,12 @@ def _check_outcome_table(
         )
 
 
-def _check_outcomes(rep: CohortReport, path: str, s: _Subjects, granularity: str) -> None:
-    """Outcome rows: no nulls, one per subject, subjects known, some history before each."""
+def _check_outcomes(
+    rep: CohortReport, path: str, s: _Subjects, granularity: str, calendar: bool = False
+) -> None:
+    """Outcome rows: no nulls, one per subject, subjects known, plausible times, some history
+    before each (on the visit axis; ``calendar``: ``task.outcomes``, whose samples are cut at
+    their prediction times instead)."""
     try:
         t = read_outcomes(path)
     except CohortError as e:
@@ -318,9 +343,10 @@ def _check_outcomes(rep: CohortReport, path: str, s: _Subjects, granularity: str
     osid = np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
     ev = np.asarray(pc.fill_null(t[S.OUTCOME_EVENT], False).to_numpy(zero_copy_only=False))
     rep.n_events = int(ev.sum())
-    _check_outcome_subjects(rep, path, s.ids, osid)
+    _check_outcome_subjects(rep, path, s.ids, osid, calendar)
     _check_outcome_times(rep, path, s, t, osid)
-    _check_history(rep, path, s.ids, s.first, granularity, t, osid, ev)
+    if not calendar:
+        _check_history(rep, path, s.ids, s.first, granularity, t, osid, ev)
 
 
 def _check_outcome_times(
@@ -448,7 +474,7 @@ def _check_splits(rep: CohortReport, cohort: str, subjects: np.ndarray) -> None:
 
 
 def _check_outcome_subjects(
-    rep: CohortReport, path: str, subjects: np.ndarray, osid: np.ndarray
+    rep: CohortReport, path: str, subjects: np.ndarray, osid: np.ndarray, calendar: bool = False
 ) -> None:
     """One outcome row per subject, for subjects of the data; subjects without one are noted."""
     uniq, counts = np.unique(osid, return_counts=True)
@@ -474,7 +500,12 @@ def _check_outcome_subjects(
     rep.add_subjects(
         "warning",
         "no_outcome",
-        f"{len(missing)} subject(s) have no outcome row: usable for pretraining only",
+        f"{len(missing)} subject(s) have no outcome row: "
+        + (
+            "their samples are skipped and written to the rejects file"
+            if calendar
+            else "usable for pretraining only"
+        ),
         missing,
         path,
         S.SUBJECT_ID,

@@ -10,6 +10,11 @@ Python loops over subjects and samples, and a randomised test keeps the two equa
   event code at or before the prediction time, short history, no input visit;
 - outcome: the first event-code record strictly after the prediction time, else censoring at the
   last timed record, always censoring at the horizon;
+- outcome from a table (``task.outcomes``; event codes ignored): the subject's first row, a row
+  with a null time counting as none; no row, an event at or before the prediction time and a
+  censoring before it exclude the sample (in that order, where the event-code check stands);
+  else the days to the row's time, capped at the horizon, an event when it is one within the
+  horizon;
 - input: the rows with ``time <= prediction_time`` in their order of appearance, grouped into
   visits by the visit key (time // granularity), a visit's time being the time of its first row
   in order of appearance; ``MEDS_BIRTH``/``MEDS_DEATH`` and static rows are no tokens.
@@ -27,8 +32,10 @@ from ehrsurv_dist.constants import US_PER_DAY, US_PER_YEAR
 from ehrsurv_dist.data.samples import (
     REJECT_AFTER_LAST,
     REJECT_BEFORE_BIRTH,
+    REJECT_CENSORED_BEFORE,
     REJECT_NO_BIRTH,
     REJECT_NO_INPUT,
+    REJECT_NO_OUTCOME_ROW,
     REJECT_NOT_AT_RISK,
     REJECT_SHORT_HISTORY,
     TaskSpec,
@@ -36,6 +43,7 @@ from ehrsurv_dist.data.samples import (
 from ehrsurv_dist.data.visits import GRANULARITY_US
 
 Row = tuple[int, int | None, str | None]  # (subject, time µs or None, code)
+OutcomeRow = tuple[int, bool, int | None]  # (subject, event, time µs or None)
 
 
 def matches(code: str | None, patterns: tuple[str, ...] | list[str]) -> bool:
@@ -56,6 +64,7 @@ def samples_reference(
     task: TaskSpec,
     labels: list[tuple[int, int]] | None,
     granularity: str = "day",
+    outcomes: Sequence[OutcomeRow] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[int, int, str]]]:
     """Kept samples and rejects of ``rows`` (all rows of some subjects, in file order).
 
@@ -64,6 +73,7 @@ def samples_reference(
         task: the task.
         labels: (subject_id, prediction time µs) rows when ``task.labels`` is set.
         granularity: visit granularity.
+        outcomes: the outcome table's rows in file order when ``task.outcomes`` is set.
 
     Returns:
         ``(kept, rejects)``: kept samples sorted by (subject, prediction time), each a dict with
@@ -75,6 +85,12 @@ def samples_reference(
     by_subject: dict[int, list[tuple[int | None, str | None]]] = {}
     for sid, t, code in rows:
         by_subject.setdefault(sid, []).append((t, code))
+
+    first_row: dict[int, tuple[bool, int | None]] = {}
+    if task.outcomes is not None:
+        assert outcomes is not None
+        for sid, ev, t in outcomes:
+            first_row.setdefault(sid, (ev, t))
 
     samples: list[tuple[int, int]] = []
     for sid in sorted(by_subject):
@@ -112,7 +128,18 @@ def samples_reference(
         if pt > last:
             rejects.append((sid, pt, REJECT_AFTER_LAST))
             continue
-        if any(t <= pt for t in events):
+        row = first_row.get(sid)
+        if task.outcomes is not None:
+            if row is None or row[1] is None:
+                rejects.append((sid, pt, REJECT_NO_OUTCOME_ROW))
+                continue
+            if row[0] and row[1] <= pt:
+                rejects.append((sid, pt, REJECT_NOT_AT_RISK))
+                continue
+            if not row[0] and row[1] < pt:
+                rejects.append((sid, pt, REJECT_CENSORED_BEFORE))
+                continue
+        elif any(t <= pt for t in events):
             rejects.append((sid, pt, REJECT_NOT_AT_RISK))
             continue
         if task.min_history_days > 0 and (
@@ -136,14 +163,18 @@ def samples_reference(
             }
             for k in sorted(visits)
         ]
-        after = [t for t in events if t > pt]
-        end = min(after) if after else last
+        if row is not None and task.outcomes is not None:
+            assert row[1] is not None
+            is_event, end = row[0], row[1]
+        else:
+            after = [t for t in events if t > pt]
+            is_event, end = bool(after), (min(after) if after else last)
         dt_days = (end - pt) / US_PER_DAY
         kept.append(
             {
                 "subject_id": sid,
                 "prediction_time": pt,
-                "event": bool(after) and dt_days <= task.horizon_days,
+                "event": is_event and dt_days <= task.horizon_days,
                 "time_days": min(dt_days, task.horizon_days),
                 "prediction_age": float(np.float32((pt - birth) / US_PER_YEAR)),
                 "last_visit": len(vis) - 1,

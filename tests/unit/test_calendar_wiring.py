@@ -19,17 +19,26 @@ import pytest
 import torch
 
 from ehrsurv_dist import schema as S
+from ehrsurv_dist import task as T
 from ehrsurv_dist.bins import bin_index
 from ehrsurv_dist.cli import build_parser
 from ehrsurv_dist.cli.args import job_overrides
-from ehrsurv_dist.config import DataConfig, load_config
+from ehrsurv_dist.config import DataConfig, describe, load_config
 from ehrsurv_dist.constants import US_PER_DAY
 from ehrsurv_dist.data.blocks import flat_from_arrow, flat_to_arrow, hier_from_arrow, hier_to_arrow
 from ehrsurv_dist.data.encode import encode_unit, read_unit
-from ehrsurv_dist.data.events import event_arrays
+from ehrsurv_dist.data.events import OutcomeArrays, event_arrays
 from ehrsurv_dist.data.layouts import FlatTokens, VisitTokens
+from ehrsurv_dist.data.meds_read import read_outcomes
 from ehrsurv_dist.data.pipeline import IngestPipeline
-from ehrsurv_dist.data.samples import TaskSpec, make_samples, read_labels
+from ehrsurv_dist.data.samples import (
+    REJECT_CENSORED_BEFORE,
+    REJECT_NO_OUTCOME_ROW,
+    REJECT_NOT_AT_RISK,
+    TaskSpec,
+    make_samples,
+    read_labels,
+)
 from ehrsurv_dist.data.synth_calendar import synthesize_calendar
 from ehrsurv_dist.data.validate import validate_cohort
 from ehrsurv_dist.errors import ConfigError
@@ -457,6 +466,173 @@ def test_validate_prediction_times_before_birth_or_after_last_record_warn(
     assert set(by["prediction_before_birth"].subjects) == {s[0], s[1]}
     assert by["prediction_after_last_record"].count == 1
     assert by["prediction_after_last_record"].subjects == [s[2]]
+
+
+# --- task.outcomes: an explicit outcome table -------------------------------------------------
+
+
+def _samples(su: Any) -> dict[tuple[int, int], tuple[float, bool]]:
+    return {
+        (int(s), int(p)): (float(d), bool(e))
+        for s, p, d, e in zip(
+            su.visits.subject_id, su.prediction_time_us, su.time_days, su.visits.event, strict=True
+        )
+    }
+
+
+def test_task_outcomes_config_and_its_path(cohort: str, tmp_path: Path) -> None:
+    base = ("task.axis=calendar", "task.labels=labels/death.parquet", ("data.cohort", cohort))
+    spec = _load(*base, "task.outcomes=outcomes.parquet")
+    assert spec.task.outcomes == "outcomes.parquet"
+    # a relative path is looked up in the cohort first, as task.labels
+    task = T.task_spec(spec)
+    assert task is not None
+    assert task.outcomes == os.path.abspath(os.path.join(cohort, S.OUTCOMES_FILE))
+    other = tmp_path / "elsewhere.parquet"
+    pq.write_table(pq.read_table(os.path.join(cohort, S.OUTCOMES_FILE)), other)
+    task = T.task_spec(_load(*base, ("task.outcomes", str(other))))
+    assert task is not None and task.outcomes == str(other)
+    with pytest.raises(ConfigError) as ei:
+        T.task_spec(_load(*base, "task.outcomes=nope.parquet"))
+    assert ei.value.key == "task.outcomes" and "nope.parquet" in str(ei.value)
+    # off by default; refused on the visit axis, which reads data.outcomes
+    assert _load(*base).task.outcomes is None
+    task = T.task_spec(_load(*base))
+    assert task is not None and task.outcomes is None
+    with pytest.raises(ConfigError) as ei:
+        _load("task.outcomes=o.parquet")
+    assert ei.value.key == "task.outcomes" and "data.outcomes" in str(ei.value)
+    # it has help text saying that it replaces the event codes
+    rows = {r[0]: r for r in describe(JobSpec)}
+    assert "event_codes" in rows["task.outcomes"][3]
+    assert "task.outcomes" in rows["task.event_codes"][3]
+
+
+def _changed_outcomes(cohort: str, path: Path) -> str:
+    """The cohort's outcome table with some subjects dropped, some censored earlier (a year
+    before their last record) and some events moved to the prediction time of the cohort's
+    label file, so that samples lose their row, are censored before their prediction time or
+    are not at risk."""
+    t = pq.read_table(os.path.join(cohort, S.OUTCOMES_FILE))
+    sid = np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
+    ev = np.asarray(t[S.OUTCOME_EVENT].to_numpy(zero_copy_only=False), dtype=bool)
+    tu = np.array(t[S.OUTCOME_TIME].cast(pa.int64()).to_numpy(), dtype=np.int64)
+    early = np.flatnonzero(~ev)[:8]
+    tu[early] -= 365 * US_PER_DAY
+    lab = pq.read_table(os.path.join(cohort, "labels", "death.parquet"))
+    lab_sid = lab[S.SUBJECT_ID].to_pylist()
+    lab_pt = dict(zip(lab_sid, lab[S.PREDICTION_TIME].cast(pa.int64()).to_pylist(), strict=True))
+    for i in np.flatnonzero(ev)[3:6]:  # an event at the prediction time: not at risk
+        tu[i] = lab_pt[int(sid[i])]
+    keep = np.ones(len(sid), bool)
+    keep[np.flatnonzero(ev)[:3]] = False
+    keep[np.flatnonzero(~ev)[-3:]] = False
+    pq.write_table(
+        pa.table(
+            {
+                S.SUBJECT_ID: pa.array(sid[keep]),
+                S.OUTCOME_EVENT: pa.array(ev[keep]),
+                S.OUTCOME_TIME: pa.array(tu[keep]).cast(TS),
+            }
+        ),
+        path,
+    )
+    return str(path)
+
+
+def test_pipeline_reads_task_outcomes_instead_of_event_codes(
+    cohort: str, multi_labels: str, tmp_path: Path
+) -> None:
+    ev, labels = event_arrays(_all_rows(cohort)), read_labels(multi_labels)
+    # the synthetic cohort's table (death, else censoring at the last record) states what the
+    # MEDS_DEATH code does: the same samples and outcomes, though the event code is another
+    own = os.path.join(cohort, S.OUTCOMES_FILE)
+    by_code = make_samples(ev, _task(multi_labels), labels)
+    task = TaskSpec(("NOT//A//CODE",), HORIZON, labels=multi_labels, outcomes=own)
+    by_table = make_samples(ev, task, labels, "day", OutcomeArrays.from_table(read_outcomes(own)))
+    assert _samples(by_table) == _samples(by_code) and by_code.visits.event.any()
+    assert by_table.reject_counts == by_code.reject_counts
+
+    # a changed table, through the single-process pipeline (each unit reads it once)
+    path = _changed_outcomes(cohort, tmp_path / "changed.parquet")
+    task = TaskSpec(("MEDS_DEATH",), HORIZON, labels=multi_labels, outcomes=path)
+    ref = make_samples(ev, task, labels, "day", OutcomeArrays.from_table(read_outcomes(path)))
+    for r in (REJECT_NO_OUTCOME_ROW, REJECT_CENSORED_BEFORE, REJECT_NOT_AT_RISK):
+        assert ref.reject_counts[r] > 0, r
+    assert _samples(ref) != _samples(by_code)
+    pipe = IngestPipeline(
+        cohort, DataConfig(cohort=cohort, batch_size=8), task=task, check_batches=-1
+    )
+    fit = pipe.fit()
+    got: dict[tuple[int, int], tuple[float, bool]] = {}
+    for split in S.SPLITS:
+        for b in _collect(pipe.iter_batches(split)):
+            for s, p, d, e in zip(
+                b[S.SUBJECT], b[S.PREDICTION_TIME], b[S.TIME_DAYS], b[S.EVENT], strict=True
+            ):
+                got[(int(s), int(p))] = (float(d), bool(e))
+    assert got == _samples(ref)
+    reasons = fit.rejects[S.REJECT_REASON].to_pylist()
+    assert len(reasons) == sum(ref.reject_counts.values())
+    assert (
+        sum(r.startswith(REJECT_NO_OUTCOME_ROW) for r in reasons)
+        == ref.reject_counts[REJECT_NO_OUTCOME_ROW]
+    )
+    assert (
+        sum(r.startswith(REJECT_CENSORED_BEFORE) for r in reasons)
+        == ref.reject_counts[REJECT_CENSORED_BEFORE]
+    )
+
+
+def _outcome_file(path: Path, rows: list[tuple[int, bool, int]]) -> str:
+    pq.write_table(
+        pa.table(
+            {
+                S.SUBJECT_ID: pa.array([r[0] for r in rows], pa.int64()),
+                S.OUTCOME_EVENT: pa.array([r[1] for r in rows], pa.bool_()),
+                S.OUTCOME_TIME: pa.array([r[2] for r in rows], pa.int64()).cast(TS),
+            }
+        ),
+        path,
+    )
+    return str(path)
+
+
+def test_validate_task_outcomes_instead_of_event_codes(cohort: str, tmp_path: Path) -> None:
+    labels = os.path.join(cohort, "labels", "death.parquet")
+    own = os.path.join(cohort, S.OUTCOMES_FILE)
+
+    def task(outcomes: str) -> TaskSpec:
+        return TaskSpec(("NEVER//SEEN",), 30.0, labels=labels, outcomes=outcomes)
+
+    # the event codes are not checked (they are ignored); the table is
+    rep = validate_cohort(cohort, task=task(own), require_outcomes=True)
+    assert rep.ok, rep.format()
+    assert rep.outcomes == own and rep.n_outcome_rows == N_SUBJECTS
+    subjects, birth, last = _facts(cohort)
+    s = [int(x) for x in subjects[:3]]
+    # a subject without a row is a warning: its samples are skipped
+    rows = [(int(x), False, last[int(x)]) for x in subjects[1:]]
+    rep = validate_cohort(cohort, task=task(_outcome_file(tmp_path / "a.parquet", rows)))
+    assert rep.ok, rep.format()
+    [w] = [w for w in rep.warnings if w.check == "no_outcome"]
+    assert w.subjects == [s[0]] and "skipped" in w.message
+    # an outcome at or before the first record (here: at birth) is no error on this axis
+    # (samples are cut at their prediction times, not at the outcome)
+    rows = [(int(x), True, birth[int(x)]) for x in subjects]
+    assert validate_cohort(cohort, task=task(_outcome_file(tmp_path / "b.parquet", rows))).ok
+    # duplicate rows and unknown subjects are errors, as on the visit axis
+    rows = [(int(x), False, last[int(x)]) for x in subjects] + [(s[1], True, last[s[1]])]
+    rows.append((987654, True, 0))
+    rep = validate_cohort(cohort, task=task(_outcome_file(tmp_path / "c.parquet", rows)))
+    assert {e.check for e in rep.errors} == {"duplicate_outcome", "unknown_outcome_subject"}
+    # an unreadable table, a missing column, a missing file: fatal
+    bad = tmp_path / "d.parquet"
+    pq.write_table(pa.table({S.SUBJECT_ID: pa.array([s[0]], pa.int64())}), bad)
+    rep = validate_cohort(cohort, task=task(str(bad)))
+    assert rep.fatal and any("d.parquet" in e.line() for e in rep.errors)
+    rep = validate_cohort(cohort, task=task(str(tmp_path / "none.parquet")), require_outcomes=True)
+    assert rep.fatal and "none.parquet" in rep.errors[0].line()
 
 
 # --- no leakage with bidirectional attention ----------------------------------------------------

@@ -21,13 +21,15 @@ import pytest
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.constants import US_PER_DAY
-from ehrsurv_dist.data.events import EventArrays, event_arrays
+from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, event_arrays
 from ehrsurv_dist.data.samples import (
     REASONS,
     REJECT_AFTER_LAST,
     REJECT_BEFORE_BIRTH,
+    REJECT_CENSORED_BEFORE,
     REJECT_NO_BIRTH,
     REJECT_NO_INPUT,
+    REJECT_NO_OUTCOME_ROW,
     REJECT_NOT_AT_RISK,
     REJECT_SHORT_HISTORY,
     LabelArrays,
@@ -182,15 +184,30 @@ def rows_table(rows: list[tuple[int, int | None, str]]) -> pa.Table:
     )
 
 
+def outcomes_of(rows: Sequence[tuple[int, bool, int | None]]) -> OutcomeArrays:
+    """The outcome table of (subject, event, time µs or None) rows, in this (file) order."""
+    return OutcomeArrays.from_table(
+        pa.table(
+            {
+                S.SUBJECT_ID: pa.array([r[0] for r in rows], pa.int64()),
+                S.OUTCOME_EVENT: pa.array([r[1] for r in rows], pa.bool_()),
+                S.OUTCOME_TIME: pa.array([r[2] for r in rows], pa.int64()).cast(pa.timestamp("us")),
+            }
+        )
+    )
+
+
 def check_against_reference(
     rows: list[tuple[int, int | None, str]],
     task: TaskSpec,
     labels: list[tuple[int, int]] | None,
     gran: str = "day",
+    outcomes: list[tuple[int, bool, int | None]] | None = None,
 ) -> SampleUnit:
     lab = labels_of(labels) if labels is not None else None
-    su = make_samples(event_arrays(rows_table(rows)), task, lab, gran)
-    kept, rej = samples_reference(rows, task, labels, gran)
+    out = outcomes_of(outcomes) if outcomes is not None else None
+    su = make_samples(event_arrays(rows_table(rows)), task, lab, gran, out)
+    kept, rej = samples_reference(rows, task, labels, gran, outcomes)
     got = as_dicts(su)
     assert [(d["subject_id"], d["prediction_time"]) for d in got] == [
         (d["subject_id"], d["prediction_time"]) for d in kept
@@ -241,6 +258,64 @@ def test_make_samples_equals_reference_on_rules(seed: int) -> None:
     )
     su = check_against_reference(rows, after, None)
     assert su.num_samples > 3
+
+
+def random_outcomes(
+    rng: np.random.Generator, rows: list[tuple[int, int | None, str]]
+) -> list[tuple[int, bool, int | None]]:
+    """An outcome table for the subjects of ``rows``, shuffled: most subjects have one row, at
+    or near one of their record times (ties with prediction times on records), 200 days after
+    them (beyond short horizons), or before them; some have none, a null time, or two rows
+    (the first wins); one row names a subject with no records."""
+    base = us("2015-01-01")
+    by: dict[int, list[int]] = {}
+    for s, rt, _ in rows:
+        by.setdefault(s, [])
+        if rt is not None:
+            by[s].append(rt)
+    out: list[tuple[int, bool, int | None]] = [(10_001, True, base)]
+    for s in sorted(by):
+        times = by[s] or [base]
+        n = 0 if rng.random() < 0.08 else 2 if rng.random() < 0.05 else 1
+        for _ in range(n):
+            u = rng.random()
+            t: int | None
+            if u < 0.3:
+                t = int(rng.choice(times))  # on a record
+            elif u < 0.75:
+                t = int(rng.choice(times)) + int(rng.integers(-30, 60)) * H
+            elif u < 0.9:
+                t = max(times) + 200 * US_PER_DAY
+            elif u < 0.96:
+                t = min(times) - 10 * US_PER_DAY
+            else:
+                t = None
+            out.append((s, bool(rng.random() < 0.5), t))
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_make_samples_with_an_outcome_table_equals_reference(seed: int) -> None:
+    rng = np.random.default_rng(300 + seed)
+    rows = random_unit(rng, 80)
+    labels = random_labels(rng, rows)
+    outcomes = random_outcomes(rng, rows)
+    task = label_task(
+        event_codes=("DX//*", "MEDS_DEATH"),  # ignored: the table gives the outcome
+        horizon_days=float(rng.choice([5.0, 20.0, 400.0])),
+        min_history_days=float(rng.choice([0.0, 2.5])),
+        outcomes="outcomes.parquet",
+    )
+    gran = str(rng.choice(["day", "hour"]))
+    su = check_against_reference(rows, task, labels, gran, outcomes)
+    assert su.num_samples > 10 and su.visits.event.any() and (~su.visits.event).any()
+    for r in (REJECT_NO_OUTCOME_ROW, REJECT_NOT_AT_RISK, REJECT_CENSORED_BEFORE):
+        assert su.reject_counts[r] > 0, r
+    # the rules too, and an empty table
+    at = TaskSpec(("DX//I21",), 30.0, at_code="LAB//*", outcomes="o.parquet")
+    assert check_against_reference(rows, at, None, gran, outcomes).num_samples > 5
+    su = check_against_reference(rows, at, None, gran, [])
+    assert su.num_samples == 0 and su.reject_counts[REJECT_NO_OUTCOME_ROW] > 0
 
 
 @pytest.mark.parametrize(("seed", "shift"), [(0, 0), (1, 0), (2, -1), (3, -1)])
@@ -396,12 +471,62 @@ def test_every_exclusion_reason() -> None:
         REJECT_NO_BIRTH: 1,
         REJECT_BEFORE_BIRTH: 1,
         REJECT_AFTER_LAST: 1,
+        REJECT_NO_OUTCOME_ROW: 0,
         REJECT_NOT_AT_RISK: 2,
+        REJECT_CENSORED_BEFORE: 0,
         REJECT_SHORT_HISTORY: 0,
         REJECT_NO_INPUT: 2,
     }
     assert su.visits.subject_id.tolist() == [5, 6]
     assert su.rejects.schema.field(S.PREDICTION_TIME).type == pa.timestamp("us")
+
+
+def test_outcome_table_gives_the_outcome_and_its_exclusions() -> None:
+    """task.outcomes: each rule of the table, and an event code in the data that is ignored."""
+    rows = [(s, BIRTH, S.BIRTH_CODE) for s in range(1, 10)]
+    rows += [(s, "2020-01-01 09:00", "A") for s in range(1, 10)]
+    rows += [(s, "2020-03-01 09:00", "B") for s in range(1, 10)]
+    rows += [(1, "2020-01-05 09:00", "DX//I21")]  # an event code: ignored with a table
+    pt = "2020-01-02 09:00"
+    table = [
+        (1, False, us("2020-01-12 09:00")),  # censored 10 days after
+        (2, True, us("2020-01-12 09:00")),  # event 10 days after
+        (3, True, us("2020-02-11 09:00")),  # event 40 days after: beyond the 30-day horizon
+        (4, True, us("2020-02-01 09:00")),  # event exactly at the horizon: an event
+        (5, False, us(pt)),  # censored at the prediction time: kept, 0 days
+        (6, True, us(pt)),  # event at the prediction time: not at risk
+        (7, True, us("2020-01-01 09:00")),  # event before it: not at risk
+        (8, False, us("2020-01-02 08:59")),  # censored before it
+        (10, True, us(pt)),  # a subject without samples: unused
+        # subject 9: no row
+    ]
+    task = label_task(event_codes=("DX//*",), horizon_days=30.0, outcomes="o.parquet")
+    ev = event_arrays(events_table(rows))
+    lab = labels_of([(s, us(pt)) for s in range(1, 10)])
+    su = make_samples(ev, task, lab, "day", outcomes_of(table))
+    assert su.visits.subject_id.tolist() == [1, 2, 3, 4, 5]
+    assert su.visits.event.tolist() == [False, True, False, True, False]
+    assert su.time_days.tolist() == [10.0, 10.0, 30.0, 30.0, 0.0]
+    assert rejects_of(su) == [
+        (6, us(pt), REJECT_NOT_AT_RISK),
+        (7, us(pt), REJECT_NOT_AT_RISK),
+        (8, us(pt), REJECT_CENSORED_BEFORE),
+        (9, us(pt), REJECT_NO_OUTCOME_ROW),
+    ]
+    assert su.reject_counts[REJECT_NOT_AT_RISK] == 2
+    assert su.reject_counts[REJECT_CENSORED_BEFORE] == 1
+    assert su.reject_counts[REJECT_NO_OUTCOME_ROW] == 1
+    # a null outcome time is no row; of two rows the first wins
+    su = make_samples(
+        ev, task, lab, "day", outcomes_of([(1, True, None), (2, False, us(pt)), (2, True, 0)])
+    )
+    assert su.visits.subject_id.tolist() == [2] and su.time_days.tolist() == [0.0]
+    assert (1, us(pt), REJECT_NO_OUTCOME_ROW) in rejects_of(su)
+    # the input-side exclusions still come first: a prediction time before birth
+    su = make_samples(ev, task, labels_of([(9, us("1950-01-01"))]), "day", outcomes_of(table))
+    assert rejects_of(su) == [(9, us("1950-01-01"), REJECT_BEFORE_BIRTH)]
+    with pytest.raises(ValueError, match="OutcomeArrays"):
+        make_samples(ev, task, lab)
 
 
 def test_rules_at_code_and_days_after_first_record() -> None:
@@ -449,6 +574,10 @@ def test_task_spec_validation_and_pickling() -> None:
         TaskSpec(("DX*",), 3.0, labels="x")
     with pytest.raises(ConfigError, match="event_codes"):
         TaskSpec((), 3.0, labels="x")
+    with pytest.raises(ConfigError, match="outcomes"):
+        TaskSpec(("A",), 3.0, labels="x", outcomes="")
+    t = TaskSpec(("A",), 3.0, labels="x", outcomes="o.parquet")
+    assert pickle.loads(pickle.dumps(t)) == t
 
 
 def test_event_code_mask_and_unmatched_patterns() -> None:
