@@ -5,7 +5,8 @@ over the target only once it is complete (``os.replace`` is atomic on POSIX with
 a reader — or a crash half-way — never leaves or sees a half-written file. On failure the
 temporary file is removed and the target keeps its old content.
 
-Kinds: text, JSON, Parquet, a torch object, and a matplotlib figure as PNG. Local paths only;
+Kinds: text, JSON, Parquet, a torch object, and a matplotlib figure as PNG; and a whole folder
+(:func:`atomic_dir`). Local paths only;
 remote stores (``s3://``) are written whole by pyarrow's filesystems, which are atomic per object.
 """
 
@@ -43,6 +44,36 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary folder next to ``path``; on success it replaces ``path`` whole.
+
+    A reader sees the old folder or the new one (each swap is one ``os.replace``; between the
+    two, for an instant, no folder): never a folder with some files written. On failure the
+    temporary folder is removed and ``path`` is left as it was.
+    """
+    import shutil
+
+    target = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    name = os.path.basename(target)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, suffix="-" + name, dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(target):
+            old = tempfile.mkdtemp(prefix=TMP_PREFIX + "old-", suffix="-" + name, dir=parent)
+            os.replace(target, old)  # onto the empty folder mkdtemp made
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -218,7 +218,7 @@ def _apply(
             source = f"override '{item}'"
             if not sep:
                 raise ConfigError(
-                    "", f"override '{item}' must look like KEY=VALUE, e.g. train.lr=3e-4"
+                    "", f"override '{item}' must look like KEY=VALUE, e.g. train.engine.lr=3e-4"
                 )
             parts = _split_key(key, source)
             value = _parse_value(raw, _field_type(cls, parts), key, source)
@@ -282,13 +282,21 @@ def _field_type(cls: type, parts: tuple[str, ...]) -> Any:
 
 
 def _suggest(cls: type, key: str) -> str | None:
-    """The closest known dotted key, or one with the same last name in another section."""
+    """The key the user most likely meant: one with the same last name deeper in the same
+    section (``train.lr`` -> ``train.engine.lr``), else the closest known dotted key other than
+    a section the key already names (``train.lr`` is not ``train``), else one with the same
+    last name in another section."""
     known = _all_keys(cls)
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    parts = key.split(".")
+    last = parts[-1]
+    same_name = [k for k in known if k.rsplit(".", 1)[-1] == last and k != key]
+    nested = [k for k in same_name if k.split(".")[: len(parts) - 1] == parts[:-1]]
+    if nested:
+        return nested[0]
+    prefixes = {".".join(parts[:n]) for n in range(1, len(parts))}
+    close = difflib.get_close_matches(key, [k for k in known if k not in prefixes], n=1, cutoff=0.6)
     if close:
         return close[0]
-    last = key.rsplit(".", 1)[-1]
-    same_name = [k for k in known if k.rsplit(".", 1)[-1] == last]
     return same_name[0] if same_name else None
 
 

@@ -49,7 +49,7 @@ def load_run(run_dir: str) -> tuple[JobSpec, Vocabulary, dict[str, Any]]:
     if not os.path.exists(cfg):
         raise EhrsurvError(f"{run_dir} is not a run directory (no {rundir.CONFIG})")
     spec = T.with_run_edges(load_config(JobSpec, cfg), run_dir)
-    export_path = rundir.path(run_dir, rundir.EXPORT)
+    export_path = modeling.export_path(run_dir)
     export = modeling.load_export(export_path)
     vocab = Vocabulary.load(rundir.path(run_dir, rundir.VOCAB))
     vocab.check_hash(export["vocab_hash"], source=export_path)
@@ -124,7 +124,7 @@ class ModelScorer:
     """Ray Data actor: holds the exported model; scores one block of compact rows per call.
 
     Args:
-        export_path: the run's consolidated export (``checkpoints/best/model.pt``), read once
+        export_path: the run's model folder (``RUN/model/``, safetensors), read once
             per actor: the run directory lives on storage every node reaches, as Ray Train's
             checkpoints already require.
         batch_spec: batching parameters (the run's).
@@ -238,7 +238,7 @@ class _Scoring:
 
     def __init__(self, spec: JobSpec, run_dir: str, export: dict[str, Any], use_ray: bool) -> None:
         self.spec, self.export, self.use_ray = spec, export, use_ray
-        self.export_path = rundir.path(run_dir, rundir.EXPORT)
+        self.export_path = modeling.export_path(run_dir)
         self.model: torch.nn.Module | None = None
         self.started = False
 

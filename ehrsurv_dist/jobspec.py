@@ -1,7 +1,7 @@
 """The job file: what `ehrsurv pretrain | finetune | tune` read (``jobs/*.yaml`` + overrides).
 
 One typed section per concern, on top of :class:`~ehrsurv_dist.config.JobConfig` (name, seed,
-data, ray). Every field has help text; ``ehrsurv finetune --help-config`` prints them all.
+data, ray). Every field has help text; ``ehrsurv config`` prints them all.
 """
 
 from __future__ import annotations

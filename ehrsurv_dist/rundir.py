@@ -9,7 +9,12 @@
       rejects.parquet          dropped subjects (calendar axis: samples) and the reason
       time_axis.json           calendar axis: the day-bin edges the run trains and predicts on
       metrics.json             per split metrics (+ "train" history)
-      checkpoints/best/model.pt   the exported best model
+      model/                   the exported best model, no pickle in it (train/modeling.py):
+        model.safetensors        fp32 weights (LoRA adapters merged in)
+        adapters.safetensors     LoRA runs only: the unmerged adapters
+        config.json              model type and config, job model/task sections, vocabulary
+                                 hash, mode, epoch, time axis
+        vocab.json               a copy of the run's vocabulary
       predictions/predictions.parquet
       plots/*.png
       ray/                     Ray Train's storage (checkpoints of every epoch, resume state)
@@ -26,8 +31,14 @@ MODE = "MODE"
 VOCAB = "vocab.json"
 REJECTS = REJECTS_FILE
 METRICS = "metrics.json"
-CHECKPOINTS = "checkpoints"
-EXPORT = os.path.join(CHECKPOINTS, "best", "model.pt")
+MODEL_DIR = "model"
+EXPORT = MODEL_DIR  # the export is a folder: MODEL_* below name its files
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_ADAPTERS = "adapters.safetensors"
+MODEL_CONFIG = "config.json"
+MODEL_VOCAB = "vocab.json"
+# Before the model folder: one torch file (a pickle). Read only with torch's weights-only loader.
+LEGACY_EXPORT = os.path.join("checkpoints", "best", "model.pt")
 PREDICTIONS_DIR = "predictions"
 PREDICTIONS = os.path.join(PREDICTIONS_DIR, "predictions.parquet")
 PLOTS = "plots"

@@ -46,7 +46,13 @@ def make_untrained_run() -> Callable[[str, str, Sequence[Any]], Any]:
         model = modeling.build_model(spec, fit.vocab.size, "finetune")
         cfg = modeling.model_config(spec, fit.vocab.size)
         modeling.save_export(
-            os.path.join(out, EXPORT), model.state_dict(), cfg, spec, "finetune", fit.vocab.hash
+            os.path.join(out, EXPORT),
+            model.state_dict(),
+            cfg,
+            spec,
+            "finetune",
+            fit.vocab.hash,
+            vocab_path=os.path.join(out, "vocab.json"),
         )
         return spec
 

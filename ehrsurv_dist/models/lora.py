@@ -283,7 +283,11 @@ def load_lora(model: nn.Module, source: str | Path | dict[str, Tensor]) -> None:
         ValueError: if the keys or shapes differ from the model's adapters, or if adapters are
             merged (unmerge first, or the merged weight would be stale).
     """
-    state = torch.load(Path(source), map_location="cpu") if not isinstance(source, dict) else source
+    state = (
+        torch.load(Path(source), map_location="cpu", weights_only=True)
+        if not isinstance(source, dict)
+        else source
+    )
     layers = lora_layers(model)
     if any(layer.merged for layer in layers.values()):
         raise ValueError("cannot load adapters into merged LoRA layers: call unmerge_lora first")

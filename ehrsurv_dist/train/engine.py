@@ -136,9 +136,10 @@ class TorchEngine(Engine):
         atomic.write_torch(state, os.path.join(path, STATE_DIR, "state.pt"))
 
     def _load_state(self, path: str) -> dict[str, Any]:
-        # weights_only=False: `extra` may hold any picklable loop state; checkpoints are ours.
+        # Weights-only: model, optimizer and scheduler state dicts and `extra` (the loop state's
+        # JSON-able dict) are tensors and plain values, all the safe unpickler builds.
         state = torch.load(
-            os.path.join(path, STATE_DIR, "state.pt"), map_location=self.device, weights_only=False
+            os.path.join(path, STATE_DIR, "state.pt"), map_location=self.device, weights_only=True
         )
         self._module.load_state_dict(state["model"])
         self._optimizer.load_state_dict(state["optimizer"])

@@ -223,9 +223,9 @@ def _init_export(spec: JobSpec, mode: str) -> tuple[str | None, Vocabulary | Non
     (hash-checked against the export), or (None, None)."""
     if not (mode == "finetune" and spec.finetune.init):
         return None, None
-    init_export = os.path.join(spec.finetune.init, EXPORT)
+    init_export = modeling.export_path(spec.finetune.init)  # RUN/model/ (safetensors)
     exp = modeling.load_export(init_export)
-    vocab = Vocabulary.load(os.path.join(spec.finetune.init, VOCAB))
+    vocab = Vocabulary.load(modeling.export_vocab_path(spec.finetune.init))
     vocab.check_hash(exp["vocab_hash"], source=init_export)
     return init_export, vocab
 
@@ -332,7 +332,7 @@ def _fit(
 
 
 def _export_best(spec: JobSpec, mode: str, out: str, fit: Any, result: Any) -> RunResult:
-    """Export the best intact checkpoint's model to ``RUN/checkpoints/best/model.pt``."""
+    """Export the best intact checkpoint's model to the folder ``RUN/model/``."""
     best = _best_checkpoint(result)
     with best.as_directory() as d:
         payload = _load_torch(os.path.join(d, MODEL_FILE))
@@ -345,7 +345,9 @@ def _export_best(spec: JobSpec, mode: str, out: str, fit: Any, result: Any) -> R
         spec,
         mode,
         fit.vocab.hash,
-        extra={"epoch": payload["epoch"]},
+        vocab_path=os.path.join(out, VOCAB),
+        epoch=payload["epoch"],
+        adapters=payload.get("adapters"),
     )
     history = _history(result)
     best_row = max(history, key=lambda r: r.get("val_score", float("-inf"))) if history else {}
@@ -423,5 +425,6 @@ def _history(result: Any) -> list[dict[str, Any]]:
 def _load_torch(path: str) -> dict[str, Any]:
     if not os.path.exists(path):
         raise EhrsurvError(f"checkpoint has no {MODEL_FILE}: {path}")
-    out: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    # Tensors and plain values only (worker.report_epoch): the weights-only loader suffices.
+    out: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     return out

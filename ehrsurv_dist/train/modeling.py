@@ -1,28 +1,40 @@
-"""Model construction from a job spec, and the consolidated export format (pure torch).
+"""Model construction from a job spec, and the model files a run exports (pure torch).
 
-An export (``checkpoints/best/model.pt``) is one file that ``finetune --init``, ``evaluate``
-and ``predict`` load: fp32 weights, the model config, the job's model section, the task and
-the vocabulary hash it was trained with.
+The export is the folder ``RUN/model/`` (``rundir.EXPORT``) that ``finetune --init``,
+``evaluate`` and ``predict`` load. Nothing in it is a pickle, so loading someone else's model
+cannot run code::
+
+    model.safetensors     fp32 weights of the best epoch (LoRA adapters merged in)
+    adapters.safetensors  LoRA runs only: the unmerged adapters (``*.lora_A`` / ``*.lora_B``)
+    config.json           format, model type and config, the job's model and task sections,
+                          the time axis (``task.time_axis``), vocabulary hash, mode, epoch
+    vocab.json            a copy of the run's vocabulary
+
+A run written before the folder has ``checkpoints/best/model.pt`` (``rundir.LEGACY_EXPORT``), a
+torch pickle: it is read with ``torch.load(weights_only=True)``, whose unpickler builds only
+tensors and plain containers; anything else (a class whose unpickling would run code) is
+refused before it is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from ehrsurv_dist import atomic
+from ehrsurv_dist import atomic, rundir
+from ehrsurv_dist import task as T
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.models import builders as B
 from ehrsurv_dist.models.config import BEHRTConfig, HierarchicalConfig, LoRAConfig, LSTMConfig
 from ehrsurv_dist.models.lora import apply_strategy
-from ehrsurv_dist.task import num_bins
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 1  # the fields of the export (same in config.json and in a legacy model.pt)
 ModelConfig = BEHRTConfig | HierarchicalConfig | LSTMConfig
 
 # Model-config fields renamed since exports were first written: old key -> new key. An export's
@@ -39,7 +51,7 @@ def model_config(spec: JobSpec, vocab_size: int) -> ModelConfig:
     """The model config of the job's ``model`` section for a vocabulary of ``vocab_size``
     (on the calendar axis, with one hazard per day bin of the job's resolved ``task.bins``)."""
     m, d = spec.model, spec.data
-    k = num_bins(spec)
+    k = T.num_bins(spec)
     cal = {"num_bins": k} if k else {}
     # model.size is one of tiny/small/medium/large (checked by the job schema), and every
     # architecture but the LSTM has a builder per size: builders.behrt_small, ...
@@ -128,33 +140,145 @@ def save_export(
     spec: JobSpec,
     mode: str,
     vocab_hash: str,
-    extra: dict[str, Any] | None = None,
+    *,
+    vocab_path: str,
+    epoch: int | None = None,
+    adapters: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write the consolidated export atomically."""
-    payload = {
+    """Write the model folder ``path`` (see the module doc) whole, atomically.
+
+    Args:
+        state_dict: the weights (LoRA merged); stored fp32.
+        vocab_path: the run's ``vocab.json``, copied into the folder.
+        adapters: a LoRA run's unmerged adapter tensors, or None.
+    """
+    config = {
         "format": EXPORT_FORMAT,
         "mode": mode,
         "model_type": type(cfg).__name__,
         "model_config": dataclasses.asdict(cfg),
         "job_model": dataclasses.asdict(spec.model),
+        "job_task": dataclasses.asdict(spec.task),
+        "time_axis": T.time_axis(spec),
         "vocab_hash": vocab_hash,
-        "state_dict": {k: v.detach().to("cpu", torch.float32) for k, v in state_dict.items()},
-        **(extra or {}),
+        "epoch": epoch,
     }
-    with atomic.atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    if adapters:
+        config["lora"] = {
+            "rank": spec.finetune.lora_rank,
+            "alpha": spec.finetune.lora_alpha,
+            "scaling": spec.finetune.lora_alpha / spec.finetune.lora_rank,
+        }
+    with atomic.atomic_dir(path) as tmp:
+        _save_tensors(state_dict, os.path.join(tmp, rundir.MODEL_WEIGHTS))
+        if adapters:
+            _save_tensors(adapters, os.path.join(tmp, rundir.MODEL_ADAPTERS))
+        atomic.write_json(config, os.path.join(tmp, rundir.MODEL_CONFIG))
+        with open(vocab_path, "rb") as f:
+            atomic.write_bytes(f.read(), os.path.join(tmp, rundir.MODEL_VOCAB))
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: str) -> None:
+    from safetensors.torch import save_file
+
+    # Own contiguous fp32 copies: safetensors refuses tensors sharing storage (tied weights).
+    save_file(
+        {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()},
+        path,
+        metadata={"format": "pt"},
+    )
+
+
+def export_path(run_dir: str) -> str:
+    """The export of a run directory: ``RUN/model/``, or an older run's ``model.pt``.
+
+    ``run_dir`` may also be a model folder itself (one holding ``config.json``). Returns the
+    model folder's path when neither exists (the loader's error names it).
+    """
+    if os.path.isfile(os.path.join(run_dir, rundir.MODEL_CONFIG)):
+        return run_dir
+    folder = os.path.join(run_dir, rundir.EXPORT)
+    legacy = os.path.join(run_dir, rundir.LEGACY_EXPORT)
+    return legacy if not os.path.exists(folder) and os.path.isfile(legacy) else folder
+
+
+def export_vocab_path(run_dir: str) -> str:
+    """The vocabulary a run's export was trained with (the model folder's copy, else the run's)."""
+    exp = export_path(run_dir)
+    inside = os.path.join(exp, rundir.MODEL_VOCAB)
+    return inside if os.path.isfile(inside) else os.path.join(run_dir, rundir.VOCAB)
 
 
 def load_export(path: str) -> dict[str, Any]:
-    if not os.path.exists(path):
+    """Read an export: a model folder (safetensors + JSON) or a legacy ``model.pt``.
+
+    Returns config.json's fields with ``state_dict`` (and ``adapters`` when saved) added.
+
+    Raises:
+        EhrsurvError: missing, unreadable, of an unknown format, or a pickle that is not plain
+            weights (refused before anything in it is built or run).
+    """
+    if os.path.isdir(path):
+        d = _load_folder(path)
+    elif os.path.isfile(path):
+        d = _load_legacy(path)
+    else:
         raise EhrsurvError(f"no model export at {path}")
-    try:
-        d: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise EhrsurvError(f"cannot read model export {path}: {e}") from None
     if d.get("format") != EXPORT_FORMAT:
         raise EhrsurvError(f"{path}: unknown export format {d.get('format')!r}")
     return d
+
+
+def _load_folder(path: str) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(path, rundir.MODEL_CONFIG)
+    weights = os.path.join(path, rundir.MODEL_WEIGHTS)
+    try:
+        with open(cfg_path) as f:
+            d: dict[str, Any] = json.load(f)
+        if not isinstance(d, dict):
+            raise ValueError("config.json is not a JSON object")
+        d["state_dict"] = load_file(weights, device="cpu")
+        adapters = os.path.join(path, rundir.MODEL_ADAPTERS)
+        if os.path.exists(adapters):
+            d["adapters"] = load_file(adapters, device="cpu")
+    except (OSError, ValueError, SafetensorError) as e:
+        raise EhrsurvError(f"cannot read model export {path}: {e}") from None
+    return d
+
+
+def _load_legacy(path: str) -> dict[str, Any]:
+    """An older run's ``model.pt`` through torch's weights-only unpickler (nothing else)."""
+    import pickle
+
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise EhrsurvError(
+            f"refusing {path}: not a plain weights file, so it is not unpickled "
+            f"({_unpickler_reason(e)}); "
+            "a model is read from a run's model/ folder (safetensors): re-export or retrain "
+            "the run with this version"
+        ) from None
+    except Exception as e:
+        raise EhrsurvError(f"cannot read model export {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise EhrsurvError(f"{path}: not a model export")
+    return d
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The one line of torch's weights-only error that says what was refused (its message is
+    several lines and suggests loading with ``weights_only=False``, which this package never
+    does)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "WeightsUnpickler error:" in ln:
+            reason = ln.split("WeightsUnpickler error:", 1)[1].strip()
+            return reason.split(". ", 1)[0].rstrip(".")
+    return lines[0] if lines else type(e).__name__
 
 
 def model_from_export(export: dict[str, Any]) -> nn.Module:

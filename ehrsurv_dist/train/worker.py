@@ -316,6 +316,9 @@ def report_epoch(
             scaling = rc.spec.finetune.lora_alpha / rc.spec.finetune.lora_rank
             sd = modeling.merge_lora_state(full, scaling) if rc.mode == "finetune" else full
             model = {"state_dict": sd, "epoch": epoch, "improved": improved}
+            adapters = {k: v for k, v in full.items() if k.endswith((".lora_A", ".lora_B"))}
+            if rc.mode == "finetune" and adapters:  # exported unmerged too (model/adapters)
+                model["adapters"] = adapters
             atomic.write_torch(model, os.path.join(d, MODEL_FILE))
             atomic.write_text(
                 json.dumps(state.to_dict(), default=float), os.path.join(d, LOOP_FILE)

@@ -173,7 +173,7 @@ def count_parameters(spec: JobSpec, vocab_size: int) -> tuple[int, int]:
 def export_best_checkpoint(run_dir: str, spec: JobSpec, *, fresh: bool = False) -> bool:
     """Give a run stopped by the scheduler the export a finished run has; False if none.
 
-    A finished run already has ``checkpoints/best/model.pt``; a stopped one has only Ray
+    A finished run already has its ``model/`` folder; a stopped one has only Ray
     Train's checkpoints, each with its epoch's consolidated weights and history: the one with
     the best validation score becomes the export (what ``run_training`` does at the end).
     ``fresh`` rebuilds an existing export (a run that errored, was exported, then resumed).
@@ -184,8 +184,9 @@ def export_best_checkpoint(run_dir: str, spec: JobSpec, *, fresh: bool = False) 
     best = best_checkpoint(run_dir)
     if best is None:
         return False
-    payload = torch.load(os.path.join(best, MODEL_FILE), map_location="cpu", weights_only=False)
-    vocab = Vocabulary.load(os.path.join(run_dir, rundir.VOCAB))
+    payload = torch.load(os.path.join(best, MODEL_FILE), map_location="cpu", weights_only=True)
+    vocab_path = os.path.join(run_dir, rundir.VOCAB)
+    vocab = Vocabulary.load(vocab_path)
     modeling.save_export(
         export,
         payload["state_dict"],
@@ -193,7 +194,9 @@ def export_best_checkpoint(run_dir: str, spec: JobSpec, *, fresh: bool = False) 
         spec,
         "finetune",
         vocab.hash,
-        extra={"epoch": payload["epoch"]},
+        vocab_path=vocab_path,
+        epoch=payload["epoch"],
+        adapters=payload.get("adapters"),
     )
     return True
 

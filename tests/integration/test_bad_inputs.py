@@ -591,7 +591,7 @@ def c_predict_other_vocab(w: World) -> Case:
     out = w.tmp / "pred.parquet"
     return Case(
         ["predict", str(run), "--cohort", w.smoke, "--out", str(out)],
-        ["vocabulary mismatch", str(run / "checkpoints" / "best" / "model.pt")],
+        ["vocabulary mismatch", str(run / "model")],
         code=2,
         absent=[str(out)],
         subprocess=True,
@@ -603,7 +603,7 @@ def c_init_other_vocab(w: World) -> Case:
     _other_vocab(run)
     return Case(
         [*_train("finetune", w, w.smoke), "--init", str(run)],
-        ["vocabulary mismatch", str(run / "checkpoints" / "best" / "model.pt")],
+        ["vocabulary mismatch", str(run / "model")],
         code=2,
         absent=[str(w.tmp / "out")],
     )
@@ -635,13 +635,13 @@ def c_init_not_a_run(w: World) -> Case:
 
 def c_evaluate_corrupt_export(w: World) -> Case:
     run = w.copy_run()
-    export = run / "checkpoints" / "best" / "model.pt"
+    export = run / "model" / "model.safetensors"
     export.write_bytes(export.read_bytes()[:1000])
 
     def check(r: Result) -> None:
         _no_finished_output(run)
 
-    return Case(["evaluate", str(run)], [str(export), "cannot read"], code=2, check=check)
+    return Case(["evaluate", str(run)], [str(run / "model"), "cannot read"], code=2, check=check)
 
 
 def c_predict_truncated_cohort(w: World) -> Case:

@@ -186,7 +186,7 @@ def test_submit_smoke_job_to_local_head(head: Head, tmp_path: Path) -> None:
         pytest.fail(f"job {job_id} ended {status or 'not in 900 s'}:\n{logs[-3000:]}")
 
     # the run directory of DESIGN.md §5, written by the job on the head
-    for name in ("config.yaml", "vocab.json", "metrics.json", "checkpoints/best/model.pt"):
+    for name in ("config.yaml", "vocab.json", "metrics.json", "model/model.safetensors"):
         assert os.path.exists(os.path.join(run, name)), name
     assert os.path.exists(os.path.join(run, "plots", "training_curves.png"))
     m = json.load(open(os.path.join(run, "metrics.json")))

@@ -116,8 +116,8 @@ def test_init_loads_the_pretrained_encoder(
         cohort, "train.epochs=1", "finetune.strategy=frozen", ("finetune.init", pretrained)
     )
     run_training(spec, "finetune", out)
-    pre = modeling.load_export(os.path.join(pretrained, "checkpoints", "best", "model.pt"))
-    ft = modeling.load_export(os.path.join(out, "checkpoints", "best", "model.pt"))
+    pre = modeling.load_export(os.path.join(pretrained, "model"))
+    ft = modeling.load_export(os.path.join(out, "model"))
     enc = [k for k in pre["state_dict"] if k.startswith("encoder.")]
     assert enc
     # frozen: the fine-tuned encoder is exactly the pretrained one; the head trained

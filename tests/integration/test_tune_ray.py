@@ -118,4 +118,4 @@ def test_two_trial_sweep_table_best_and_resume(
 
 
 def _export_mtime(out: str, trial: str) -> float:
-    return os.path.getmtime(os.path.join(out, "trials", trial, "checkpoints", "best", "model.pt"))
+    return os.path.getmtime(os.path.join(out, "trials", trial, "model", "config.json"))
