@@ -600,7 +600,7 @@ def c_predict_other_vocab(w: World) -> Case:
 
 def c_init_other_vocab(w: World) -> Case:
     run = w.copy_run("pre")
-    _other_vocab(run)
+    _other_vocab(run / "model")  # the vocabulary --init reads: the model folder's copy
     return Case(
         [*_train("finetune", w, w.smoke), "--init", str(run)],
         ["vocabulary mismatch", str(run / "model")],
@@ -611,12 +611,13 @@ def c_init_other_vocab(w: World) -> Case:
 
 def c_init_malformed_vocab(w: World) -> Case:
     run = w.copy_run("pre")
-    doc = json.loads((run / "vocab.json").read_text())
+    vocab = run / "model" / "vocab.json"  # the vocabulary --init reads: the model folder's copy
+    doc = json.loads(vocab.read_text())
     doc["codes"] = doc["codes"][:-1]  # counts no longer match the codes
-    (run / "vocab.json").write_text(json.dumps(doc))
+    vocab.write_text(json.dumps(doc))
     return Case(
         [*_train("finetune", w, w.smoke), "--init", str(run)],
-        [str(run / "vocab.json"), "malformed"],
+        [str(vocab), "malformed"],
         code=2,
         absent=[str(w.tmp / "out")],
     )
