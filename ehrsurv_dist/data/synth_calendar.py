@@ -31,6 +31,7 @@ can be changed (``followup_salt``) without touching a history or a rate.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -74,7 +75,7 @@ from ehrsurv_dist.data.synth_codes import (
 )
 from ehrsurv_dist.data.synthetic import (
     BLOCK,
-    ParquetStream,
+    ShardRouter,
     SynthResult,
     code_descriptions,
     meds_rows_table,
@@ -547,6 +548,21 @@ def _codes_metadata() -> tuple[list[str], list[str]]:
 _TS = pa.timestamp("us")
 
 
+def _rows_table(b: CalendarBlock, first_id: int, lo: int, hi: int) -> pa.Table:
+    """The MEDS rows of the block's subjects at cohort positions ``[lo, hi)`` (ids start at
+    ``first_id``; rows are sorted by subject)."""
+    r0, r1 = np.searchsorted(b.row_subject, first_id + np.array([lo, hi]))
+    sl = slice(int(r0), int(r1))
+    return meds_rows_table(
+        b.row_subject[sl],
+        b.row_time_us[sl],
+        b.row_null_time[sl],
+        b.row_code[sl],
+        b.row_value[sl],
+        CAL_NAMES,
+    )
+
+
 def _sample_tables(b: CalendarBlock, horizon_days: float) -> tuple[pa.Table, pa.Table, pa.Table]:
     """(label rows, truth rows, outcome rows) of one block."""
     pt = pa.array(b.prediction_us, pa.int64()).cast(_TS)
@@ -619,38 +635,17 @@ def synthesize_calendar(
     first_id = 10_001
     bounds = np.linspace(0, n_total, k_shards + 1).astype(np.int64)
     per_sample: list[tuple[pa.Table, pa.Table, pa.Table]] = []
-    rows = 0
     with ExitStack() as files:
-        shard_files = files.enter_context(ExitStack())
-        shard: ParquetStream | None = None
-        open_shard = -1
+        router = ShardRouter(files, out, bounds)
         for bi in range(-(-n_total // BLOCK)):
             lo_g, hi_g = bi * BLOCK, min((bi + 1) * BLOCK, n_total)
             blk = generate_calendar_block(bi, hi_g - lo_g, first_id + lo_g, seed, p)
             per_sample.append(_sample_tables(blk, p.horizon_days))
-            for sh in range(k_shards):
-                a, b = max(bounds[sh], lo_g), min(bounds[sh + 1], hi_g)
-                if a >= b:
-                    continue
-                r0, r1 = np.searchsorted(blk.row_subject, first_id + np.array([a, b]))
-                sl = slice(int(r0), int(r1))
-                tbl = meds_rows_table(
-                    blk.row_subject[sl],
-                    blk.row_time_us[sl],
-                    blk.row_null_time[sl],
-                    blk.row_code[sl],
-                    blk.row_value[sl],
-                    CAL_NAMES,
-                )
-                rows += tbl.num_rows
-                if shard is None or sh != open_shard:
-                    shard_files.close()
-                    path = os.path.join(out, S.DATA_SUBDIR, f"shard_{sh:04d}.parquet")
-                    shard, open_shard = ParquetStream(shard_files, path), sh
-                shard.write(tbl)
+            router.write(lo_g, hi_g, functools.partial(_rows_table, blk, first_id))
             if progress is not None:
                 progress(hi_g - lo_g)
-        shard_files.close()
+        router.close()
+    rows = router.rows
 
     labels, truth, outcomes = (pa.concat_tables([s[i] for s in per_sample]) for i in range(3))
     meds.LabelSchema.validate(labels)

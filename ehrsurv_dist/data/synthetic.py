@@ -20,6 +20,7 @@ seed whatever the shard count. Shards are written one row group per block (bound
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -159,6 +160,47 @@ class ParquetStream:
         self.writer.write_table(table)
 
 
+class ShardRouter:
+    """Data shards filled in subject order: each block's rows go to the shards whose subject
+    ranges (``bounds``, positions of the cohort's subjects) it overlaps. One shard is open at a
+    time and is finished (closed and renamed) when the next one starts or on :meth:`close`; on
+    failure ``files`` removes the open one, so only finished shards remain.
+    """
+
+    def __init__(self, files: ExitStack, out: str, bounds: np.ndarray) -> None:
+        self.files = files.enter_context(ExitStack())
+        self.out = out
+        self.bounds = bounds
+        self.shard: ParquetStream | None = None
+        self.open_shard = -1
+        self.rows = 0
+
+    def write(self, lo: int, hi: int, table: Callable[[int, int], pa.Table]) -> None:
+        """Write the block of subject positions ``[lo, hi)``; ``table(a, b)`` gives the MEDS rows
+        of positions ``[a, b)``."""
+        for sh in range(len(self.bounds) - 1):
+            a, b = max(int(self.bounds[sh]), lo), min(int(self.bounds[sh + 1]), hi)
+            if a >= b:
+                continue
+            tbl = table(a, b)
+            self.rows += tbl.num_rows
+            if self.shard is None or sh != self.open_shard:
+                self.files.close()
+                path = os.path.join(self.out, S.DATA_SUBDIR, f"shard_{sh:04d}.parquet")
+                self.shard, self.open_shard = ParquetStream(self.files, path), sh
+            self.shard.write(tbl)
+
+    def close(self) -> None:
+        """Finish the open shard."""
+        self.files.close()
+
+
+def _block_rows_between(blk: Block, lo: int, a: int, b: int) -> pa.Table:
+    """The MEDS rows of the block's subjects at cohort positions ``[a, b)`` (the block starts at
+    position ``lo``)."""
+    return _block_data_table(blk, a - lo, b - lo)
+
+
 def _write_blocks(
     out: str,
     n_total: int,
@@ -179,34 +221,19 @@ def _write_blocks(
     first_id = 10_001
     bounds = np.linspace(0, n_total, k_shards + 1).astype(np.int64)  # shard subject ranges
     outcomes: list[pa.Table] = []
-    rows = 0
     with ExitStack() as files:
         truth = ParquetStream(files, os.path.join(out, S.TRUTH_FILE))
-        # the open shard, finished with .close() when the next one starts
-        shard_files = files.enter_context(ExitStack())
-        shard: ParquetStream | None = None
-        open_shard = -1
+        shards = ShardRouter(files, out, bounds)
         for bi in range(-(-n_total // BLOCK)):
             lo_g, hi_g = bi * BLOCK, min((bi + 1) * BLOCK, n_total)
             blk = generate_block(bi, hi_g - lo_g, first_id + lo_g, seed, max_visits, hp)
             outcomes.append(_block_outcomes(blk))
             truth.write(_block_truth(blk))
-            # split the block's subjects over the shards whose ranges it overlaps
-            for sh in range(k_shards):
-                a, b = max(bounds[sh], lo_g), min(bounds[sh + 1], hi_g)
-                if a >= b:
-                    continue
-                tbl = _block_data_table(blk, int(a - lo_g), int(b - lo_g))
-                rows += tbl.num_rows
-                if shard is None or sh != open_shard:
-                    shard_files.close()
-                    path = os.path.join(out, S.DATA_SUBDIR, f"shard_{sh:04d}.parquet")
-                    shard, open_shard = ParquetStream(shard_files, path), sh
-                shard.write(tbl)
+            shards.write(lo_g, hi_g, functools.partial(_block_rows_between, blk, lo_g))
             if progress is not None:
                 progress(hi_g - lo_g)
-        shard_files.close()  # the last shard before truth.parquet, as shards always come first
-    return outcomes, rows
+        shards.close()  # the last shard before truth.parquet, as shards always come first
+    return outcomes, shards.rows
 
 
 def code_descriptions() -> tuple[list[str], list[str]]:
