@@ -52,6 +52,7 @@ from ehrsurv_dist import atomic, rundir
 from ehrsurv_dist import metrics as M
 from ehrsurv_dist import schema as S
 from ehrsurv_dist import task as T
+from ehrsurv_dist.bench.table import cell, td_ci_cell
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.jobspec import JobSpec
 
@@ -471,45 +472,6 @@ def run_baselines(
     return rows
 
 
-def calendar_run_entry(
-    row: Any, run: str, m: dict[str, Any], spec: JobSpec, res: Any, wall: float, train_s: float
-) -> dict[str, Any]:
-    """The table entry of a finished calendar fine-tuning run."""
-    from ehrsurv_dist.data.vocab import Vocabulary
-    from ehrsurv_dist.tune import count_parameters
-
-    vocab_size = Vocabulary.load(rundir.path(run, rundir.VOCAB)).size
-    trainable, total = count_parameters(T.with_run_edges(spec, run), vocab_size)
-    held, tun, tr = m[S.HELD_OUT_SPLIT], m[S.TUNING_SPLIT], m[S.TRAIN_SPLIT]
-    td_tr, td_tun = tr.get("c_index_td"), tun.get("c_index_td")
-    return {
-        "name": row.name,
-        "label": row.label,
-        **metrics_entry(held),
-        "trainable_params": trainable,
-        "total_params": total,
-        "wall_s": wall,
-        "train_s": train_s,
-        "epochs_to_best": res.best_epoch + 1,
-        "epochs_run": len(res.history),
-        "train_c_index_td": td_tr,
-        "tuning_c_index_td": td_tun,
-        "train_val_gap": None if td_tr is None or td_tun is None else td_tr - td_tun,
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# The table
-
-
-def _fmt(x: Any, nd: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "–"
-    if isinstance(x, int):
-        return f"{x:,}"
-    return f"{x:.{nd}f}"
-
-
 def calendar_summary_table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of the calendar bench."""
     head = (
@@ -518,16 +480,12 @@ def calendar_summary_table(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        ci = r.get("c_index_td_ci")
-        td = _fmt(r.get("c_index_td"))
-        if ci and None not in ci:
-            td += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
         ns, ne = r.get("n_samples"), r.get("n_events")
         lines.append(
-            f"| {r['label']} | {td} | {_fmt(r.get('c_index_harrell'))} "
-            f"| {_fmt(r.get('c_index_uno'))} | {_fmt(r.get('ibs'))} | {_fmt(r.get('ece'), 3)} "
-            f"| {_fmt(ns)} / {_fmt(ne)} | {_fmt(r.get('trainable_params'))} "
-            f"| {_fmt(r.get('wall_s'), 0)} |"
+            f"| {r['label']} | {td_ci_cell(r)} | {cell(r.get('c_index_harrell'))} "
+            f"| {cell(r.get('c_index_uno'))} | {cell(r.get('ibs'))} | {cell(r.get('ece'), 3)} "
+            f"| {cell(ns)} / {cell(ne)} | {cell(r.get('trainable_params'))} "
+            f"| {cell(r.get('wall_s'), 0)} |"
         )
     return "\n".join(lines)
 

@@ -33,6 +33,9 @@ import numpy as np
 
 from ehrsurv_dist import atomic, rundir
 from ehrsurv_dist import schema as S
+from ehrsurv_dist import task as T
+from ehrsurv_dist.bench.calendar import metrics_entry
+from ehrsurv_dist.bench.table import cell, difference, td_ci_cell
 from ehrsurv_dist.config import load_config
 from ehrsurv_dist.data.synth_report import write_synth_report
 from ehrsurv_dist.data.synthetic import synthesize
@@ -143,26 +146,14 @@ def run_row(
     train_s = time.perf_counter() - t0
     m = evaluate_run(run, splits=(S.TRAIN_SPLIT, S.TUNING_SPLIT, S.HELD_OUT_SPLIT), n_boot=n_boot)
     wall = time.perf_counter() - t0
-    if job is not None:
-        from ehrsurv_dist.bench.calendar import calendar_run_entry
-
-        entry = calendar_run_entry(row, run, m, spec, res, wall, train_s)
-        atomic.write_json(entry, os.path.join(run, "bench_row.json"))
-        return entry
     vocab_size = Vocabulary.load(rundir.path(run, rundir.VOCAB)).size
-    trainable, total = count_parameters(spec, vocab_size)
+    # the run's own day bins size a calendar head (the spec's are resolved at launch)
+    trainable, total = count_parameters(T.with_run_edges(spec, run), vocab_size)
     held, tun, tr = m[S.HELD_OUT_SPLIT], m[S.TUNING_SPLIT], m[S.TRAIN_SPLIT]
-    cal = held.get("calibration") or {}
     entry = {
         "name": row.name,
         "label": row.label,
-        "c_index_td": held.get("c_index_td"),
-        "c_index_td_ci": held.get("c_index_td_ci"),
-        "c_index_harrell": held.get("c_index_harrell"),
-        "c_index_uno": held.get("c_index_uno"),
-        "ibs": held.get("ibs"),
-        "ibs_ci": held.get("ibs_ci"),
-        "ece": cal.get("ece"),
+        **(metrics_entry(held) if job is not None else _visit_metrics(held)),
         "trainable_params": trainable,
         "total_params": total,
         "wall_s": wall,
@@ -171,18 +162,28 @@ def run_row(
         "epochs_run": len(res.history),
         "train_c_index_td": tr.get("c_index_td"),
         "tuning_c_index_td": tun.get("c_index_td"),
-        "train_val_gap": _diff(tr.get("c_index_td"), tun.get("c_index_td")),
-        "length_only_auc": (held.get("length_only") or {}).get("auc_length_event"),
-        "truncated_c_index_td": (held.get("leakage") or {}).get("random_truncation_c_index_td"),
+        "train_val_gap": difference(tr.get("c_index_td"), tun.get("c_index_td")),
     }
+    if job is None:  # the visit axis's leakage diagnostics
+        entry["length_only_auc"] = (held.get("length_only") or {}).get("auc_length_event")
+        entry["truncated_c_index_td"] = (held.get("leakage") or {}).get(
+            "random_truncation_c_index_td"
+        )
     atomic.write_json(entry, os.path.join(run, "bench_row.json"))
     return entry
 
 
-def _diff(a: Any, b: Any) -> float | None:
-    if a is None or b is None:
-        return None
-    return float(a) - float(b)
+def _visit_metrics(held: dict[str, Any]) -> dict[str, Any]:
+    """The table columns of a visit-axis split's metrics."""
+    return {
+        "c_index_td": held.get("c_index_td"),
+        "c_index_td_ci": held.get("c_index_td_ci"),
+        "c_index_harrell": held.get("c_index_harrell"),
+        "c_index_uno": held.get("c_index_uno"),
+        "ibs": held.get("ibs"),
+        "ibs_ci": held.get("ibs_ci"),
+        "ece": (held.get("calibration") or {}).get("ece"),
+    }
 
 
 def oracle_row(cohort: str) -> dict[str, Any]:
@@ -199,14 +200,6 @@ def oracle_row(cohort: str) -> dict[str, Any]:
     }
 
 
-def _fmt(x: Any, nd: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "–"
-    if isinstance(x, int):
-        return f"{x:,}"
-    return f"{x:.{nd}f}"
-
-
 def summary_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| model | held-out td-C [95% CI] | Harrell C | IBS | ECE | trainable params | wall s "
@@ -214,16 +207,12 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        ci = r.get("c_index_td_ci")
-        td = _fmt(r.get("c_index_td"))
-        if ci and None not in ci:
-            td += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
         lines.append(
-            f"| {r['label']} | {td} | {_fmt(r.get('c_index_harrell'))} | {_fmt(r.get('ibs'))} "
-            f"| {_fmt(r.get('ece'), 3)} | {_fmt(r.get('trainable_params'))} "
-            f"| {_fmt(r.get('wall_s'), 0)} | {_fmt(r.get('epochs_to_best'))} "
-            f"| {_fmt(r.get('train_val_gap'), 3)} | {_fmt(r.get('length_only_auc'), 3)} "
-            f"| {_fmt(r.get('truncated_c_index_td'))} |"
+            f"| {r['label']} | {td_ci_cell(r)} | {cell(r.get('c_index_harrell'))} | {cell(r.get('ibs'))} "
+            f"| {cell(r.get('ece'), 3)} | {cell(r.get('trainable_params'))} "
+            f"| {cell(r.get('wall_s'), 0)} | {cell(r.get('epochs_to_best'))} "
+            f"| {cell(r.get('train_val_gap'), 3)} | {cell(r.get('length_only_auc'), 3)} "
+            f"| {cell(r.get('truncated_c_index_td'))} |"
         )
     return "\n".join(lines)
 
