@@ -34,10 +34,14 @@ from ehrsurv_dist.train.loop import Predictions
 
 
 def survival_at_edges(p: Predictions) -> np.ndarray:
-    """float64 [N, K]: S at the bins' right edges, ``Π_{l≤j} (1 − h_l)`` in log space."""
+    """float64 [N, K]: S at the bins' right edges, ``Π_{l≤j} (1 − h_l)`` (the log-space
+    survival of :class:`~ehrsurv_dist.metrics.HazardTable`, as on the visit axis; every row
+    holds the K bins' hazards)."""
     n = len(p.subject_id)
-    h = np.asarray(p.values, dtype=np.float64).reshape(n, -1) if n else np.zeros((0, 0))
-    return np.exp(np.cumsum(np.log1p(-np.clip(h, 0.0, 1.0 - 1e-12)), axis=1))
+    if n == 0:
+        return np.zeros((0, 0))
+    table = M.hazard_table_from_csr(p.values, p.offsets)
+    return np.exp(table.log_survival_flat).reshape(n, -1)
 
 
 def predictions_table(p: Predictions, split: str, edges: list[float]) -> pa.Table:
@@ -163,19 +167,8 @@ def _oracle(
     truth = pq.read_table(path)
     if SC.TRUTH_RATE_OBSERVABLE not in truth.column_names:
         return None
-    keys = [S.SUBJECT_ID, S.PREDICTION_TIME]
-    want = pa.table(
-        {
-            S.SUBJECT_ID: pa.array(p.subject_id, pa.int64()),
-            S.PREDICTION_TIME: pa.array(p.extra[S.PREDICTION_TIME], pa.int64()),
-            "__row": pa.array(np.arange(len(p.subject_id)), pa.int64()),
-        }
-    )
-    have = truth.select(keys + [SC.TRUTH_RATE, SC.TRUTH_RATE_OBSERVABLE]).set_column(
-        1, S.PREDICTION_TIME, truth[S.PREDICTION_TIME].cast(pa.int64())
-    )
-    rows = want.join(have, keys, join_type="inner").sort_by("__row")
-    if rows.num_rows != len(p.subject_id):
+    rows = SC.truth_for_samples(truth, p.subject_id, p.extra[S.PREDICTION_TIME])
+    if rows is None:
         return None  # samples the generator has no truth for (e.g. another rule's samples)
     out: dict[str, Any] = {}
     for name, observable in (("observable", True), ("frailty", False)):

@@ -21,6 +21,7 @@ from ehrsurv_dist.data import io
 from ehrsurv_dist.data.samples import TaskSpec
 from ehrsurv_dist.errors import ConfigError
 from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.metrics.calendar import time_axis_dict
 from ehrsurv_dist.rundir import TIME_AXIS
 
 
@@ -109,7 +110,7 @@ def time_axis(spec: JobSpec) -> dict[str, Any]:
     edges = edges_of(spec)
     if edges is None:
         return {"axis": "visit", "unit": "visit"}
-    return {"axis": "calendar", "unit": "day", "edges": edges}
+    return time_axis_dict(edges)
 
 
 def save_time_axis(spec: JobSpec, path: str) -> None:

@@ -318,23 +318,11 @@ def read_truth(cohort: str) -> pa.Table:
 def oracle_rows(cohort: str, ref: Reference, spec: JobSpec, n_boot: int) -> list[dict[str, Any]]:
     """``oracle`` (``rate_observable``) and ``oracle_frailty`` (``rate``) on the held-out
     samples, truth joined on (subject_id, prediction_time)."""
-    from ehrsurv_dist.data.synth_calendar import oracle_survival
+    from ehrsurv_dist.data.synth_calendar import oracle_survival, truth_for_samples
 
-    truth = read_truth(cohort)
-    tk = Samples(
-        np.asarray(truth[S.SUBJECT_ID].to_numpy(), np.int64),
-        np.asarray(truth[S.PREDICTION_TIME].cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()),
-        np.zeros(truth.num_rows),
-        np.zeros(truth.num_rows, bool),
-    ).keys()
-    # align over the held-out keys only: truth has every sample of the cohort
-    order = np.argsort(tk)
-    target = ref.held.keys()
-    pos = np.minimum(np.searchsorted(tk[order], target), len(tk) - 1)
-    idx = order[pos]
-    if not np.array_equal(tk[idx], target):
-        raise ValueError(f"{int(np.sum(tk[idx] != target))} held-out samples have no truth row")
-    sub = truth.take(pa.array(idx))
+    sub = truth_for_samples(read_truth(cohort), ref.held.subject_id, ref.held.prediction_us)
+    if sub is None:
+        raise ValueError("some held-out samples have no truth row")
     rows = []
     for (name, label), observable in zip(BASELINE_ROWS[:2], (True, False), strict=True):
         t0 = time.perf_counter()

@@ -464,6 +464,28 @@ def _lab_values(rng: np.random.Generator, code: np.ndarray) -> np.ndarray:
     return v
 
 
+def truth_for_samples(
+    truth: pa.Table, subject_id: np.ndarray, prediction_time_us: np.ndarray
+) -> pa.Table | None:
+    """The truth rows of the given samples (subject, prediction time µs), in their order; None
+    when some sample has no truth row (e.g. another rule's samples)."""
+    keys = [S.SUBJECT_ID, S.PREDICTION_TIME]
+    want = pa.table(
+        {
+            S.SUBJECT_ID: pa.array(subject_id, pa.int64()),
+            S.PREDICTION_TIME: pa.array(prediction_time_us, pa.int64()),
+            "__row": pa.array(np.arange(len(subject_id)), pa.int64()),
+        }
+    )
+    have = truth.set_column(
+        truth.schema.get_field_index(S.PREDICTION_TIME),
+        S.PREDICTION_TIME,
+        truth[S.PREDICTION_TIME].cast(pa.timestamp("us")).cast(pa.int64()),
+    )
+    rows = want.join(have, keys, join_type="inner").sort_by("__row")
+    return rows if rows.num_rows == len(subject_id) else None
+
+
 def oracle_survival(truth: pa.Table, edges_days: np.ndarray, observable: bool = True) -> np.ndarray:
     """Exact survival of every sample at the bin edges: ``S(e_j) = exp(−rate · e_j)``.
 
