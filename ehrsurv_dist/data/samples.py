@@ -86,6 +86,7 @@ REASONS: tuple[str, ...] = (
 _REASONS = np.array(REASONS, dtype=object)
 _R = {r: i for i, r in enumerate(REASONS)}  # reason -> its index in REASONS
 _I64_MAX = np.iinfo(np.int64).max
+_I64_MIN = np.iinfo(np.int64).min
 _MAX_NAMED = 5  # offending subjects named in an error message
 
 
@@ -435,41 +436,43 @@ class SampleUnit:
 
 @dataclass
 class _Timed:
-    """The unit's timed rows stably sorted by (subject, visit key), with per-subject facts.
+    """The unit's rows stably sorted by (subject, visit key), with per-subject facts. Static
+    rows (null time) stay, with the smallest key: first in their subject, inside every as-of
+    cut, and dropped by :func:`group_visits` as everywhere (not copying them out saves a pass
+    of gathers over the unit).
 
     ``pos`` are positions into the sorted rows; subject ``i`` (of ``subjects``) holds sorted
     rows ``start[i]:end[i]``.
     """
 
-    sid: np.ndarray  # int64 [RT]
-    tu: np.ndarray  # int64 [RT]
-    key: np.ndarray  # int64 [RT]
-    code: np.ndarray  # int32 [RT]
-    subjects: np.ndarray  # int64 [NT], sorted
-    start: np.ndarray  # int64 [NT]
-    end: np.ndarray  # int64 [NT]
+    sid: np.ndarray  # int64 [R]
+    tu: np.ndarray  # int64 [R] (0 where null)
+    null: np.ndarray  # bool [R]: static rows
+    key: np.ndarray  # int64 [R] (_I64_MIN where null)
+    code: np.ndarray  # int32 [R]
+    subjects: np.ndarray  # int64 [N], sorted: every subject of the unit
+    start: np.ndarray  # int64 [N]
+    end: np.ndarray  # int64 [N]
 
 
 def _timed_rows(ev: EventArrays, g: int) -> _Timed:
-    """Timed rows stably sorted by (subject, visit key): a visit's rows keep their order of
-    appearance, as in :func:`group_visits`; no copy or sort when already in order."""
-    if bool(ev.time_null.any()):
-        rows = np.flatnonzero(~ev.time_null)
-        sid, tu, code = ev.subject_id[rows], ev.time_us[rows], ev.code_index[rows]
-    else:
-        sid, tu, code = ev.subject_id, ev.time_us, ev.code_index
+    """Rows stably sorted by (subject, visit key), statics first: a visit's rows keep their
+    order of appearance, as in :func:`group_visits`; no copy or sort when already in order."""
+    sid, tu, null, code = ev.subject_id, ev.time_us, ev.time_null, ev.code_index
     key = np.floor_divide(tu, g)
+    if bool(null.any()):
+        key[null] = _I64_MIN
     if len(sid) > 1 and not bool(
         np.all((sid[1:] > sid[:-1]) | ((sid[1:] == sid[:-1]) & (key[1:] >= key[:-1])))
     ):
         o = np.lexsort((key, sid))
-        sid, tu, code, key = sid[o], tu[o], code[o], key[o]
+        sid, tu, null, code, key = sid[o], tu[o], null[o], code[o], key[o]
     new_s = np.empty(len(sid), dtype=bool)
     new_s[:1] = True
     np.not_equal(sid[1:], sid[:-1], out=new_s[1:])
     start = np.flatnonzero(new_s)
     end = np.append(start[1:], len(sid)).astype(np.int64)
-    return _Timed(sid, tu, key, code, sid[start], start, end)
+    return _Timed(sid, tu, null, key, code, sid[start], start, end)
 
 
 def _subject_reduce(
@@ -477,7 +480,7 @@ def _subject_reduce(
 ) -> np.ndarray:
     """int64 [NT + 1]: ``ufunc`` per subject over ``values`` of its sorted rows (``rows``: the
     positions ``values`` [m] hold, ascending; None = every row); ``fill`` for subjects without
-    such a row and for the extra last slot (subjects without timed rows)."""
+    such a row and for the extra last slot (subjects not in the unit)."""
     nt = len(tr.subjects)
     out = np.full(nt + 1, fill, dtype=np.int64)
     if rows is None:
@@ -525,7 +528,7 @@ def _prediction_times(
         lab = labels.for_subjects(all_subjects)
         return lab.subject_id, lab.prediction_time_us
     if task.at_code is not None:
-        sel = np.flatnonzero(is_at[tr.code])
+        sel = np.flatnonzero(is_at[tr.code] & ~tr.null)
         s, t = tr.sid[sel], tr.tu[sel]
         if len(s) > 1:
             o = np.lexsort((t, s))
@@ -593,26 +596,25 @@ def make_samples(
 
     tr = _timed_rows(ev, g)
     nt = len(tr.subjects)
-    # Per-subject facts, with one extra slot (index nt) for subjects without timed rows; the
-    # births and event rows are few, so their subsets are cheap.
+    # Per-subject facts over the timed rows, with one extra slot (index nt) for subjects not in
+    # the unit; the births and event rows are few, so their subsets are cheap.
     row_cls = cls[tr.code]
     marked = np.flatnonzero(row_cls)
+    marked = marked[~tr.null[marked]]
     m_cls = row_cls[marked]
     bsel, esel = marked[(m_cls & 1) > 0], marked[(m_cls & 2) > 0]
-    last_rec = _subject_reduce(np.maximum, tr, tr.tu, None, np.iinfo(np.int64).min)
+    any_null = bool(tr.null.any())
+    timed_tu = np.where(tr.null, _I64_MIN, tr.tu) if any_null else tr.tu
+    last_rec = _subject_reduce(np.maximum, tr, timed_tu, None, _I64_MIN)
     birth = _subject_reduce(np.minimum, tr, tr.tu[bsel], bsel, _I64_MAX)
     first_ev = _subject_reduce(np.minimum, tr, tr.tu[esel], esel, _I64_MAX)
     if task.days_after_first_record is not None or task.min_history_days > 0:
-        not_birth = np.where((row_cls & 1) > 0, _I64_MAX, tr.tu)
+        not_birth = np.where(((row_cls & 1) > 0) | tr.null, _I64_MAX, tr.tu)
         first_rec = _subject_reduce(np.minimum, tr, not_birth, None, _I64_MAX)
     else:  # not needed
         first_rec = np.full(nt + 1, _I64_MAX, dtype=np.int64)
 
-    # Every subject of the unit: those with timed rows, and the few with static rows only.
-    all_subjects = tr.subjects
-    if bool(ev.time_null.any()):
-        all_subjects = np.union1d(tr.subjects, sorted_unique(ev.subject_id[ev.time_null]))
-    s_sid, s_pt = _prediction_times(tr, task, labels, all_subjects, is_at, first_rec[:nt])
+    s_sid, s_pt = _prediction_times(tr, task, labels, tr.subjects, is_at, first_rec[:nt])
     n = len(s_sid)
 
     # Exclusions, the first that applies wins.
@@ -625,7 +627,7 @@ def make_samples(
     reason[(reason < 0) & (s_pt > last)] = _R[REJECT_AFTER_LAST]
     if use_table:
         assert outcomes is not None
-        o_has, o_ev, o_t = _sample_outcomes(outcomes, s_sid, all_subjects)
+        o_has, o_ev, o_t = _sample_outcomes(outcomes, s_sid, tr.subjects)
         reason[(reason < 0) & ~o_has] = _R[REJECT_NO_OUTCOME_ROW]
         reason[(reason < 0) & o_ev & (o_t <= s_pt)] = _R[REJECT_NOT_AT_RISK]
         reason[(reason < 0) & o_has & ~o_ev & (o_t < s_pt)] = _R[REJECT_CENSORED_BEFORE]
@@ -665,12 +667,12 @@ def make_samples(
     # The cut rows, keyed by subject when each has one sample (no copy when the cut keeps
     # every row), else by the sample's position.
     if pos is None:
-        cut = EventArrays(tr.sid, tr.tu, np.zeros(len(tr.sid), bool), tr.code, ev.dictionary)
+        cut = EventArrays(tr.sid, tr.tu, tr.null, tr.code, ev.dictionary)
     else:
         cut = EventArrays(
             tr.sid[pos] if one_per_subject else np.repeat(np.arange(len(cand)), n_le),
             tr.tu[pos],
-            np.zeros(len(pos), dtype=bool),
+            tr.null[pos],
             tr.code[pos],
             ev.dictionary,
         )
