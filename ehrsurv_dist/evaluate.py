@@ -306,7 +306,8 @@ class _Scoring:
 
     def __enter__(self) -> _Scoring:
         if not self.use_ray:
-            self.model = self.built or modeling.model_from_export(self.export)
+            built = self.built
+            self.model = built if built is not None else modeling.model_from_export(self.export)
             return self
         import ray  # Ray at the edge (see num_scorers)
 
