@@ -386,6 +386,7 @@ def evaluate_run(
         CohortError: ``splits`` given for a cohort without its own split file.
     """
     spec, vocab, export = load_run(run_dir, overrides)
+    _check_out(run_dir, out, new_cohort=cohort is not None)
     if cohort is None:
         if outcomes is not None or labels is not None:
             raise EhrsurvError(
@@ -394,7 +395,6 @@ def evaluate_run(
         splits = splits or EVAL_SPLITS
         train_split: str | None = S.TRAIN_SPLIT
     else:
-        _check_new_cohort_out(run_dir, out)
         if T.is_calendar(spec) and spec.task.outcomes is not None and outcomes is None:
             raise EhrsurvError(
                 f"{run_dir} reads its outcomes from an outcome table (task.outcomes): give "
@@ -418,20 +418,25 @@ def evaluate_run(
     return _score_splits(out, spec, train, preds, n_boot)
 
 
-def _check_new_cohort_out(run_dir: str, out: str | None) -> None:
-    """Scores of another cohort go to their own directory, never into the run's."""
+def _check_out(run_dir: str, out: str | None, new_cohort: bool) -> None:
+    """Scores of another cohort go to their own directory, never into the run's; an ``out``
+    other than the run directory is never another run's."""
     if out is None:
-        raise OutputError(
-            "evaluating another cohort needs --out DIR (the run directory keeps "
-            "the scores of its own cohort)"
-        )
+        if new_cohort:
+            raise OutputError(
+                "evaluating another cohort needs --out DIR (the run directory keeps "
+                "the scores of its own cohort)"
+            )
+        return
     if os.path.realpath(out) == os.path.realpath(run_dir):
-        raise OutputError(
-            f"--out {out} is the run directory: the scores of another cohort go to a folder of "
-            "their own"
-        )
+        if new_cohort:
+            raise OutputError(
+                f"--out {out} is the run directory: the scores of another cohort go to a "
+                "folder of their own"
+            )
+        return
     if os.path.exists(rundir.path(out, rundir.CONFIG)):
-        raise OutputError(f"--out {out} is a run directory; give a new folder")
+        raise OutputError(f"--out {out} is another run's directory; give a new folder")
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputError(f"--out {out} exists and is not a directory")
 

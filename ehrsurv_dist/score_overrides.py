@@ -54,10 +54,9 @@ REFUSED: tuple[tuple[str, str], ...] = (
 HELP = (
     "dotted config overrides that change how the run is scored, not the trained model: "
     "eval.* (e.g. eval.actors=2, eval.n_boot=100), ray.*, train.use_gpu (false: score a "
-    "GPU-trained run on CPU), finetune.risk_score/risk_k/risk_n, and data-loading knobs "
-    "(data.batch_size, data.cache, data.window_batches, data.pad_multiple, "
-    "data.worker_cache_mb, data.prefetch_batches, data.drop_bad_subjects, data.split_seed). "
-    "Keys of the model, its vocabulary, its inputs (data.max_seq_len, ...) or its task "
+    "GPU-trained run on CPU), finetune.risk_score/risk_k/risk_n, and the data-loading knobs "
+    + ", ".join(k for k in ALLOWED if k.startswith("data."))
+    + ". Keys of the model, its vocabulary, its inputs (data.max_seq_len, ...) or its task "
     "(task.*, bins) are refused"
 )
 

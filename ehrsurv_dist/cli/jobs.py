@@ -94,11 +94,14 @@ def cmd_train(args: argparse.Namespace, mode: str) -> int:
     return EXIT_OK
 
 
-def summary(metrics: dict[str, Any], out: str) -> str:
-    """The lines printed after a run: best epoch and score, then the metrics of each split."""
+def summary(metrics: dict[str, Any], out: str, header: str | None = None) -> str:
+    """The lines printed after a run: best epoch and score (or ``header``), then the metrics of
+    each split."""
     t = metrics["train"]
     lines = [
-        f"run {out}: {t['mode']}, best epoch {t['best_epoch']}, val score {t['best_val_score']:.4f}"
+        header
+        or f"run {out}: {t['mode']}, best epoch {t['best_epoch']}, "
+        f"val score {t['best_val_score']:.4f}"
     ]
     for split in ("train", "tuning", "held_out", "all"):  # all: a new cohort's subjects
         m = metrics.get(split)
@@ -235,7 +238,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     old.update(res)
     write_json_atomic(old, path)
     no_train = {"mode": "finetune", "best_epoch": -1, "best_val_score": float("nan")}
-    print(summary({"train": old.get("train", no_train), **res}, out))
+    header = f"run {args.run} scored on cohort {args.cohort}" if args.cohort else None
+    print(summary({"train": old.get("train", no_train), **res}, out, header))
     return EXIT_OK
 
 

@@ -96,6 +96,22 @@ def test_refusal_reasons_match_the_allow_list() -> None:
     assert refusal("model") == "it changes the trained model's architecture"
 
 
+def test_every_job_key_has_a_decision_and_the_lists_name_real_keys() -> None:
+    """A key added to the job later is classified by its section (never the fallback), and the
+    allow / refuse lists name keys that exist (a renamed key cannot go stale silently)."""
+    from ehrsurv_dist.config import describe
+    from ehrsurv_dist.jobspec import JobSpec
+    from ehrsurv_dist.score_overrides import ALLOWED, REFUSED
+
+    keys = [k for k, *_ in describe(JobSpec)]
+    assert [k for k in keys if refusal(k) == "it is not a scoring setting"] == []
+    allowed = [k for k in keys if refusal(k) is None]
+    assert "eval.actors" in allowed and "train.use_gpu" in allowed and len(allowed) == 19
+    for pattern in [*ALLOWED, *(p for p, _ in REFUSED)]:
+        name = pattern.rstrip(".")
+        assert name in keys or any(k.startswith(name + ".") for k in keys), pattern
+
+
 def test_unknown_override_keys_are_left_to_the_loader_and_its_suggestion(
     tmp_path: Path, visit_run: str
 ) -> None:
@@ -429,3 +445,40 @@ def test_cli_takes_overrides_after_the_options_and_refuses_other_strays(
     assert ei.value.code == 2
     with pytest.raises(SystemExit):
         main(["predict", visit_run, "--cohort", cohorts["new"], "--out", "o.parquet", "--bad=1"])
+
+
+def test_evaluate_the_runs_own_cohort_into_another_folder(
+    visit_run: str, cohorts: dict[str, str], tmp_path: Path
+) -> None:
+    """Without --cohort, --out takes the scores of the run's own splits elsewhere (e.g. with
+    other eval.* overrides), but never into another run's directory."""
+    from ehrsurv_dist.evaluate import evaluate_run
+
+    before = sorted(os.listdir(visit_run))
+    out = str(tmp_path / "again")
+    res = evaluate_run(visit_run, (S.HELD_OUT_SPLIT,), 0, use_ray=False, out=out)
+    splits = pq.read_table(os.path.join(cohorts["own"], S.SUBJECT_SPLITS_PATH)).to_pandas()
+    n_held = int((splits[S.SPLIT] == S.HELD_OUT_SPLIT).sum())
+    assert res[S.HELD_OUT_SPLIT]["n_subjects"] == n_held
+    pred = pq.read_table(os.path.join(out, "predictions", "predictions.parquet"))
+    assert pred.num_rows == n_held
+    assert sorted(os.listdir(visit_run)) == before
+    other = tmp_path / "other_run"
+    other.mkdir()
+    (other / "config.yaml").write_text("name: x\n")
+    with pytest.raises(OutputError, match="another run's directory"):
+        evaluate_run(visit_run, (S.HELD_OUT_SPLIT,), 0, use_ray=False, out=str(other))
+    with pytest.raises(OutputError, match="another run's directory"):
+        evaluate_run(visit_run, None, use_ray=False, cohort=cohorts["new"], out=str(other))
+
+
+def test_summary_of_a_new_cohort_names_it() -> None:
+    from ehrsurv_dist.cli.jobs import summary
+
+    no_train = {"mode": "finetune", "best_epoch": -1, "best_val_score": float("nan")}
+    m = {"n_subjects": 12, "n_events": 3, "c_index_td": 0.61, "c_index_td_ci": [0.5, 0.7]}
+    text = summary({"train": no_train, "all": m}, "ext", "run R scored on cohort C")
+    lines = text.splitlines()
+    assert lines[0] == "run R scored on cohort C"
+    assert lines[1].startswith("  all       n=   12 events=    3  td-C 0.6100 [0.5000, 0.7000]")
+    assert lines[-1] == "metrics: ext/metrics.json   plots: ext/plots/"
