@@ -146,11 +146,13 @@ def _ray_map_files(fn: Callable[[str], FileCheck], items: Sequence[str]) -> list
 
 
 def ray_validation_mapper() -> Mapper | None:
-    """The mapper validation uses when this process is connected to Ray outside a placement
-    group (a driver after ``ray.init``): Ray tasks, which use the cluster's free CPUs. None
-    otherwise: without Ray (the process pool of ``validate.default_mapper``), and inside a
-    placement group (a Tune trial, whose child tasks it captures: its CPUs are the trainer's,
-    so the shards are checked in the trial's own process)."""
+    """The parallel mapper of validation (for cohorts over ``validate.PARALLEL_MIN_BYTES``).
+
+    A process connected to Ray outside a placement group (a driver after ``ray.init``): Ray
+    tasks, one per shard, on the cluster's free CPUs. Inside a placement group (a Tune trial,
+    which captures its child tasks: its CPUs are its trainer's) the serial mapper: the shards
+    are checked in the trial's own process. Without Ray: None (``validate.default_mapper``'s
+    process pool)."""
     if sys.modules.get("ray") is None:  # never imported: certainly not connected (no import)
         return None
     import ray  # the Ray edge: already imported by whoever started it

@@ -50,10 +50,11 @@ def test_ray_tasks_give_the_serial_report(
 
     # the pipeline picks Ray tasks for a cohort over the size threshold (here: any)
     calls: list[int] = []
+    on_tasks = P._ray_map_files
 
     def counting(fn: Callable[[str], FileCheck], items: Sequence[str]) -> list[FileCheck]:
         calls.append(len(items))
-        return P._ray_map_files(fn, items)
+        return on_tasks(fn, items)
 
     monkeypatch.setattr(V, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(P, "_ray_map_files", counting)
