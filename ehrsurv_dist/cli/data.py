@@ -254,8 +254,9 @@ def add_validate_parser(sub: Subparsers) -> None:
         "--workers",
         type=positive_int,
         default=None,
-        help="processes that check the shards (default: the CPUs, for cohorts of 256 MiB or "
-        "more; 1 = one after another in this process)",
+        help="processes that check the shards, whatever the cohort's size (default: one per "
+        "CPU for cohorts of 256 MiB of shards or more, else one; 1 = one after another in "
+        "this process)",
     )
     v.set_defaults(func=cmd_validate)
 
