@@ -99,7 +99,7 @@ def fingerprint(
     try:
         fs, root = io.resolve(cohort)
         files: list[list[Any]] = []
-        for sub in (S.DATA_SUBDIR, "metadata"):
+        for sub in (S.DATA_SUBDIR, os.path.dirname(S.SUBJECT_SPLITS_PATH)):
             files.extend(_stat(fs, io.join(root, sub)))
         if task is None:
             files.extend(_stat_uri(outcomes or default_outcomes_path(cohort)))
