@@ -216,6 +216,8 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(200, 25, 1),
     "local": Preset(2_000, 50, 2),
     "pod": Preset(20_000, 80, 4),
+    # calendar axis only: long lab-heavy histories (data/synth_long.py); max_visits unused
+    "long": Preset(2_000, 0, 2),
 }
 
 
@@ -223,8 +225,10 @@ PRESETS: dict[str, Preset] = {
 class SynthConfig:
     """The synthetic cohort generator (``ehrsurv synth``)."""
 
-    preset: Literal["smoke", "local", "pod"] = option(
-        "smoke", "Size preset: smoke (seconds), local (a laptop), pod (a cluster)."
+    preset: Literal["smoke", "local", "pod", "long"] = option(
+        "smoke",
+        "Size preset: smoke (seconds), local (a laptop), pod (a cluster), long (calendar axis "
+        "only: thousands of records per subject, lab values).",
     )
     subjects: int | None = option(None, "Number of subjects (> 0); null means the preset's.")
     seed: int = option(42, "Generator seed (>= 0); the same seed gives the same cohort.")
