@@ -157,8 +157,16 @@ class DataConfig:
         "refusing the cohort.",
     )
     split_seed: int = option(0, "Seed for any split drawn by the pipeline (>= 0).")
+    numeric: Literal["none", "quantile_bins"] = option(
+        "none",
+        "Numeric values (MEDS numeric_value) as inputs: none ignores them; quantile_bins "
+        "fits per-code quantile bins on the train split (saved in the run's vocab.json) and "
+        "makes a row with a value the token CODE|Qk of its code and bin (docs/models.md).",
+    )
+    numeric_bins: int = option(10, "Quantile bins per code for data.numeric=quantile_bins (>= 2).")
 
     def __post_init__(self) -> None:
+        require(self.numeric_bins >= 2, "numeric_bins", f"must be >= 2, got {self.numeric_bins}")
         for name in (
             "max_seq_len",
             "max_visits",
