@@ -100,9 +100,15 @@ def value_facts(
     return keys, np.concatenate(bits)
 
 
+MERGE_LIMIT = 32 * SKETCH_POINTS  # points per code kept before compressing
+
+
 class ValueSketch:
-    """Per-code weighted points, merged across units (the reduce side); compressed to
-    ``4 × SKETCH_POINTS`` points per code as they grow."""
+    """Per-code weighted points, merged across units (the reduce side). Up to
+    :data:`MERGE_LIMIT` points per code (32 units' worth) are kept as they are, so the edges do
+    not depend on the order the units' facts arrive in (Ray or one process); past it a code's
+    points are compressed to :data:`SKETCH_POINTS` weighted run medians, an approximation whose
+    last digits can depend on that order."""
 
     def __init__(self) -> None:
         self.points: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -120,7 +126,7 @@ class ValueSketch:
         for a, b in zip(starts, np.append(starts[1:], len(codes)), strict=True):
             lst = self.points.setdefault(str(codes[a]), [])
             lst.append((vals[a:b], w[a:b]))
-            if sum(len(p) for p, _ in lst) > 4 * SKETCH_POINTS:
+            if sum(len(p) for p, _ in lst) > MERGE_LIMIT:
                 self.points[str(codes[a])] = [_compress(lst)]
 
     def merged(self, code: str) -> tuple[np.ndarray, np.ndarray]:
