@@ -24,6 +24,7 @@ from ehrsurv_dist.data.blocks import Layout, flat_to_arrow, hier_to_arrow
 from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, event_arrays
 from ehrsurv_dist.data.layouts import FlatTokens, Limits, VisitTokens, flatten, to_hierarchical
 from ehrsurv_dist.data.meds import CohortReport, read_outcomes
+from ehrsurv_dist.data.meds_read import numeric_values
 from ehrsurv_dist.data.normalize import normalise_events
 from ehrsurv_dist.data.numeric import apply_value_bins, vocab_edges
 from ehrsurv_dist.data.plan import Unit, UnitPlan
@@ -37,7 +38,6 @@ from ehrsurv_dist.data.samples import (
 from ehrsurv_dist.data.splits import cohort_splits_path, hash_splits, read_split_file
 from ehrsurv_dist.data.visits import GroupedUnit, group_visits
 from ehrsurv_dist.data.vocab import Vocabulary
-from ehrsurv_dist.errors import CohortError
 from ehrsurv_dist.rng import splitmix64
 
 READ_COLUMNS = (S.SUBJECT_ID, S.TIME, S.CODE)
@@ -177,30 +177,11 @@ def read_unit(unit: Unit, cohort: str, with_row: bool = False, numeric: bool = F
     # one schema for every shard, whatever tool wrote it (the validator reads the same way)
     t, _ = normalise_events(t, unit.path, dictionary_codes=True)
     if numeric:
-        t = _float32_values(t, unit.path, has_value)
+        t = numeric_values(t, unit.path, has_value)
     if with_row:
         rows = (np.int64(unit.file_index) << _ROW_SHIFT) + unit.first_row + np.arange(t.num_rows)
         t = t.append_column(ROW, pa.array(rows, pa.int64()))
     return t
-
-
-def _float32_values(t: pa.Table, path: str, present: bool) -> pa.Table:
-    """``numeric_value`` as float32 (MEDS), or an all-null one where the file has none.
-
-    Raises:
-        CohortError: the column is not numeric.
-    """
-    if not present:
-        return t.append_column(S.NUMERIC_VALUE, pa.nulls(t.num_rows, pa.float32()))
-    col = t[S.NUMERIC_VALUE]
-    if col.type == pa.float32():
-        return t
-    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
-        raise CohortError(
-            f"{path}: column '{S.NUMERIC_VALUE}' has type {col.type}, expected float32"
-        )
-    i = t.schema.get_field_index(S.NUMERIC_VALUE)
-    return t.set_column(i, S.NUMERIC_VALUE, col.cast(pa.float32(), safe=False))
 
 
 def read_buckets(

@@ -287,3 +287,29 @@ def test_bin_tokens_padding_invariance(cohorts: dict[str, str], layout: str) -> 
         torch.testing.assert_close(
             a.logits[a.visit_mask], b.logits[:, :v][a.visit_mask], atol=1e-5, rtol=1e-5
         )
+
+
+def test_reader_keeps_numeric_value(cohorts: dict[str, str], tmp_path: Path) -> None:
+    from ehrsurv_dist.data.meds_read import data_files, read_events_table
+    from ehrsurv_dist.errors import CohortError
+
+    fs, files, _ = data_files(cohorts["values"])
+    plain = read_events_table(files[0], fs)
+    assert plain.column_names == [S.SUBJECT_ID, S.TIME, S.CODE]
+    t = read_events_table(files[0], fs, numeric=True)
+    assert t.schema.field(S.NUMERIC_VALUE).type == pa.float32()
+    assert t.drop_columns([S.NUMERIC_VALUE]).equals(plain)
+    raw = pq.read_table(files[0])
+    assert t[S.NUMERIC_VALUE].equals(raw[S.NUMERIC_VALUE])
+    # absent: an all-null float32 column; float64 is cast; a string column is refused
+    fs2, files2, _ = data_files(cohorts["no_column"])
+    t2 = read_events_table(files2[0], fs2, numeric=True)
+    assert t2[S.NUMERIC_VALUE].null_count == t2.num_rows
+    assert t2.schema.field(S.NUMERIC_VALUE).type == pa.float32()
+    f64 = str(tmp_path / "f64.parquet")
+    pq.write_table(raw.set_column(3, S.NUMERIC_VALUE, raw[S.NUMERIC_VALUE].cast(pa.float64())), f64)
+    assert read_events_table(f64, fs, numeric=True)[S.NUMERIC_VALUE].equals(raw[S.NUMERIC_VALUE])
+    bad = str(tmp_path / "str.parquet")
+    pq.write_table(raw.set_column(3, S.NUMERIC_VALUE, raw[S.NUMERIC_VALUE].cast(pa.string())), bad)
+    with pytest.raises(CohortError, match=r"str.parquet: column 'numeric_value' has type string"):
+        read_events_table(bad, fs, numeric=True)
