@@ -473,7 +473,8 @@ def _blocks_in_order(
     n_total: int, first_id: int, seed: int, p: LongParams, workers: int
 ) -> Iterator[tuple[int, int, CalendarBlock]]:
     """(lo, hi, block) of every block in order, generated ``workers`` at a time (numpy releases
-    the GIL in its array work); at most ``workers + 1`` blocks are held."""
+    the GIL in its array work); at most ``workers + 1`` blocks are queued, plus the one the
+    caller is writing."""
     n_blocks = -(-n_total // LONG_BLOCK)
 
     def gen(bi: int) -> tuple[int, int, CalendarBlock]:

@@ -178,3 +178,38 @@ def test_visit_axis_refuses_the_long_preset(tmp_path: Path) -> None:
     rep = json.loads((out / "synth_report.json").read_text())
     assert rep["subjects"] == 30
     assert pq.read_table(out / LABELS_DIR / "death.parquet").num_rows == 30
+
+
+def test_written_block_by_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards are streamed one row group per block (never the whole cohort at once), and at
+    most ``workers + 2`` generated blocks are alive (``workers + 1`` queued, one being written)."""
+    import ehrsurv_dist.data.synth_long as SL
+
+    monkeypatch.setattr(SL, "LONG_BLOCK", 10)
+    alive: list[int] = []
+    live = 0
+    real = SL.generate_long_block
+
+    class Counted:
+        def __del__(self) -> None:
+            nonlocal live
+            live -= 1
+
+    def counted(*a: object, **k: object) -> object:
+        nonlocal live
+        b = real(*a, **k)  # type: ignore[arg-type]
+        live += 1
+        alive.append(live)
+        b._counted = Counted()  # type: ignore[attr-defined]
+        return b
+
+    monkeypatch.setattr(SL, "generate_long_block", counted)
+    out = str(tmp_path / "c")
+    SL.synthesize_long(out, subjects=45, seed=1, shards=2, workers=2)
+    groups = [
+        pq.ParquetFile(f).num_row_groups
+        for f in sorted(glob.glob(os.path.join(out, S.DATA_SUBDIR, "*.parquet")))
+    ]
+    # 5 blocks of 10 subjects over shards of 22 and 23 subjects: blocks 0-2 and 2-4
+    assert groups == [3, 3]
+    assert len(alive) == 5 and max(alive) <= 4
