@@ -28,11 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ehrsurv_dist import schema as S
-from ehrsurv_dist.data.vocab import Vocabulary
+from ehrsurv_dist.data.vocab import VALUE_BINS_META, Vocabulary
 
 NUMERIC_MODES = ("none", "quantile_bins")
 BIN_SEP = "|Q"  # token of code C in bin k: f"{C}{BIN_SEP}{k}"
-META_KEY = "value_bins"  # Vocabulary.meta[META_KEY] = {"bins": B, "edges": {code: [..]}}
+META_KEY = VALUE_BINS_META  # Vocabulary.meta[META_KEY] = {"bins": B, "edges": {code: [..]}}
 SKETCH_POINTS = 128
 VALUE_FACT = "value"  # facts kind: key "<weight>:<code>", value = float64 bits as int64
 MIN_VALUES = 20  # a code needs this many train values to get bins

@@ -313,3 +313,21 @@ def test_reader_keeps_numeric_value(cohorts: dict[str, str], tmp_path: Path) -> 
     pq.write_table(raw.set_column(3, S.NUMERIC_VALUE, raw[S.NUMERIC_VALUE].cast(pa.string())), bad)
     with pytest.raises(CohortError, match=r"str.parquet: column 'numeric_value' has type string"):
         read_events_table(bad, fs, numeric=True)
+
+
+def test_vocabulary_hash_covers_the_value_bin_edges(tmp_path: Path) -> None:
+    """Same tokens, other edges: another hash, so a run refuses a vocabulary whose bins would
+    turn the same value into another token; without bins the hash is the token list's."""
+    from ehrsurv_dist.data.numeric import with_value_bins
+    from ehrsurv_dist.data.vocab import Vocabulary, VocabularyError
+
+    plain = Vocabulary(["LAB//A", "DX//B"])
+    a = with_value_bins(plain, {"LAB//A": [1.0, 2.0]}, 3)
+    b = with_value_bins(plain, {"LAB//A": [1.0, 2.5]}, 3)
+    assert a.tokens == b.tokens
+    assert a.hash != b.hash
+    assert plain.hash == Vocabulary(["LAB//A", "DX//B"], meta={"cohort": "x"}).hash
+    a.save(str(tmp_path / "a.json"))
+    assert Vocabulary.load(str(tmp_path / "a.json")).hash == a.hash
+    with pytest.raises(VocabularyError, match="scrambled"):
+        b.check_hash(a.hash, source="run")
