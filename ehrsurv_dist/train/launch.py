@@ -317,8 +317,8 @@ def warn_random_encoder(spec: JobSpec, mode: str) -> bool:
     )
     log.warning(
         "finetune.strategy=%s without --init: the encoder keeps its random initial weights "
-        "and only %s learn; pass --init of a pretraining run, or set finetune.strategy=full "
-        "to train every weight from scratch",
+        "(training updates only %s); pass --init of a pretraining run, or set "
+        "finetune.strategy=full to train every weight from scratch",
         f.strategy,
         learns,
     )
