@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ehrsurv_dist import atomic
 from ehrsurv_dist.config import ConfigError, load_config, to_dict
 from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.train.console import PACKAGE_LOGGER
 from ehrsurv_dist.train.launch import (
     absolute_paths,
     check_init,
@@ -209,6 +210,9 @@ def _trial_driver(
     spec = trial_spec(load_config(JobSpec, base=base), trial)
     out = os.path.join(root, trial.name)
     callbacks = [TuneReportCallback(), placement_group_recorder(os.path.join(out, PG_FILE))]
+    # The trial's workers say warnings and errors only: Tune's results carry every epoch, and
+    # one line per epoch, rank and trial would bury the sweep's console (train/console.py)
+    logging.getLogger(PACKAGE_LOGGER).setLevel(logging.WARNING)
     # What follows fit() (the export) may not run: Tune ends the trial as soon as the
     # scheduler says stop, which it may say after the last epoch too. The sweep therefore
     # reads everything it reports from the run's checkpoints (collect_trial).
