@@ -205,9 +205,17 @@ def num_scorers(spec: JobSpec) -> int:
     if spec.eval.actors:
         return spec.eval.actors
     res = ray.cluster_resources()
-    if spec.train.use_gpu:
+    if scores_on_gpu(spec, res):
         return max(1, int(res.get("GPU", 0)))
     return max(1, int(res.get("CPU", 1)) - 1)
+
+
+def scores_on_gpu(spec: JobSpec, cluster: dict[str, float]) -> bool:
+    """Whether the scoring actors take GPUs: ``train.use_gpu`` (a run's config holds the value
+    its training resolved; ``auto`` given as an override: GPUs when ``cluster`` has them)."""
+    if spec.train.use_gpu == "auto":
+        return float(cluster.get("GPU", 0)) > 0
+    return bool(spec.train.use_gpu)
 
 
 def predict_split_ray(
@@ -224,7 +232,7 @@ def predict_split_ray(
     import ray  # Ray at the edge (see num_scorers)
     import ray.data
 
-    use_gpu = spec.train.use_gpu
+    use_gpu = scores_on_gpu(spec, ray.cluster_resources())
     # no more actors than the ingest tasks that feed them (the map is fused into the actors)
     n = max(1, min(num_scorers(spec), len(task_groups(pipe.plan, pipe.num_tasks()))))
     ds = pipe.dataset(split)  # compact rows: any block boundary is safe for the scorer
