@@ -7,9 +7,9 @@ Ray Train's checkpoints require), collate the block into padded batches and retu
 hazards as Arrow lists. The driver only gathers the per-subject results. ``use_ray=False`` runs the same
 model over the single-process ingest path (same predictions; the tests compare them).
 
-Predictions Parquet (DESIGN.md §5): ``subject_id`` int64, ``split`` string, ``event`` bool,
+Predictions Parquet (docs/design.md §5): ``subject_id`` int64, ``split`` string, ``event`` bool,
 ``last_visit`` int32, ``risk`` float64, ``hazard`` list<float32>, ``survival`` list<float32>.
-No input codes are written. Metrics are computed over each whole split (DESIGN.md §4), plus
+No input codes are written. Metrics are computed over each whole split (docs/design.md §4), plus
 the leakage diagnostics: the length-only baseline and a random truncation of test histories.
 
 Another cohort (``predict``, ``evaluate --cohort``): :func:`for_cohort` points the run's job at
@@ -282,7 +282,7 @@ def truncated(p: Predictions, seed: int = 0) -> tuple[M.HazardTable, np.ndarray,
 
     Each history is cut at a uniformly drawn visit u <= T and scored as censored there. With
     visit-causal attention the hazards of visits <= u do not depend on later visits, so the
-    predictions of the truncated history are a prefix of the full ones (DESIGN.md §3).
+    predictions of the truncated history are a prefix of the full ones (docs/design.md §3).
     """
     rng = np.random.default_rng(seed)
     u = (rng.random(len(p.last_visit)) * (p.last_visit + 1)).astype(np.int64)  # 0..T
