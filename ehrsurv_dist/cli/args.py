@@ -52,11 +52,9 @@ def add_job_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
         help="run directory: new, or the same run to resume it"
         + ("" if out_required else " (required unless --dry-run)"),
     )
-    p.add_argument(
-        "--log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        default="INFO",
-        help="what the job and its Ray Train workers print on the console (and so in `ray job "
+    add_log_level(
+        p,
+        "what the job and its Ray Train workers print on the console (and so in `ray job "
         "logs`): INFO (default) adds one line per epoch and worker (loss, steps, seconds) to "
         "the warnings and errors; WARNING keeps only those",
     )
@@ -121,3 +119,10 @@ def job_overrides(args: argparse.Namespace) -> list[Any]:
 def add_quiet(p: argparse.ArgumentParser, help: str) -> None:
     """A --quiet flag that silences progress output."""
     p.add_argument("--quiet", action="store_true", help=help)
+
+
+def add_log_level(p: argparse.ArgumentParser, help: str) -> None:
+    """``--log-level``: what the command prints on the console besides its result."""
+    p.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO", help=help
+    )

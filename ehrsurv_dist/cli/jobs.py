@@ -17,6 +17,7 @@ from ehrsurv_dist.cli.args import (
     EXIT_OK,
     Subparsers,
     add_job_args,
+    add_log_level,
     add_quiet,
     add_task_args,
     job_overrides,
@@ -27,6 +28,13 @@ from ehrsurv_dist.rundir import METRICS, PLOTS
 TRAIN_MODES = (
     ("pretrain", "self-supervised MLM / next-visit pretraining of the BEHRT encoder"),
     ("finetune", "survival fine-tuning (frozen / LoRA / full), then evaluation"),
+)
+
+
+_SCORING_LOG_HELP = (
+    "what the command prints on the console besides its result: INFO (default) adds what it "
+    "does on the way (a cohort validation reused from the cache, the ingest plan); WARNING "
+    "keeps warnings and errors only"
 )
 
 
@@ -212,10 +220,14 @@ def add_evaluate_parser(sub: Subparsers) -> None:
         "directory; required with --cohort, and then not the run directory)",
     )
     _add_scoring_overrides(e)
+    add_log_level(e, _SCORING_LOG_HELP)
     e.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.train.console import console_logging
+
+    console_logging(args.log_level)
     from ehrsurv_dist.atomic import write_json as write_json_atomic
     from ehrsurv_dist.evaluate import evaluate_run
 
@@ -263,10 +275,14 @@ def add_predict_parser(sub: Subparsers) -> None:
         "predict at (default: the run's own rule, or its label path taken in COHORT)",
     )
     _add_scoring_overrides(pr)
+    add_log_level(pr, _SCORING_LOG_HELP)
     pr.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.train.console import console_logging
+
+    console_logging(args.log_level)
     from ehrsurv_dist.evaluate import predict_cohort
 
     if os.path.isdir(args.out):  # refuse before the work, not at the final rename
