@@ -286,7 +286,6 @@ def build_engine(
             the current CUDA device if there is one, else CPU.
 
     Raises:
-        ConfigError: (a ``ValueError``) for bf16 or ZeRO-3 without a CUDA device.
         ValueError: for ``total_steps < 1`` or a model with no trainable parameter.
     """
     if total_steps < 1:
