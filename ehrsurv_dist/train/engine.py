@@ -244,21 +244,41 @@ class DeepSpeedEngine(Engine):
 
     def consolidated_state_dict(self) -> dict[str, Tensor]:
         import deepspeed
+        from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
         from deepspeed.utils import safe_get_full_fp32_param
 
         module = self.module
-        if self.cfg.zero_stage == 3:  # parameters are shards outside this context
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                state = cpu_fp32(module.state_dict())
-        else:
-            state = cpu_fp32(module.state_dict())
+        state = cpu_fp32(module.state_dict())  # ZeRO-3: parameters are empty shards here
+        if self.cfg.zero_stage == 3:
+            # One parameter at a time: gathering them all at once would hold the full model
+            # twice on every rank (gathered, then copied), 2 x 0.46 GB for model.size xlarge.
+            # Collective: every rank walks the parameters in the same order.
+            for param, names in parameter_names(module):
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                    value = param.detach().to("cpu", torch.float32).clone()
+                for name in names:
+                    state[name] = value
         if self.precision == "bf16":
             # The module holds bf16 copies; the fp32 masters live in the optimizer's partitions.
             # Gathering them is collective, so every rank walks the parameters in the same order.
+            # ZeRO-0 wraps our AdamW in DeepSpeed's FP16_UnfusedOptimizer, whose masters are
+            # plain per-parameter tensors that safe_get_full_fp32_param does not know (None).
+            opt = self._ds.optimizer
+            unfused = (
+                {
+                    id(lp): hp
+                    for lps, hps in zip(opt.fp16_groups, opt.fp32_groups, strict=True)
+                    for lp, hp in zip(lps, hps, strict=True)
+                }
+                if isinstance(opt, FP16_UnfusedOptimizer)
+                else {}
+            )
             for param, names in parameter_names(module):
                 if not param.requires_grad:
                     continue
                 full = safe_get_full_fp32_param(param)
+                if full is None:
+                    full = unfused.get(id(param))
                 if full is not None:
                     value = full.detach().to("cpu", torch.float32).clone()
                     for name in names:

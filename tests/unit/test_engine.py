@@ -506,5 +506,7 @@ def test_bf16_on_cpu_tracks_fp32(kind: str, stage: int, request: pytest.FixtureR
     # the export holds the fp32 master weights (DeepSpeed) or the fp32 weights (torch)
     full = engine.consolidated_state_dict()
     assert all(v.dtype == torch.float32 for v in full.values())
+    # not bf16 values (16 zero low bits in float32) cast up: the fp32 masters
+    assert all((v.view(torch.int32) & 0xFFFF).any() for v in full.values())
     _, ref_params = reference_loop(batches, total_steps=5)
     assert_close(full, ref_params, atol=weight_atol)
