@@ -250,6 +250,10 @@ class DeepSpeedEngine(Engine):
         module = self.module
         state = cpu_fp32(module.state_dict())  # ZeRO-3: parameters are empty shards here
         if self.cfg.zero_stage == 3:
+            # A forward outside training (validation) can leave prefetched parameters in
+            # flight, and gathering one then fails with DeepSpeed's "Cannot partition a param
+            # in flight" (seen with stage3_max_reuse_distance 0): wait for them, release all.
+            self._ds.empty_partition_cache()
             # One parameter at a time: gathering them all at once would hold the full model
             # twice on every rank (gathered, then copied), 2 x 0.46 GB for model.size xlarge.
             # Collective: every rank walks the parameters in the same order.

@@ -482,7 +482,7 @@ def test_zero3_keeps_frozen_parameters() -> None:
 # 2**-8 = 0.4%). Over 5 steps at lr 3e-2 the losses of torch autocast and DeepSpeed ZeRO 1-3 stay
 # within 0.3% of fp32's (max seen: 2.6e-3) and the weights within 2.3e-3: bounds 1e-2 and 5e-3.
 # DeepSpeed ZeRO-0 bf16 wraps a client optimizer in its FP16_UnfusedOptimizer, which keeps and
-# all-reduces the gradients in bf16 (ZeRO 1-3 accumulate them in fp32): 2.65e-2 and 1.6e-2
+# all-reduces the gradients in bf16 (ZeRO 1-3 accumulate them in fp32): 2.65e-2 and 1.7e-2
 # seen, bounds 5e-2 both. The first loss (weights not yet updated) is within 2e-4 everywhere.
 BF16_BOUNDS = {"torch": (1e-2, 5e-3), "ds-zero0": (5e-2, 5e-2), "ds-zero3": (1e-2, 5e-3)}
 
