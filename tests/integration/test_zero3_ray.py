@@ -40,7 +40,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> str:
     return out
 
 
-def _run(cohort: str, out: Path, *more: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _run(cohort: str, out: Path, *more: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     spec = load_config(JobSpec, None, [*TINY, *more, ("data.cohort", cohort)])
     res = run_training(spec, "finetune", str(out))
     (epoch,) = res.history
@@ -62,12 +62,31 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in b)
 
 
+# Every parameter partitioned and released at once, prefetching on: after validation's forward
+# a parameter is still in flight, and the export's gather failed with DeepSpeed's "Cannot
+# partition a param in flight" until consolidated_state_dict released them first (this test
+# failed without that line).
+EAGER_RELEASE = {
+    "zero_optimization": {
+        "stage3_param_persistence_threshold": 0,
+        "stage3_max_reuse_distance": 0,
+        "stage3_max_live_parameters": 1000,
+        "stage3_prefetch_bucket_size": 1000,
+    }
+}
+
+
 def test_zero3_fp32_matches_zero0(cohort: str, tmp_path: Path, zero0: Any) -> None:
     # Two ranks: ZeRO-3's reduce-scatter adds the same two gradients as ZeRO-0's all-reduce and
     # AdamW updates the same fp32 numbers (in flat partitions): float rounding apart, the same
     # run. Seen: equal losses and td-C, exported weights within 6e-8.
     ref, ref_weights = zero0
-    got, weights = _run(cohort, tmp_path / "run", "train.engine.zero_stage=3")
+    got, weights = _run(
+        cohort,
+        tmp_path / "run",
+        "train.engine.zero_stage=3",
+        ("train.engine.deepspeed_config", EAGER_RELEASE),
+    )
     assert got["steps"] == ref["steps"] >= 4
     assert got["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-5)
     assert got["val_c_index_td"] == pytest.approx(ref["val_c_index_td"], abs=1e-6)
