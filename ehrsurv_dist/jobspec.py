@@ -21,8 +21,10 @@ class ModelSpec:
     arch: Literal["behrt", "hierarchical", "lstm"] = option(
         "behrt", "Model family: flat BEHRT, hierarchical BEHRT, or the LSTM baseline."
     )
-    size: Literal["tiny", "small", "medium", "large"] = option(
-        "small", "Preset size (seed-spec §3; tiny is for CPU tests and smoke runs)."
+    size: Literal["tiny", "small", "medium", "large", "xlarge"] = option(
+        "small",
+        "Preset size (seed-spec §3; tiny is for CPU tests and smoke runs; xlarge: ~115M "
+        "parameters, BERT-base width at 16 layers, for ZeRO-3).",
     )
     attention: AttentionMode = option(
         "visit_causal",

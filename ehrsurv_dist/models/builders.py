@@ -1,7 +1,8 @@
 """Named sizes as builder functions over one generic builder, plus tiny example batches.
 
-``behrt_tiny/small/medium/large`` return a :class:`BEHRTConfig` for the seed presets
-(seed-spec §3; ``tiny`` is ours, for tests and CPU demos). They take the data's ``max_seq_len``
+``behrt_tiny/small/medium/large/xlarge`` return a :class:`BEHRTConfig` for the seed presets
+(seed-spec §3; ``tiny`` is ours, for tests and CPU demos; ``xlarge`` is ours too, a BERT-base
+width at 16 layers: 113M encoder parameters, foundation-model scale). They take the data's ``max_seq_len``
 and make sure the position table covers it: the preset's ``max_position`` grows to
 ``max_seq_len``, and an explicit ``max_position`` below it is an error (the seed's silent pitfall
 was a 50-row table under 512-token sequences). :func:`build_survival_model` and
@@ -44,6 +45,7 @@ _BEHRT_SIZES: dict[str, tuple[int, int, int, int, int, int, int]] = {
     "small": (64, 128, 2, 4, 512, 50, 128),
     "medium": (128, 256, 4, 8, 1024, 100, 256),
     "large": (256, 512, 6, 8, 2048, 200, 512),
+    "xlarge": (768, 768, 16, 12, 3072, 512, 768),
 }
 # hidden_dim, num_heads, num_layers, hazard_hidden_dim
 _HIERARCHICAL_SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -51,6 +53,7 @@ _HIERARCHICAL_SIZES: dict[str, tuple[int, int, int, int]] = {
     "small": (64, 2, 1, 32),
     "medium": (128, 4, 2, 64),
     "large": (256, 8, 4, 128),
+    "xlarge": (768, 12, 16, 256),
 }
 
 
@@ -123,6 +126,16 @@ def behrt_large(vocab_size: int, max_seq_len: int, **overrides: Any) -> BEHRTCon
     return _behrt_preset("large", vocab_size, max_seq_len, overrides)
 
 
+def behrt_xlarge(vocab_size: int, max_seq_len: int, **overrides: Any) -> BEHRTConfig:
+    """Ours, >= 100M parameters: embedding and hidden 768, 16 layers, 12 heads, FFN 3072,
+    positions >= 512, hazard MLP 768 (BERT-base's width, 16 blocks instead of 12).
+
+    113,407,488 encoder parameters whatever the vocabulary; 115,573,249 in all for 1,000 ids
+    at 512 positions (each further id adds 768). Train it with ZeRO-3 (docs/engines.md).
+    """
+    return _behrt_preset("xlarge", vocab_size, max_seq_len, overrides)
+
+
 def _hierarchical_preset(
     name: str, vocab_size: int, overrides: dict[str, Any]
 ) -> HierarchicalConfig:
@@ -155,6 +168,12 @@ def hierarchical_medium(vocab_size: int, **overrides: Any) -> HierarchicalConfig
 def hierarchical_large(vocab_size: int, **overrides: Any) -> HierarchicalConfig:
     """Seed large: d 256, 8 heads, 4 layers, hazard MLP 128."""
     return _hierarchical_preset("large", vocab_size, overrides)
+
+
+def hierarchical_xlarge(vocab_size: int, **overrides: Any) -> HierarchicalConfig:
+    """Ours, >= 100M parameters: d 768, 12 heads, 16 timeline layers, hazard MLP 256
+    (113,998,848 encoder parameters; 115,093,505 in all for 1,000 ids)."""
+    return _hierarchical_preset("xlarge", vocab_size, overrides)
 
 
 def lstm_tiny(vocab_size: int, **overrides: Any) -> LSTMConfig:

@@ -244,21 +244,45 @@ class DeepSpeedEngine(Engine):
 
     def consolidated_state_dict(self) -> dict[str, Tensor]:
         import deepspeed
+        from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
         from deepspeed.utils import safe_get_full_fp32_param
 
         module = self.module
-        if self.cfg.zero_stage == 3:  # parameters are shards outside this context
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                state = cpu_fp32(module.state_dict())
-        else:
-            state = cpu_fp32(module.state_dict())
+        state = cpu_fp32(module.state_dict())  # ZeRO-3: parameters are empty shards here
+        if self.cfg.zero_stage == 3:
+            # A forward outside training (validation) can leave prefetched parameters in
+            # flight, and gathering one then fails with DeepSpeed's "Cannot partition a param
+            # in flight" (seen with stage3_max_reuse_distance 0): wait for them, release all.
+            self._ds.empty_partition_cache()
+            # One parameter at a time: gathering them all at once would hold the full model
+            # twice on every rank (gathered, then copied), 2 x 0.46 GB for model.size xlarge.
+            # Collective: every rank walks the parameters in the same order.
+            for param, names in parameter_names(module):
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                    value = param.detach().to("cpu", torch.float32).clone()
+                for name in names:
+                    state[name] = value
         if self.precision == "bf16":
             # The module holds bf16 copies; the fp32 masters live in the optimizer's partitions.
             # Gathering them is collective, so every rank walks the parameters in the same order.
+            # ZeRO-0 wraps our AdamW in DeepSpeed's FP16_UnfusedOptimizer, whose masters are
+            # plain per-parameter tensors that safe_get_full_fp32_param does not know (None).
+            opt = self._ds.optimizer
+            unfused = (
+                {
+                    id(lp): hp
+                    for lps, hps in zip(opt.fp16_groups, opt.fp32_groups, strict=True)
+                    for lp, hp in zip(lps, hps, strict=True)
+                }
+                if isinstance(opt, FP16_UnfusedOptimizer)
+                else {}
+            )
             for param, names in parameter_names(module):
                 if not param.requires_grad:
                     continue
                 full = safe_get_full_fp32_param(param)
+                if full is None:
+                    full = unfused.get(id(param))
                 if full is not None:
                     value = full.detach().to("cpu", torch.float32).clone()
                     for name in names:
@@ -286,7 +310,6 @@ def build_engine(
             the current CUDA device if there is one, else CPU.
 
     Raises:
-        ConfigError: (a ``ValueError``) for bf16 or ZeRO-3 without a CUDA device.
         ValueError: for ``total_steps < 1`` or a model with no trainable parameter.
     """
     if total_steps < 1:

@@ -53,7 +53,7 @@ def model_config(spec: JobSpec, vocab_size: int) -> ModelConfig:
     m, d = spec.model, spec.data
     k = T.num_bins(spec)
     cal = {"num_bins": k} if k else {}
-    # model.size is one of tiny/small/medium/large (checked by the job schema), and every
+    # model.size is one of tiny/small/medium/large/xlarge (checked by the job schema), and every
     # architecture but the LSTM has a builder per size: builders.behrt_small, ...
     if m.arch == "behrt":
         return getattr(B, f"behrt_{m.size}")(  # type: ignore[no-any-return]

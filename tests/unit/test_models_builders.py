@@ -17,12 +17,14 @@ from ehrsurv_dist.models import (
     behrt_medium,
     behrt_small,
     behrt_tiny,
+    behrt_xlarge,
     build_survival_model,
     example_flat_batch,
     example_hierarchical_batch,
     hierarchical_large,
     hierarchical_medium,
     hierarchical_small,
+    hierarchical_xlarge,
     lstm_baseline,
     preset_parameter_table,
 )
@@ -44,9 +46,13 @@ def test_behrt_presets_match_the_seed_table() -> None:
         assert got == want, builder.__name__
         assert c.dropout == 0.1 and c.attention == "visit_causal"
     assert (behrt_small(1000, 10).head_dim, behrt_large(1000, 10).head_dim) == (128, 512)
+    x = behrt_xlarge(1000, 10)  # ours, not the seed's
+    got = (x.embedding_dim, x.hidden_dim, x.num_layers, x.num_heads, x.ffn_dim, x.max_position)
+    assert got == (768, 768, 16, 12, 3072, 512) and x.head_dim == 768
     hs = [(c.hidden_dim, c.num_heads, c.num_layers, c.hazard_hidden_dim) for c in (
-        hierarchical_small(9), hierarchical_medium(9), hierarchical_large(9))]  # fmt: skip
-    assert hs == [(64, 2, 1, 32), (128, 4, 2, 64), (256, 8, 4, 128)]
+        hierarchical_small(9), hierarchical_medium(9), hierarchical_large(9),
+        hierarchical_xlarge(9))]  # fmt: skip
+    assert hs == [(64, 2, 1, 32), (128, 4, 2, 64), (256, 8, 4, 128), (768, 12, 16, 256)]
     lstm = lstm_baseline(9)
     assert (lstm.embedding_dim, lstm.hidden_dim, lstm.num_layers) == (128, 256, 1)
 
@@ -118,3 +124,40 @@ def test_docs_parameter_table_is_computed_by_code() -> None:
     small = next(line for line in table.splitlines() if "| BEHRT (flat) | small |" in line)
     model = BEHRTSurvival(behrt_small(1000, 50))
     assert f"| {sum(p.numel() for p in model.parameters()):,} |" in small
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_xlarge_presets_have_100m_parameters_without_a_large_vocabulary() -> None:
+    # Counted on the meta device (no memory). A block of width d and FFN f holds
+    # 4 d^2 + 2 d f weights + 9 d + f biases and norms: 7,087,872 at (768, 3072); 16 of them
+    # and the final norm are 113,407,488, whatever the vocabulary. The embeddings add 768 per
+    # code id: at the smallest vocabulary (the 3 special tokens + 1 code) BEHRT xlarge still
+    # has 114.8M parameters; 115.6M at 1,000 ids; MOTOR's 143M comes with a ~65k-code vocabulary.
+    block = 4 * 768**2 + 2 * 768 * 3072 + 9 * 768 + 3072
+    assert block == 7_087_872 and 16 * block + 2 * 768 == 113_407_488
+    counts = {}
+    for vocab in (NUM_SPECIAL_TOKENS + 1, 1000):
+        with torch.device("meta"):
+            flat = build_survival_model(behrt_xlarge(vocab, 512))
+            hier = build_survival_model(hierarchical_xlarge(vocab))
+        counts[vocab] = (_count(flat), _count(hier))
+        assert _count(flat.encoder.blocks) + 768 * 2 == 113_407_488  # blocks + final norm
+    assert counts[1000] == (115_573_249, 115_093_505)
+    assert counts[4] == (115_573_249 - 996 * 768, 115_093_505 - 996 * 768)
+    assert min(counts[4]) >= 100_000_000
+
+
+def test_xlarge_builds_for_real_and_runs_a_forward() -> None:
+    torch.manual_seed(0)
+    model = build_survival_model(behrt_xlarge(50, 16))  # ~0.5 GB of fp32 weights
+    assert _count(model) == 115_573_249 - 950 * 768
+    batch = example_flat_batch(50, batch_size=2, max_visits=3, max_codes=3)
+    with torch.no_grad():
+        out = model.eval()(
+            batch["codes"], batch["ages"], batch["visit_ids"], batch["attention_mask"]
+        )
+    assert out.logits.shape == (2, int(batch["num_visits"].max()))
+    assert torch.isfinite(out.logits[out.visit_mask]).all()

@@ -32,16 +32,16 @@ def check_stages(
     """The distinct ZeRO stages of the 2-worker runs, in order, after checking the arguments.
 
     Raises:
-        EhrsurvError: ``epochs`` < 2, ``rounds`` < 1, no stage, or a stage outside 0-2.
+        EhrsurvError: ``epochs`` < 2, ``rounds`` < 1, no stage, or a stage outside 0-3.
     """
     if epochs < 2:
         raise EhrsurvError(f"--epochs must be >= 2 (the first epoch is the warm-up), got {epochs}")
     if rounds < 1:
         raise EhrsurvError(f"--rounds must be >= 1, got {rounds}")
     stages = list(dict.fromkeys(int(s) for s in zero_stages))
-    if not stages or any(s not in (0, 1, 2) for s in stages + [one_worker]):
+    if not stages or any(s not in (0, 1, 2, 3) for s in stages + [one_worker]):
         raise EhrsurvError(
-            f"ZeRO stages must be 0, 1 or 2 on CPU (3 needs a GPU), got {list(zero_stages)} "
+            f"ZeRO stages must be 0, 1, 2 or 3, got {list(zero_stages)} "
             f"and {one_worker} for one worker"
         )
     return stages
@@ -196,7 +196,7 @@ def run_throughput_bench(
         The ``bench.json`` content (flat keys, numbers; see the module doc).
 
     Raises:
-        EhrsurvError: ``epochs`` < 2, no ZeRO stage, or a stage outside 0-2 (ZeRO-3 needs a GPU).
+        EhrsurvError: ``epochs`` < 2, no ZeRO stage, or a stage outside 0-3.
         OutputError: ``out`` cannot be written.
         RuntimeError: the Ray run and the plain loop did not do equal work.
     """

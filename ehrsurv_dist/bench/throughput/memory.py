@@ -15,8 +15,8 @@ def model_state_bytes_per_rank(params: int, stage: int, world: int) -> float:
     """fp32 weights + gradients + AdamW moments held by one rank under ZeRO ``stage``.
 
     4 bytes of weights, 4 of gradients and 8 of AdamW state (two moments) per parameter; ZeRO-1
-    shards the optimizer state over ``world`` ranks, ZeRO-2 also the gradients (ZeRO-3, GPU
-    only, also the weights).
+    shards the optimizer state over ``world`` ranks, ZeRO-2 also the gradients, ZeRO-3 also
+    the weights.
     """
     if stage not in (0, 1, 2, 3) or world < 1:
         raise ValueError(f"stage must be 0-3 and world >= 1, got {stage}, {world}")
