@@ -1,7 +1,7 @@
 """Named sizes as builder functions over one generic builder, plus tiny example batches.
 
 ``behrt_tiny/small/medium/large/xlarge`` return a :class:`BEHRTConfig` for the seed presets
-(seed-spec §3; ``tiny`` is ours, for tests and CPU demos; ``xlarge`` is ours too, a BERT-base
+(docs/models.md; ``tiny`` is ours, for tests and CPU demos; ``xlarge`` is ours too, a BERT-base
 width at 16 layers: 113M encoder parameters, foundation-model scale). They take the data's ``max_seq_len``
 and make sure the position table covers it: the preset's ``max_position`` grows to
 ``max_seq_len``, and an explicit ``max_position`` below it is an error (the seed's silent pitfall
