@@ -37,7 +37,12 @@ the ``*_median_s`` keys keep the medians.
   ``asof_overhead`` = ``asof_single_s`` ÷ ``single_s`` − 1 (the cost of finding the prediction
   times, cutting and deriving the outcomes from event codes). ``asof_samples`` is the number of
   samples (the visit path's ``subjects`` differ only where the outcome table cut an event's
-  last visit or rejected a subject).
+  last visit or rejected a subject). ``asof_group_overhead`` isolates the stage the cut changes:
+  every unit's rows read once, then the visit axis's grouping (``group_visits``) and the
+  calendar axis's (``make_samples``: prediction times, cut, outcomes, grouping) on the same
+  in-memory rows, interleaved over the rounds (best round; ``asof_group_overhead_median``,
+  ``visit_group_s`` and ``asof_group_s`` beside it): reading, encoding and padding, which the two
+  paths share, no longer dilute the difference, nor does their noise hide it.
 
 - ``validate_*``: validation of the cohort, the serial scan, the parallel scan (process pool)
   and the cached report side by side (:mod:`ehrsurv_dist.bench.validation`); ``validate_s`` is
@@ -70,6 +75,7 @@ from ehrsurv_dist.bench.local_ray import start_local_ray
 from ehrsurv_dist.bench.validation import validation_timings
 from ehrsurv_dist.config import DataConfig
 from ehrsurv_dist.data.collate import BatchStats, batches_from_blocks
+from ehrsurv_dist.data.encode import unit_visits
 from ehrsurv_dist.data.meds import data_files
 from ehrsurv_dist.data.pipeline import READ_COLUMNS, IngestPipeline
 from ehrsurv_dist.data.samples import TaskSpec
@@ -324,6 +330,7 @@ def run_ingest_bench(
         "asof": lambda: _consume(asof_pipe.iter_batches(split, 0, batch_size=batch_size)),
         "ray": ray_path,
     }
+    group = _group_rounds(pipe, asof_pipe, repeats)
     t_n, last_n, mem_n = _ray_session(ncpu, repeats, passes, sample_rss="ray")
     t_1, last_1, mem_1 = _ray_session(1, repeats, {"ray": ray_path}, sample_rss="ray")
     n_single = int(last_n["single"])
@@ -364,6 +371,12 @@ def run_ingest_bench(
         "asof_single_s": best["asof"],
         "asof_single_median_s": med["asof"],
         "asof_samples": int(last_n["asof"]),
+        "asof_group_overhead": min(group["asof"]) / min(group["visit"]) - 1.0,
+        "asof_group_overhead_median": statistics.median(group["asof"])
+        / statistics.median(group["visit"])
+        - 1.0,
+        "visit_group_s": min(group["visit"]),
+        "asof_group_s": min(group["asof"]),
         "speedup_median": med["single"] / med["ray"],
         "io_fraction_median": med["read"] / med["single"] * (n_single / n_cohort),
         "ray_1cpu_speedup": best["single"] / ray1,
@@ -437,6 +450,24 @@ def _asof_pipeline(
         cohort, cfg, report=None, require_outcomes=False, task=task, vocab=pipe.vocab, **kw
     )
     return asof
+
+
+def _group_rounds(
+    pipe: IngestPipeline, asof: IngestPipeline, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds per round of grouping every unit's rows into visits: ``visit`` (the visit axis,
+    no labels) and ``asof`` (the calendar axis's as-of cut) on the same rows read once,
+    interleaved; one warm-up round first."""
+    tables = [t for _, t in pipe.unit_tables()]  # the single-process path's own reads
+    out: dict[str, list[float]] = {"visit": [], "asof": []}
+    for r in range(repeats + 1):
+        for key, spec in (("visit", pipe.spec), ("asof", asof.spec)):
+            t0 = time.perf_counter()
+            for t in tables:
+                unit_visits(t, spec)
+            if r:
+                out[key].append(time.perf_counter() - t0)
+    return out
 
 
 def _with_pad(

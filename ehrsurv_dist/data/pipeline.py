@@ -335,7 +335,7 @@ class IngestPipeline:
         return out
 
     def _scan_single(self) -> Iterator[pa.Table]:
-        for _, table in self._unit_tables():
+        for _, table in self.unit_tables():
             yield scan_events(table, self.spec)
 
     def _scan_ray(self) -> Iterator[pa.Table]:
@@ -365,7 +365,7 @@ class IngestPipeline:
             raise RuntimeError("call fit() (or pass a vocabulary to fit) before reading batches")
         return self.vocab
 
-    def _unit_tables(self) -> Iterator[tuple[int, pa.Table]]:
+    def unit_tables(self) -> Iterator[tuple[int, pa.Table]]:
         """(unit id, every row of the unit's subjects), in unit order, one process."""
         if self.plan.mode != "hash":
             for u in self.plan.units:
@@ -376,7 +376,7 @@ class IngestPipeline:
     def blocks(self, split: str | None) -> Iterator[pa.Table]:
         """Arrow blocks of ``split`` (None = all subjects), one process, unit order."""
         vocab = self._vocab()
-        for unit_id, table in self._unit_tables():
+        for unit_id, table in self.unit_tables():
             yield encode_events(table, self.spec, vocab, split, unit_id)
 
     def iter_batches(
@@ -396,7 +396,7 @@ class IngestPipeline:
         spec = self.batch_spec(batch_size)
         vocab = self._vocab()
         st = stats if stats is not None else BatchStats()
-        for unit_id, table in self._unit_tables():
+        for unit_id, table in self.unit_tables():
             block = encode_unit(table, self.spec, vocab, split)
             yield from emit_batches(collate_block(block, spec, epoch, unit_id), spec, st)
 
