@@ -30,6 +30,7 @@ EDGES = (
     "ehrsurv_dist.train.launch",
     "ehrsurv_dist.train.worker",
     "ehrsurv_dist.train.progress",
+    "ehrsurv_dist.train.tracking_callback",
 )
 
 
