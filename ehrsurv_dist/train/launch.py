@@ -220,7 +220,9 @@ def run_training(
     if target is not None:
         from ehrsurv_dist.train.tracking_callback import TrackingCallback
 
-        callbacks = [*callbacks, TrackingCallback(target)]
+        # first: a Tune trial's TuneReportCallback hands the epoch to Tune, whose scheduler
+        # may end the trial (and this run) at once, before any later callback has run
+        callbacks = [TrackingCallback(target), *callbacks]
     try:
         result = _fit(
             spec, out, config, pipe, fit.stats[S.TRAIN_SPLIT]["subjects"], progress, callbacks

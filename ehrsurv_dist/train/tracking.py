@@ -71,7 +71,7 @@ INSTALL_HINT = "pip install 'ehrsurv_dist[tracking]'"
 _MODULES = {"mlflow": ("mlflow", "mlflow-skinny"), "tensorboard": ("tensorboardX", "tensorboardX")}
 MAX_PARAM_CHARS = 6000  # MLflow refuses longer parameter values; config.yaml holds them whole
 _BATCH = 100  # MLflow's most parameters per log_batch call (metrics: 1000)
-STATUSES = ("FINISHED", "FAILED", "KILLED")
+_EPOCH_KEY = "val_score"  # in every reported epoch (worker.record_epoch)
 # A sweep's trial status (tune/results.py) -> the MLflow status of the trial's run
 TRIAL_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "error": "FAILED"}
 
@@ -420,14 +420,14 @@ class EpochLogger:
     """Logs one run's per-epoch metrics; made where the epochs arrive (the Train controller).
 
     ``log`` takes one reported row (``worker.py``'s metrics: ``epoch`` and numbers) and writes
-    it at step ``epoch``; the TensorBoard writer is flushed after each epoch, so the files are
-    complete whenever the process ends.
+    it at step ``epoch``. TensorBoard: one small event file per epoch, closed at once, since
+    tensorboardX's writer only writes its queue out when closed and Ray may end the controller
+    without warning right after the last epoch (TensorBoard reads every file of the folder).
     """
 
     def __init__(self, target: Target) -> None:
         self.target = target
         self._client: Any = None
-        self._writer: Any = None
 
     def log(self, row: Mapping[str, Any]) -> None:
         step, values = epoch_metrics(row)
@@ -436,15 +436,9 @@ class EpochLogger:
                 self._client = _mlflow_client(self.target.uri)
             _mlflow_log_metrics(self._client, self.target.run_id, values, step)
         else:
-            if self._writer is None:
-                self._writer = _tb_writer(self.target.uri, "epochs")
-            _tb_scalars(self._writer, values, step)
-            self._writer.flush()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer = _tb_writer(self.target.uri, f"epoch{step}")
+            _tb_scalars(writer, values, step)
+            writer.close()
 
 
 def log_outputs(out: str, status: str | None = "FINISHED") -> bool:
@@ -452,7 +446,11 @@ def log_outputs(out: str, status: str | None = "FINISHED") -> bool:
     its plots (``RUN/plots/*.png``: MLflow artifacts under ``plots/``, TensorBoard images), then
     mark the MLflow run ``status`` (None: leave it). False when the run has no tracking.
 
-    A store that fails here is reported as a warning: the run's own files are written already.
+    Epochs of the ``metrics.json`` history that never reached the store are logged too: a Tune
+    trial that the scheduler stops is ended as soon as Tune has the epoch it stops on, while its
+    workers may have checkpointed one more, which the sweep's history (read from the
+    checkpoints) holds. A store that fails here is reported as a warning: the run's own files
+    are written already.
     """
     target = load_target(out)
     if target is None:
@@ -463,10 +461,16 @@ def log_outputs(out: str, status: str | None = "FINISHED") -> bool:
         with open(mpath) as fh:
             metrics = json.load(fh)
     values = final_metrics(metrics)
+    history = list(metrics.get("train", {}).get("history", []))
     step = int(metrics.get("train", {}).get("best_epoch", 0) or 0)
     try:
         if target.backend == "mlflow":
             client = _mlflow_client(target.uri)
+            logged = {m.step for m in client.get_metric_history(target.run_id, _EPOCH_KEY)}
+            for row in history:
+                epoch, numbers = epoch_metrics(row)
+                if epoch not in logged:
+                    _mlflow_log_metrics(client, target.run_id, numbers, epoch)
             _mlflow_log_metrics(client, target.run_id, values, max(step, 0))
             if os.path.exists(mpath):
                 client.log_artifact(target.run_id, mpath)
@@ -475,6 +479,9 @@ def log_outputs(out: str, status: str | None = "FINISHED") -> bool:
             if status is not None:
                 client.set_terminated(target.run_id, status=status)
         else:
+            missing = [r for r in history if not _tb_has_epoch(target.uri, int(r["epoch"]))]
+            for row in missing:
+                EpochLogger(target).log(row)
             writer = _tb_writer(target.uri, "final")
             _tb_scalars(writer, values, max(step, 0), prefix="final/")
             for png in _plots(out):
@@ -489,6 +496,11 @@ def log_outputs(out: str, status: str | None = "FINISHED") -> bool:
         log.warning("tracking: could not log the outputs of %s to %s: %s", out, target.uri, e)
         return False
     return True
+
+
+def _tb_has_epoch(logdir: str, epoch: int) -> bool:
+    """Whether :class:`EpochLogger` wrote ``epoch`` in ``logdir`` (its event files name it)."""
+    return bool(glob.glob(os.path.join(glob.escape(logdir), f"*tfevents*.epoch{epoch}.*")))
 
 
 def _png_array(path: str) -> Any:
