@@ -242,7 +242,7 @@ def _metric_name(name: str) -> str:
 
 
 def _plots(out: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(out, rundir.PLOTS, "*.png")))
+    return sorted(glob.glob(os.path.join(glob.escape(out), rundir.PLOTS, "*.png")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,10 +559,12 @@ def log_sweep(
             with open(held) as fh:
                 values = final_metrics({"held_out": json.load(fh).get("held_out") or {}})
             _mlflow_log_metrics(client, sweep.run_id, values, 0)
-        for path in sorted(glob.glob(os.path.join(out, "*"))):
+        for path in sorted(glob.glob(os.path.join(glob.escape(out), "*"))):
             name = os.path.basename(path)
             if os.path.isfile(path) and name != rundir.TRACKING and name.endswith(_SWEEP_FILES):
                 client.log_artifact(sweep.run_id, path)
+        for png in _plots(out):  # the td-C against trainable parameters plot
+            client.log_artifact(sweep.run_id, png, rundir.PLOTS)
         client.set_terminated(sweep.run_id, status="FINISHED" if best is not None else "FAILED")
     except Exception as e:
         log.warning("tracking: could not log the sweep %s to %s: %s", out, sweep.uri, e)

@@ -138,9 +138,12 @@ def _check_mlflow(out: str, res: SweepResult) -> None:
     assert res.best is not None
     assert parent.data.metrics["best/val_td_c"] == pytest.approx(res.best["val_td_c"])
     assert parent.data.tags["ehrsurv.best_trial"] == res.best["trial"]
-    assert {"results.csv", "best.yaml", "held_out.json"} <= {
+    assert {"results.csv", "best.yaml", "held_out.json", "plots"} <= {
         a.path for a in c.list_artifacts(parent.info.run_id)
     }
+    assert [a.path for a in c.list_artifacts(parent.info.run_id, "plots")] == [
+        "plots/tdc_vs_params.png"
+    ]
     status = {"completed": "FINISHED", "stopped": "KILLED"}
     for row in res.rows:
         r = runs[row["trial"]]
