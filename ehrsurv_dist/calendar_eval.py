@@ -5,7 +5,7 @@ hazards; survival is read at the bins' right edges ``e_1 … e_K`` and the metri
 scale (:mod:`ehrsurv_dist.metrics.calendar`). Pure numpy / pyarrow (no Ray): ``evaluate.py``
 gathers the predictions and calls :func:`score_splits`.
 
-Files (the run directory):
+Files (the run directory, or ``ehrsurv evaluate --out DIR`` when another cohort is scored):
 
 - ``predictions/predictions.parquet``: ``subject_id`` int64, ``split`` string,
   ``prediction_time`` timestamp[us], ``event`` bool (event within the horizon), ``time_days``
@@ -68,7 +68,7 @@ def predictions_table(p: Predictions, split: str, edges: list[float]) -> pa.Tabl
 
 
 def score_splits(
-    run_dir: str,
+    out: str,
     spec: Any,
     edges: list[float],
     train: tuple[np.ndarray, np.ndarray],
@@ -79,7 +79,8 @@ def score_splits(
     time axis, the MEDS-evaluation file and the plots.
 
     Args:
-        run_dir: the run directory.
+        out: the output directory (the run directory, or ``evaluate --out`` for another
+            cohort), laid out as a run directory: ``predictions/``, ``plots/``.
         spec: the run's job (``eval``, ``seed``, ``task``).
         edges: the run's day-bin edges ``[0, …, horizon]``.
         train: (time_days, event) of the train split (censoring distribution for IPCW).
@@ -90,7 +91,7 @@ def score_splits(
     horizon = float(e[-1])
     results: dict[str, Any] = {}
     tables, meds = [], []
-    pdir = rundir.path(run_dir, rundir.PLOTS)
+    pdir = rundir.path(out, rundir.PLOTS)
     for split, p in preds.items():
         if len(p.subject_id) == 0:
             results[split] = {"n_samples": 0, "warnings": [f"split {split} is empty"]}
@@ -122,12 +123,12 @@ def score_splits(
         )
         _plots(pdir, split, surv, e, time_days, p.event, m)
     if tables:
-        atomic.write_parquet(pa.concat_tables(tables), rundir.path(run_dir, rundir.PREDICTIONS))
+        atomic.write_parquet(pa.concat_tables(tables), rundir.path(out, rundir.PREDICTIONS))
         atomic.write_parquet(
             pa.concat_tables(meds),
-            os.path.join(rundir.path(run_dir, rundir.PREDICTIONS_DIR), S.MEDS_EVAL_FILE),
+            os.path.join(rundir.path(out, rundir.PREDICTIONS_DIR), S.MEDS_EVAL_FILE),
         )
-        atomic.write_json(M.time_axis_dict(e), rundir.path(run_dir, rundir.PREDICTIONS_TIME_AXIS))
+        atomic.write_json(M.time_axis_dict(e), rundir.path(out, rundir.PREDICTIONS_TIME_AXIS))
     return results
 
 

@@ -11,6 +11,13 @@ Predictions Parquet (DESIGN.md §5): ``subject_id`` int64, ``split`` string, ``e
 ``last_visit`` int32, ``risk`` float64, ``hazard`` list<float32>, ``survival`` list<float32>.
 No input codes are written. Metrics are computed over each whole split (DESIGN.md §4), plus
 the leakage diagnostics: the length-only baseline and a random truncation of test histories.
+
+Another cohort (``predict``, ``evaluate --cohort``): :func:`for_cohort` points the run's job at
+it and drops the run's own outcome table; ``predict`` needs no outcomes, ``evaluate`` reads the
+new cohort's (``--outcomes``, or its event codes on the calendar axis) and writes to its own
+directory, never the run's. :func:`predict_table` is the one implementation behind
+``ehrsurv predict`` (which writes the table) and :meth:`ehrsurv_dist.api.TrainedModel.predict`
+(which returns it).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -28,13 +36,15 @@ from ehrsurv_dist import atomic, calendar_eval, rundir
 from ehrsurv_dist import metrics as M
 from ehrsurv_dist import schema as S
 from ehrsurv_dist import task as T
-from ehrsurv_dist.config import load_config
+from ehrsurv_dist.config import Override, apply_overrides, load_config
+from ehrsurv_dist.data import io
 from ehrsurv_dist.data.collate import batches_from_blocks
 from ehrsurv_dist.data.pipeline import IngestPipeline, task_groups
 from ehrsurv_dist.data.vocab import Vocabulary
-from ehrsurv_dist.errors import EhrsurvError
+from ehrsurv_dist.errors import CohortError, EhrsurvError, OutputError
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.ragged import Ragged, concat_ranges, offsets_of
+from ehrsurv_dist.score_overrides import check_scoring_overrides
 from ehrsurv_dist.train import modeling
 from ehrsurv_dist.train.launch import init_ray
 from ehrsurv_dist.train.loop import Predictions, predict
@@ -43,12 +53,24 @@ EVAL_SPLITS = (S.TUNING_SPLIT, S.HELD_OUT_SPLIT)
 log = logging.getLogger(__name__)
 
 
-def load_run(run_dir: str) -> tuple[JobSpec, Vocabulary, dict[str, Any]]:
-    """The run's resolved config, vocabulary (hash-checked) and exported model."""
+def load_run(
+    run_dir: str, overrides: Sequence[Override] = ()
+) -> tuple[JobSpec, Vocabulary, dict[str, Any]]:
+    """The run's resolved config, vocabulary (hash-checked) and exported model.
+
+    Args:
+        run_dir: a finished ``finetune`` run.
+        overrides: ``KEY=VALUE`` overrides of how the run is scored (``eval.*``,
+            ``train.use_gpu``, data-loading knobs: :mod:`ehrsurv_dist.score_overrides`);
+            a key the trained model depends on raises :class:`ConfigError`.
+    """
     cfg = rundir.path(run_dir, rundir.CONFIG)
     if not os.path.exists(cfg):
         raise EhrsurvError(f"{run_dir} is not a run directory (no {rundir.CONFIG})")
     spec = T.with_run_edges(load_config(JobSpec, cfg), run_dir)
+    if overrides:
+        check_scoring_overrides(overrides)
+        spec = apply_overrides(spec, list(overrides))
     export_path = modeling.export_path(run_dir)
     export = modeling.load_export(export_path)
     vocab = Vocabulary.load(rundir.path(run_dir, rundir.VOCAB))
@@ -56,6 +78,38 @@ def load_run(run_dir: str) -> tuple[JobSpec, Vocabulary, dict[str, Any]]:
     if export["mode"] != "finetune":
         raise EhrsurvError(f"{run_dir} is a {export['mode']} run: evaluate needs a finetune run")
     return spec, vocab, export
+
+
+def for_cohort(
+    spec: JobSpec,
+    cohort: str,
+    *,
+    outcomes: str | None = None,
+    labels: str | None = None,
+    run_dir: str = "",
+) -> JobSpec:
+    """The run's job pointed at another cohort (``predict``, or ``evaluate --cohort``).
+
+    A run's outcome table (``data.outcomes`` on the visit axis, ``task.outcomes`` on the
+    calendar axis) belongs to its own cohort: it is dropped, and ``outcomes`` (the new
+    cohort's table, or None) takes its place; without one the visit axis reads
+    ``COHORT/outcomes.parquet`` when it exists, the calendar axis the event codes in the data.
+    ``labels`` (calendar axis) replaces the run's source of prediction times.
+
+    Raises:
+        EhrsurvError: ``labels`` for a visit-axis run.
+    """
+    calendar = T.is_calendar(spec)
+    data = dataclasses.replace(spec.data, cohort=cohort, outcomes=None if calendar else outcomes)
+    task = dataclasses.replace(spec.task, outcomes=outcomes if calendar else None)
+    if labels is not None:
+        if not calendar:
+            raise EhrsurvError(
+                f"--labels needs a calendar-axis run; {run_dir or 'the run'} is on the visit axis"
+            )
+        pt = dataclasses.replace(task.prediction_times, at_code=None, days_after_first_record=None)
+        task = dataclasses.replace(task, labels=labels, prediction_times=pt)
+    return dataclasses.replace(spec, data=data, task=task)
 
 
 def _pipeline(
@@ -236,15 +290,24 @@ class _Scoring:
     again on exit; an existing Ray (``ray.init`` done, or ``RAY_ADDRESS``) is used as it is.
     """
 
-    def __init__(self, spec: JobSpec, run_dir: str, export: dict[str, Any], use_ray: bool) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        run_dir: str,
+        export: dict[str, Any],
+        use_ray: bool,
+        model: torch.nn.Module | None = None,
+    ) -> None:
         self.spec, self.export, self.use_ray = spec, export, use_ray
         self.export_path = modeling.export_path(run_dir)
+        self.built = model  # the export's model, already built (in-process scoring)
         self.model: torch.nn.Module | None = None
         self.started = False
 
     def __enter__(self) -> _Scoring:
         if not self.use_ray:
-            self.model = modeling.model_from_export(self.export)
+            built = self.built
+            self.model = built if built is not None else modeling.model_from_export(self.export)
             return self
         import ray  # Ray at the edge (see num_scorers)
 
@@ -263,7 +326,7 @@ class _Scoring:
             return predict_split(self.model, pipe, split)
         return predict_split_ray(self.export_path, self.spec, pipe, split)
 
-    def labels(self, pipe: IngestPipeline, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def labels(self, pipe: IngestPipeline, split: str | None) -> tuple[np.ndarray, np.ndarray]:
         """(last_visit, event) of every subject of ``split`` — on the calendar axis (time_days,
         event) of every sample — without running the model (the train split's labels give the
         censoring distribution of IBS and Uno's C)."""
@@ -284,40 +347,120 @@ class _Scoring:
         )
 
 
+ALL = "all"  # the split name of a new cohort's predictions scored as one set
+
+
 def evaluate_run(
     run_dir: str,
-    splits: tuple[str, ...] = EVAL_SPLITS,
+    splits: tuple[str, ...] | None = EVAL_SPLITS,
     n_boot: int | None = None,
     *,
     use_ray: bool = True,
+    overrides: Sequence[Override] = (),
+    cohort: str | None = None,
+    outcomes: str | None = None,
+    labels: str | None = None,
+    out: str | None = None,
 ) -> dict[str, Any]:
-    """Predict and score ``splits`` of the run's cohort; writes predictions, metrics, plots.
+    """Predict and score ``splits``; writes predictions, metrics' plots and (calendar) the
+    time axis to ``out`` (default: the run directory).
 
     Args:
         run_dir: a finished ``finetune`` run.
-        splits: splits to score (each over the whole split).
+        splits: splits to score (each over the whole split); None with ``cohort``: every
+            subject of the cohort, as one set named ``all``.
         n_boot: bootstrap resamples (None: the run's ``eval.n_boot``).
         use_ray: batch inference on Ray Data actors (False: in this process).
+        overrides: scoring overrides (:func:`load_run`).
+        cohort: score this cohort instead of the run's own (external validation): the
+            censoring distribution of IPCW (Uno's C, IBS) is then that of all its subjects;
+            ``splits`` must be the cohort's own (``metadata/subject_splits.parquet``).
+        outcomes: ``cohort``'s outcome table (visit axis: ``data.outcomes``, default
+            ``COHORT/outcomes.parquet``; calendar axis: ``task.outcomes``, default the event
+            codes in the data).
+        labels: calendar axis: ``cohort``'s MEDS label file (the prediction times).
+        out: output directory; required with ``cohort``, and never the run directory then.
+
+    Raises:
+        OutputError: ``cohort`` without ``out``, or ``out`` is the run directory.
+        CohortError: ``splits`` given for a cohort without its own split file.
     """
-    spec, vocab, export = load_run(run_dir)
+    spec, vocab, export = load_run(run_dir, overrides)
+    _check_out(run_dir, out, new_cohort=cohort is not None)
+    if cohort is None:
+        if outcomes is not None or labels is not None:
+            raise EhrsurvError(
+                "--outcomes and --labels name a new cohort's files: give its --cohort too"
+            )
+        splits = splits or EVAL_SPLITS
+        train_split: str | None = S.TRAIN_SPLIT
+    else:
+        if T.is_calendar(spec) and spec.task.outcomes is not None and outcomes is None:
+            raise EhrsurvError(
+                f"{run_dir} reads its outcomes from an outcome table (task.outcomes): give "
+                f"{cohort}'s with --outcomes"
+            )
+        spec = for_cohort(spec, cohort, outcomes=outcomes, labels=labels, run_dir=run_dir)
+        if splits:
+            _check_own_splits(cohort)
+        train_split = None
+    out = out or run_dir
     pipe = _pipeline(spec, vocab, spec.data.cohort, require_outcomes=True)
     with _Scoring(spec, run_dir, export, use_ray) as score:
-        train = score.labels(pipe, S.TRAIN_SPLIT)
-        preds = {split: score(pipe, split) for split in splits}
+        train = score.labels(pipe, train_split)
+        if splits:
+            preds = {split: score(pipe, split) for split in splits}
+        else:
+            preds = {ALL: score(pipe, None)}
     edges = T.edges_of(spec)
     if edges is not None:
-        return calendar_eval.score_splits(run_dir, spec, edges, train, preds, n_boot)
-    return _score_splits(run_dir, spec, train, preds, n_boot)
+        return calendar_eval.score_splits(out, spec, edges, train, preds, n_boot)
+    return _score_splits(out, spec, train, preds, n_boot)
+
+
+def _check_out(run_dir: str, out: str | None, new_cohort: bool) -> None:
+    """Scores of another cohort go to their own directory, never into the run's; an ``out``
+    other than the run directory is never another run's."""
+    if out is None:
+        if new_cohort:
+            raise OutputError(
+                "evaluating another cohort needs --out DIR (the run directory keeps "
+                "the scores of its own cohort)"
+            )
+        return
+    if os.path.realpath(out) == os.path.realpath(run_dir):
+        if new_cohort:
+            raise OutputError(
+                f"--out {out} is the run directory: the scores of another cohort go to a "
+                "folder of their own"
+            )
+        return
+    if os.path.exists(rundir.path(out, rundir.CONFIG)):
+        raise OutputError(f"--out {out} is another run's directory; give a new folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"--out {out} exists and is not a directory")
+
+
+def _check_own_splits(cohort: str) -> None:
+    """Splits of a new cohort are its own MEDS split file's, never drawn for it."""
+    path = io.join(cohort, S.SUBJECT_SPLITS_PATH)
+    fs, p = io.resolve(path)
+    if not io.exists(fs, p):
+        raise CohortError(
+            f"--split needs the cohort's own splits: there is no {path}; leave --split out to "
+            "score all its subjects"
+        )
 
 
 def _score_splits(
-    run_dir: str,
+    out: str,
     spec: JobSpec,
     train: tuple[np.ndarray, np.ndarray],
     preds: dict[str, Predictions],
     n_boot: int | None,
 ) -> dict[str, Any]:
-    """Metrics of every split (JSON-ready), plus the predictions Parquet and the plots."""
+    """Metrics of every split (JSON-ready), plus the predictions Parquet and the plots, written
+    under ``out`` (the run directory's layout: ``predictions/``, ``plots/``)."""
     results: dict[str, Any] = {}
     tables = []
     for split, p in preds.items():
@@ -329,9 +472,9 @@ def _score_splits(
         results[split] = M.jsonable(m)
         risk = _risk(spec, ht)
         tables.append(predictions_table(p, split, risk))
-        _plot_split(rundir.path(run_dir, rundir.PLOTS), split, p, ht, risk, m)
+        _plot_split(rundir.path(out, rundir.PLOTS), split, p, ht, risk, m)
     if tables:
-        atomic.write_parquet(pa.concat_tables(tables), rundir.path(run_dir, rundir.PREDICTIONS))
+        atomic.write_parquet(pa.concat_tables(tables), rundir.path(out, rundir.PREDICTIONS))
     return results
 
 
@@ -419,44 +562,34 @@ class PredictReport:
         )
 
 
-def predict_cohort(
+def predict_table(
     run_dir: str,
-    cohort: str,
-    out: str,
+    spec: JobSpec,
+    vocab: Vocabulary,
+    export: dict[str, Any],
     *,
     use_ray: bool = True,
-    labels: str | None = None,
-) -> PredictReport:
-    """Predictions for every subject of another cohort (no metrics) — on the calendar axis for
-    every sample of the run's task (its rule, or ``labels``: a MEDS label file of this cohort).
+    model: torch.nn.Module | None = None,
+) -> tuple[pa.Table, PredictReport]:
+    """The predictions of every subject (calendar axis: every sample) of ``spec.data.cohort``,
+    in the predictions contract (split ``all``; no metrics), and what was read.
 
-    Codes unseen when the run's vocabulary was fitted map to UNK; they are counted (one scan
-    of the cohort, on Ray when ``use_ray``), as are the truncated histories.
+    Args:
+        run_dir: the run (its model folder, for the Ray actors).
+        spec, vocab, export: :func:`load_run`'s, the spec pointed at the cohort
+            (:func:`for_cohort`).
+        use_ray: Ray Data ingest and batch inference (False: in this process, no Ray).
+        model: the export's model, already built (in-process only; None builds it).
     """
-    spec, vocab, export = load_run(run_dir)
-    if T.is_calendar(spec) and spec.task.outcomes is not None:
-        # predictions need no outcomes: a run's outcome table belongs to its own cohort
-        spec = dataclasses.replace(spec, task=dataclasses.replace(spec.task, outcomes=None))
-    if labels is not None:
-        if not T.is_calendar(spec):
-            raise EhrsurvError(
-                f"--labels needs a calendar-axis run; {run_dir} is on the visit axis"
-            )
-        pt = dataclasses.replace(
-            spec.task.prediction_times, at_code=None, days_after_first_record=None
-        )
-        task = dataclasses.replace(spec.task, labels=labels, prediction_times=pt)
-        spec = dataclasses.replace(spec, task=task)
-    pipe = _pipeline(spec, vocab, cohort, require_outcomes=False)
-    with _Scoring(spec, run_dir, export, use_ray) as score:
+    pipe = _pipeline(spec, vocab, spec.data.cohort, require_outcomes=False)
+    with _Scoring(spec, run_dir, export, use_ray, model) as score:
         stats = pipe.fit(vocab, use_ray=use_ray).stats
         p = score(pipe, None)
     edges = T.edges_of(spec)
     if edges is not None:
-        atomic.write_parquet(calendar_eval.predictions_table(p, "all", edges), out)
+        table = calendar_eval.predictions_table(p, ALL, edges)
     else:
-        risk = _risk(spec, M.hazard_table_from_csr(p.values, p.offsets))
-        atomic.write_parquet(predictions_table(p, "all", risk), out)
+        table = predictions_table(p, ALL, _risk(spec, M.hazard_table_from_csr(p.values, p.offsets)))
     trunc = "truncated_flat" if pipe.layout == "flat" else "truncated_hierarchical"
     report = PredictReport(
         subjects=len(p.subject_id),
@@ -464,5 +597,29 @@ def predict_cohort(
         unknown_tokens=sum(st["unknown_tokens"] for st in stats.values()),
         truncated=sum(st[trunc] for st in stats.values()),
     )
+    return table, report
+
+
+def predict_cohort(
+    run_dir: str,
+    cohort: str,
+    out: str,
+    *,
+    use_ray: bool = True,
+    labels: str | None = None,
+    overrides: Sequence[Override] = (),
+) -> PredictReport:
+    """Predictions for every subject of another cohort (no metrics), written to ``out``
+    atomically — on the calendar axis for every sample of the run's task (its rule, or
+    ``labels``: a MEDS label file of this cohort).
+
+    The run's outcome table is not read (:func:`for_cohort`). Codes unseen when the run's
+    vocabulary was fitted map to UNK; they are counted (one scan of the cohort, on Ray when
+    ``use_ray``), as are the truncated histories.
+    """
+    spec, vocab, export = load_run(run_dir, overrides)
+    spec = for_cohort(spec, cohort, labels=labels, run_dir=run_dir)
+    table, report = predict_table(run_dir, spec, vocab, export, use_ray=use_ray)
+    atomic.write_parquet(table, out)
     log.info("%s", report.summary(out))
     return report

@@ -58,7 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ehrsurv`` with ``argv`` (default: the process's); returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse gives a command's KEY=VALUE positional (nargs="*") nothing when another
+        # positional (predict's and evaluate's RUN) comes first and options follow it; the
+        # overrides that come after the options are taken here, anything else is refused.
+        if isinstance(getattr(args, "overrides", None), list) and not any(
+            a.startswith("-") or "=" not in a for a in extra
+        ):
+            args.overrides.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except EhrsurvError as e:

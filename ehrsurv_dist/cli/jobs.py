@@ -97,13 +97,16 @@ def cmd_train(args: argparse.Namespace, mode: str) -> int:
     return EXIT_OK
 
 
-def summary(metrics: dict[str, Any], out: str) -> str:
-    """The lines printed after a run: best epoch and score, then the metrics of each split."""
+def summary(metrics: dict[str, Any], out: str, header: str | None = None) -> str:
+    """The lines printed after a run: best epoch and score (or ``header``), then the metrics of
+    each split."""
     t = metrics["train"]
     lines = [
-        f"run {out}: {t['mode']}, best epoch {t['best_epoch']}, val score {t['best_val_score']:.4f}"
+        header
+        or f"run {out}: {t['mode']}, best epoch {t['best_epoch']}, "
+        f"val score {t['best_val_score']:.4f}"
     ]
-    for split in ("tuning", "held_out"):
+    for split in ("train", "tuning", "held_out", "all"):  # all: a new cohort's subjects
         m = metrics.get(split)
         if not m or not m.get("n_subjects"):
             continue
@@ -151,13 +154,32 @@ def _f(x: Any) -> str:
     return "  n/a " if x is None else f"{float(x):.4f}"
 
 
+def _add_scoring_overrides(p: argparse.ArgumentParser) -> None:
+    """KEY=VALUE overrides of how a trained run is scored (not of its model)."""
+    from ehrsurv_dist.score_overrides import HELP
+
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help=f"{HELP} (list every key with `ehrsurv config`)",
+    )
+
+
 def add_evaluate_parser(sub: Subparsers) -> None:
-    """``ehrsurv evaluate RUN``."""
+    """``ehrsurv evaluate RUN [--cohort NEW --out DIR]``."""
     e = sub.add_parser(
         "evaluate",
-        help="score a fine-tuned run on whole splits",
+        help="score a fine-tuned run on whole splits, or on a new cohort",
         description="Predict every subject of the given splits of the run's cohort with the best "
-        "model and write metrics.json, predictions/ and plots/ in the run directory.",
+        "model and write metrics.json, predictions/ and plots/ in the run directory. With "
+        "--cohort, score a new cohort instead (external validation): all its subjects (or its "
+        "own MEDS splits with --split), written to --out DIR, never into the run directory. "
+        "Outcomes of the new cohort: visit-axis runs read --outcomes (default "
+        "COHORT/outcomes.parquet); calendar-axis runs take them from the event codes in the "
+        "data (or --outcomes for a run trained with task.outcomes) at the run's prediction "
+        "times, or at those of --labels. The censoring distribution of Uno's C and the IBS is "
+        "then the new cohort's own.",
     )
     e.add_argument("run", help="run directory written by `ehrsurv finetune`")
     e.add_argument(
@@ -165,7 +187,8 @@ def add_evaluate_parser(sub: Subparsers) -> None:
         action="append",
         choices=["train", "tuning", "held_out"],
         default=None,
-        help="split to evaluate (repeatable; default tuning and held_out)",
+        help="split to evaluate (repeatable; default tuning and held_out; with --cohort: the "
+        "cohort's own metadata/subject_splits.parquet, default all its subjects)",
     )
     e.add_argument(
         "--n-boot",
@@ -173,6 +196,23 @@ def add_evaluate_parser(sub: Subparsers) -> None:
         default=None,
         help="bootstrap resamples (default: the run's eval.n_boot)",
     )
+    e.add_argument("--cohort", help="a new MEDS cohort to score instead of the run's own")
+    e.add_argument(
+        "--outcomes",
+        help="with --cohort: its outcome table (subject_id, event, time); visit axis default "
+        "COHORT/outcomes.parquet, calendar axis default the event codes in the data",
+    )
+    e.add_argument(
+        "--labels",
+        help="with --cohort, calendar-axis runs: a MEDS label file of COHORT with the "
+        "prediction times to score at (default: the run's own rule or label path, in COHORT)",
+    )
+    e.add_argument(
+        "--out",
+        help="output directory for metrics.json, predictions/ and plots/ (default the run "
+        "directory; required with --cohort, and then not the run directory)",
+    )
+    _add_scoring_overrides(e)
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -180,18 +220,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ehrsurv_dist.atomic import write_json as write_json_atomic
     from ehrsurv_dist.evaluate import evaluate_run
 
+    out = args.out or args.run
     res = evaluate_run(
-        args.run, splits=tuple(args.split or ("tuning", "held_out")), n_boot=args.n_boot
+        args.run,
+        splits=tuple(args.split) if args.split else None,
+        n_boot=args.n_boot,
+        overrides=args.overrides,
+        cohort=args.cohort,
+        outcomes=args.outcomes,
+        labels=args.labels,
+        out=args.out,
     )
-    path = f"{args.run}/{METRICS}"
+    path = os.path.join(out, METRICS)
     old: dict[str, Any] = {}
-    if os.path.exists(path):
+    if os.path.realpath(out) == os.path.realpath(args.run) and os.path.exists(path):
         with open(path) as fh:
             old = json.load(fh)
+    else:
+        old = {"run": os.path.abspath(args.run), "cohort": args.cohort}
     old.update(res)
     write_json_atomic(old, path)
     no_train = {"mode": "finetune", "best_epoch": -1, "best_val_score": float("nan")}
-    print(summary({"train": old.get("train", no_train), **res}, args.run))
+    header = f"run {args.run} scored on cohort {args.cohort}" if args.cohort else None
+    print(summary({"train": old.get("train", no_train), **res}, out, header))
     return EXIT_OK
 
 
@@ -201,7 +252,8 @@ def add_predict_parser(sub: Subparsers) -> None:
         "predict",
         help="predict hazards and survival for a cohort with a trained run",
         description="Write per-subject hazards, survival and risk (no input codes) for every "
-        "subject of COHORT to a Parquet file.",
+        "subject of COHORT to a Parquet file. No outcome table is needed (the run's own is not "
+        "read). From Python: ehrsurv_dist.load_model(RUN).predict(COHORT) (docs/python.md).",
     )
     pr.add_argument("run", help="run directory written by `ehrsurv finetune`")
     pr.add_argument("--cohort", required=True, help="MEDS cohort to predict")
@@ -211,6 +263,7 @@ def add_predict_parser(sub: Subparsers) -> None:
         help="calendar-axis runs: a MEDS label file of COHORT with the prediction times to "
         "predict at (default: the run's own rule, or its label path taken in COHORT)",
     )
+    _add_scoring_overrides(pr)
     pr.set_defaults(func=cmd_predict)
 
 
@@ -219,7 +272,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if os.path.isdir(args.out):  # refuse before the work, not at the final rename
         raise OutputError(f"--out {args.out} is a directory; give a Parquet file path")
-    report = predict_cohort(args.run, args.cohort, args.out, labels=args.labels)
+    report = predict_cohort(
+        args.run, args.cohort, args.out, labels=args.labels, overrides=args.overrides
+    )
     print(report.summary(args.out))
     return EXIT_OK
 

@@ -58,7 +58,13 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist.constants import US_PER_DAY, US_PER_YEAR
 from ehrsurv_dist.data import io
 from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, lookup, sorted_unique, time_us
-from ehrsurv_dist.data.visits import GRANULARITY_US, SubjectVisits, group_visits
+from ehrsurv_dist.data.visits import (
+    GRANULARITY_US,
+    SubjectVisits,
+    group_token_rows,
+    input_code_classes,
+    token_rows,
+)
 from ehrsurv_dist.errors import ConfigError, LabelError, require
 from ehrsurv_dist.ragged import concat_ranges
 
@@ -87,6 +93,7 @@ _REASONS = np.array(REASONS, dtype=object)
 _R = {r: i for i, r in enumerate(REASONS)}  # reason -> its index in REASONS
 _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
+_NOT_INPUT = 8  # make_samples' code class of MEDS_BIRTH / MEDS_DEATH (no input token)
 _MAX_NAMED = 5  # offending subjects named in an error message
 
 
@@ -585,8 +592,10 @@ def make_samples(
         raise ValueError("task.outcomes is set: pass the OutcomeArrays to make_samples")
     k = len(ev.dictionary)
     dnames = np.asarray(ev.dictionary.to_numpy(zero_copy_only=False), dtype=object)
-    # One class per code (extra slot: null code): 1 = MEDS_BIRTH, 2 = event code, 4 = at_code.
+    # One class per code (extra slot: null code): 1 = MEDS_BIRTH, 2 = event code, 4 = at_code,
+    # 8 = no input token (MEDS_BIRTH, MEDS_DEATH): one gather over the rows serves them all.
     cls = np.zeros(k + 1, dtype=np.int8)
+    cls[input_code_classes(ev.dictionary)[1]] |= _NOT_INPUT
     cls[:k][dnames == S.BIRTH_CODE] |= 1
     if not use_table:  # with an outcome table the event codes are ignored
         cls[:k][event_code_mask(task.event_codes, ev.dictionary)] |= 2
@@ -664,19 +673,22 @@ def make_samples(
             keep[(out_start[late_s] + within)[late]] = False
             pos = pos[keep]
             n_le = n_le - np.bincount(late_s[late], minlength=len(cand))
-    # The cut rows, keyed by subject when each has one sample (no copy when the cut keeps
-    # every row), else by the sample's position.
+    # The cut's input-token rows (timed, neither birth nor death), already in (sample, visit
+    # key) order: grouped as they are (no second compaction, sort check or birth search),
+    # keyed by subject when each has one sample, else by the sample's position in cand.
+    is_tok = row_cls < _NOT_INPUT  # the highest class bit
+    if any_null:
+        is_tok &= ~tr.null
     if pos is None:
-        cut = EventArrays(tr.sid, tr.tu, tr.null, tr.code, ev.dictionary)
+        rows = np.flatnonzero(is_tok)
+        row_key = tr.sid[rows]
     else:
-        cut = EventArrays(
-            tr.sid[pos] if one_per_subject else np.repeat(np.arange(len(cand)), n_le),
-            tr.tu[pos],
-            tr.null[pos],
-            tr.code[pos],
-            ev.dictionary,
-        )
-    gu = group_visits(cut, None, granularity)
+        sel = is_tok[pos]
+        rows = pos[sel]
+        row_key = tr.sid[rows] if one_per_subject else np.repeat(np.arange(len(cand)), n_le)[sel]
+    s_key = c_sid if one_per_subject else np.arange(len(cand), dtype=np.int64)
+    tok = token_rows(rows, row_key, tr.tu[rows], tr.key[rows])
+    gu = group_token_rows(tok, tr.code, ev.dictionary, s_key, b[cand], s_key, None, g)
     if one_per_subject:
         kept_c = lookup(gu.visits.subject_id, c_sid)[0]
     else:

@@ -274,6 +274,14 @@ def _rejects(
     return all_subjects[rej], _REASONS[reason[rej]]
 
 
+def input_code_classes(dictionary: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(is_birth, skip): bool [K + 1] per dictionary code (extra slot: the null code) —
+    ``MEDS_BIRTH``, and the codes that are no input token (``MEDS_BIRTH``, ``MEDS_DEATH``)."""
+    dnames = np.asarray(dictionary.to_numpy(zero_copy_only=False), dtype=object)
+    is_birth = np.append(dnames == S.BIRTH_CODE, False)
+    return is_birth, is_birth | np.append(dnames == S.DEATH_CODE, False)
+
+
 def group_visits(
     ev: EventArrays,
     outcomes: OutcomeArrays | None,
@@ -291,18 +299,50 @@ def group_visits(
         A :class:`GroupedUnit`; ``visits.codes`` is a dictionary array of the codes.
     """
     g = GRANULARITY_US[granularity]
-    dnames = np.asarray(ev.dictionary.to_numpy(zero_copy_only=False), dtype=object)
-    is_birth = np.append(dnames == S.BIRTH_CODE, False)  # extra slot: null code
-    skip = is_birth | np.append(dnames == S.DEATH_CODE, False)
+    is_birth, skip = input_code_classes(ev.dictionary)
     all_subjects = sorted_unique(ev.subject_id)
     if outcomes is not None and len(all_subjects):
         outcomes = outcomes.between(int(all_subjects[0]), int(all_subjects[-1]))
     b_sid, b_tu = _births(ev, is_birth)
-
     tr = _token_rows(ev, skip, g)
+    return group_token_rows(
+        tr, ev.code_index, ev.dictionary, b_sid, b_tu, all_subjects, outcomes, g
+    )
+
+
+def token_rows(rows: np.ndarray, sid: np.ndarray, tu: np.ndarray, key: np.ndarray) -> _TokenRows:
+    """Input-token rows a caller has already selected and sorted by (subject, visit key), codes
+    in order of appearance within a visit (e.g. the calendar axis's as-of cut): ``rows`` index
+    the code array given to :func:`group_token_rows`."""
+    return _TokenRows(rows, sid, tu, key)
+
+
+def group_token_rows(
+    tr: _TokenRows,
+    code_index: np.ndarray,
+    dictionary: pa.Array,
+    b_sid: np.ndarray,
+    b_tu: np.ndarray,
+    all_subjects: np.ndarray,
+    outcomes: OutcomeArrays | None,
+    granularity_us: int,
+) -> GroupedUnit:
+    """:func:`group_visits` after its row selection: visits and labels from input-token rows
+    in (subject, visit key) order.
+
+    Args:
+        tr: the token rows (see :func:`token_rows`).
+        code_index: int32 code of every row ``tr.rows`` indexes, into ``dictionary``.
+        dictionary: the codes.
+        b_sid, b_tu: sorted subjects with a birth, and its time (µs).
+        all_subjects: sorted: every subject of the unit (rejects name those left out).
+        outcomes: outcome rows of these subjects, or None (all visits kept, no event).
+        granularity_us: the visit granularity in µs (``tr.key`` = time // it).
+    """
     new_s = tr.subject_starts()
     tok_subjects = tr.sid[new_s]  # subjects with at least one token row
-    cut = _cut_history(tr, new_s, _history_limits(tok_subjects, b_sid, outcomes, g))
+    limit = _history_limits(tok_subjects, b_sid, outcomes, granularity_us)
+    cut = _cut_history(tr, new_s, limit)
     if cut is not None:
         tr, new_s = cut, cut.subject_starts()
 
@@ -322,9 +362,8 @@ def group_visits(
     else:
         event = np.zeros(len(subjects), dtype=bool)
 
-    code_index = ev.code_index[tr.rows]
     codes = Ragged(
-        dictionary_codes(code_index, ev.dictionary), np.append(visit_start, len(tr.rows))
+        dictionary_codes(code_index[tr.rows], dictionary), np.append(visit_start, len(tr.rows))
     )
     visits = SubjectVisits(
         subject_id=subjects,
@@ -333,7 +372,7 @@ def group_visits(
         visits=Ragged({"time": visit_time, "age": visit_age, "codes": codes}, visit_offsets),
     )
     rej_sid, rej_reason = _rejects(all_subjects, subjects, b_sid, tok_subjects, outcomes)
-    return GroupedUnit(visits, ev.dictionary, rej_sid, rej_reason)
+    return GroupedUnit(visits, dictionary, rej_sid, rej_reason)
 
 
 def build_visits(
