@@ -371,3 +371,21 @@ def test_tensorboard_scalars_images_and_trial_folders(tmp_path: Path) -> None:
     sweep = tracking.Target("tensorboard", str(tmp_path / "sweep" / "tensorboard"))
     t = tracking.open_run(spec, _run_dir(tmp_path, spec, "t001_b"), "finetune", within=sweep)
     assert t == tracking.Target("tensorboard", os.path.join(sweep.uri, "t001_b"))
+
+
+def test_the_tracking_extra_and_the_test_extra_that_pulls_it() -> None:
+    """`pip install 'ehrsurv_dist[tracking]'` (the error's advice) names real packages, and
+    `make setup`'s `.[test]` brings them, so a fresh clone runs the store tests."""
+    if sys.version_info < (3, 11):  # pragma: no cover
+        pytest.skip("tomllib needs Python 3.11")
+    import tomllib
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    names = {Requirement(r).name for r in extras["tracking"]}
+    assert names == {"mlflow-skinny", "tensorboardX", "tensorboard"}
+    test = [Requirement(r) for r in extras["test"]]
+    assert any(r.name == "ehrsurv_dist" and r.extras == {"tracking"} for r in test)
