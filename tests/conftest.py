@@ -9,6 +9,17 @@ from typing import Any
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The user cache (validation reports of cohorts whose folder is not writable) in a temp
+    folder: the suite never writes to the real ``~/.cache/ehrsurv``. Set before any Ray starts,
+    so Ray's workers inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EHRSURV_CACHE_DIR", str(tmp_path_factory.mktemp("user-cache")))
+        mp.delenv("EHRSURV_VALIDATION_CACHE", raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """Tiny tensors gain nothing from threads, and on a busy 2-core machine two spinning OpenMP

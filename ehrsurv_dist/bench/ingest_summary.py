@@ -55,6 +55,9 @@ def ingest_summary(cohort: str, r: dict[str, Any], plan: UnitPlan) -> str:
         f"**{r['asof_overhead']:+.1%}** (median {r['asof_overhead_median']:+.1%})",
         f"- one-time steps: validation {r['validate_s']:.2f} s, vocabulary scan "
         f"{r['fit_vocab_s']:.2f} s (vocabulary size {r['vocab_size']})",
+        f"- validation of {r['validate_shards']} shards: serial {r['validate_serial_s']:.2f} s, "
+        f"parallel ({r['validate_workers']} processes) {r['validate_parallel_s']:.2f} s, "
+        f"cached report {r['validate_cached_s'] * 1e3:.1f} ms",
         "",
         "```json",
         json.dumps(r, indent=2),

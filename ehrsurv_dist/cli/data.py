@@ -242,13 +242,30 @@ def add_validate_parser(sub: Subparsers) -> None:
         "(repeatable; PREFIX//* matches a family; default MEDS_DEATH); with --labels and "
         "--outcomes, the outcome table is checked as the task's explicit outcomes instead",
     )
+    v.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not store the report in the validation cache (by default it is stored under "
+        "the cohort's fingerprint, in COHORT/.ehrsurv/validation or the user cache, and later "
+        "pretrain/finetune/evaluate/predict runs on the unchanged cohort reuse it; this command "
+        "always scans; docs/data.md)",
+    )
+    v.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="processes that check the shards, whatever the cohort's size (default: one per "
+        "CPU for cohorts of 256 MiB of shards or more, else one; 1 = one after another in "
+        "this process)",
+    )
     v.set_defaults(func=cmd_validate)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     # the validator (pyarrow) is imported when the command runs, not when the parser is built
     from ehrsurv_dist.atomic import write_json as write_json_atomic
-    from ehrsurv_dist.data.meds import validate_cohort
+    from ehrsurv_dist.data.validate import process_mapper, serial_mapper
+    from ehrsurv_dist.data.validation_cache import validate_cached
 
     task = None
     if args.labels:
@@ -262,12 +279,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         task = TaskSpec(event_codes=codes, horizon_days=1.0, labels=labels, outcomes=args.outcomes)
     elif args.event_code:
         raise EhrsurvError("--event-code needs --labels (the task whose outcome it names)")
-    rep = validate_cohort(
+    workers = args.workers
+    mapper = None if workers is None else serial_mapper if workers == 1 else process_mapper(workers)
+    rep = validate_cached(
         args.cohort,
         outcomes=args.outcomes,
         granularity=args.granularity,
         require_outcomes=args.require_outcomes or task is not None,
         task=task,
+        mapper=mapper,
+        cache="none" if args.no_cache else None,
+        refresh=True,
     )
     print(rep.format())
     if args.json:

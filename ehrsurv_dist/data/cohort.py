@@ -1,9 +1,10 @@
 """Load a validated cohort as visits + labels + splits, single process (the reference path).
 
 This is what every consumer that does not stream (tests, the single-process ingest baseline,
-small evaluations) calls. It validates first, refuses a cohort with errors unless dropping is
-allowed, and then writes every dropped subject with its reason to a rejects file: nothing is lost
-silently.
+small evaluations) calls. It validates first (or reuses the report cached under the cohort's
+fingerprint: :mod:`~ehrsurv_dist.data.validation_cache`), refuses a cohort with errors unless
+dropping is allowed, and then writes every dropped subject with its reason to a rejects file:
+nothing is lost silently.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from ehrsurv_dist.data.meds import (
     default_outcomes_path,
     read_events_table,
     read_outcomes,
-    validate_cohort,
 )
 from ehrsurv_dist.data.splits import subject_splits
+from ehrsurv_dist.data.validation_cache import validate_cached
 from ehrsurv_dist.data.visits import SubjectVisits, build_visits
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def load_cohort(
     Raises:
         CohortError: fatal problems, or subject-level errors without ``drop_bad_subjects``.
     """
-    report = validate_cohort(cohort, outcomes, granularity, require_outcomes=require_outcomes)
+    report = validate_cached(cohort, outcomes, granularity, require_outcomes=require_outcomes)
     report.raise_if_unusable(drop_bad_subjects)
     fs, files, _ = data_files(cohort)
     events = pa.concat_tables([read_events_table(f, fs) for f in files])

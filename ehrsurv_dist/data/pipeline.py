@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -59,7 +60,7 @@ from ehrsurv_dist.data.encode import (
     read_unit,
     with_string_codes,
 )
-from ehrsurv_dist.data.meds import CohortReport, validate_cohort
+from ehrsurv_dist.data.meds import CohortReport
 from ehrsurv_dist.data.plan import ROWS_PER_UNIT, Unit, UnitPlan, plan_units, task_groups
 from ehrsurv_dist.data.samples import TaskSpec
 from ehrsurv_dist.data.scan import (
@@ -70,6 +71,9 @@ from ehrsurv_dist.data.scan import (
     scan_events,
 )
 from ehrsurv_dist.data.shards import KeptShard, shard_blocks
+from ehrsurv_dist.data.validate import Mapper, serial_mapper
+from ehrsurv_dist.data.validate_files import FileCheck
+from ehrsurv_dist.data.validation_cache import validate_cached
 from ehrsurv_dist.data.vocab import Vocabulary, fit_vocabulary
 
 log = logging.getLogger(__name__)
@@ -129,6 +133,37 @@ def _ray_scan_group(group: pa.Table, spec: EncodeSpec) -> pa.Table:
     return scan_events(group.drop_columns([BUCKET]), spec)
 
 
+def _apply(fn: Callable[[str], FileCheck], item: str) -> FileCheck:
+    return fn(item)
+
+
+def _ray_map_files(fn: Callable[[str], FileCheck], items: Sequence[str]) -> list[FileCheck]:
+    """Validation's per-shard checks as Ray tasks, one per shard (results in shard order)."""
+    import ray  # the Ray edge: imported where used, so the module imports without Ray
+
+    task = ray.remote(num_cpus=1)(_apply)
+    return list(ray.get([task.remote(fn, x) for x in items]))
+
+
+def ray_validation_mapper() -> Mapper | None:
+    """The parallel mapper of validation (for cohorts over ``validate.PARALLEL_MIN_BYTES``).
+
+    A process connected to Ray outside a placement group (a driver after ``ray.init``): Ray
+    tasks, one per shard, on the cluster's free CPUs. Inside a placement group (a Tune trial,
+    which captures its child tasks: its CPUs are its trainer's) the serial mapper: the shards
+    are checked in the trial's own process. Without Ray: None (``validate.default_mapper``'s
+    process pool)."""
+    if sys.modules.get("ray") is None:  # never imported: certainly not connected (no import)
+        return None
+    import ray  # the Ray edge: already imported by whoever started it
+
+    if not ray.is_initialized():
+        return None
+    if ray.get_runtime_context().get_placement_group_id() is not None:
+        return serial_mapper
+    return _ray_map_files
+
+
 # --------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -147,7 +182,13 @@ class IngestPipeline:
         mlm: add MLM masks (``codes`` masked, ``mlm_labels``).
         rows_per_unit: target rows per unit of work.
         check_batches: contract checks on this many first batches of each iteration (-1: all).
-        report: a validation report to reuse; None runs :func:`meds.validate_cohort`.
+        report: a validation report to reuse; None validates the cohort, or reuses the report
+            cached under its fingerprint (:mod:`validation_cache`); the shards are checked in
+            parallel: Ray tasks when Ray is up (:func:`ray_validation_mapper`), else a process
+            pool for large cohorts.
+        validation_cache: where validation reports are cached: None (``$EHRSURV_VALIDATION_CACHE``,
+            else ``auto``: the cohort's ``.ehrsurv/validation`` folder when writable, else the
+            user cache), ``auto``, ``none`` (always scan) or a folder.
         require_outcomes: False for pretraining without an outcome table.
         ray_remote_args: extra arguments of the Ray Data map tasks (``num_cpus``, ``memory``,
             ...).
@@ -182,6 +223,7 @@ class IngestPipeline:
         block_bytes: int = 8 << 20,
         vocab: Vocabulary | None = None,
         task: TaskSpec | None = None,
+        validation_cache: str | None = None,
     ) -> None:
         self.cohort = cohort
         self.data = data or DataConfig(cohort=cohort)
@@ -192,12 +234,14 @@ class IngestPipeline:
                 "use keep_recent",
             )
         if report is None:
-            report = validate_cohort(
+            report = validate_cached(
                 cohort,
                 self.data.outcomes,
                 self.data.granularity,
                 require_outcomes=require_outcomes,
                 task=task,
+                parallel=ray_validation_mapper(),
+                cache=validation_cache,
             )
         report.raise_if_unusable(self.data.drop_bad_subjects)
         self.report = report

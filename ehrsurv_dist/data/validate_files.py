@@ -1,7 +1,10 @@
 """The per-shard checks of the MEDS validator: schema, rows, order, and per-subject aggregates.
 
-Each shard is read once (bounded memory); what the cross-shard checks of
-:mod:`ehrsurv_dist.data.validate` need is kept as a :class:`FileSummary` per shard.
+Each shard is read once (bounded memory) by :func:`check_file`, which depends on nothing but
+the shard: shards can be checked in any order, in parallel, in other processes. Its result, a
+:class:`FileCheck` (picklable), holds the shard's problems and what the cross-shard checks of
+:mod:`ehrsurv_dist.data.validate` need (a :class:`FileSummary`, the distinct codes); merged in
+file order (:meth:`FileCheck.merge_into`) the results give the report a serial scan gives.
 """
 
 from __future__ import annotations
@@ -36,12 +39,50 @@ class FileSummary:
     last: np.ndarray  # last such time; INT64_MIN if none
 
 
-def check_file(rep: CohortReport, path: str, fs: Any) -> tuple[FileSummary | None, set[str]]:
-    """Check one shard and summarise it.
+@dataclass
+class FileCheck:
+    """What checking one shard found (:func:`check_file`).
 
-    Returns:
-        The shard's summary (None when the file cannot be used) and its distinct codes.
+    Attributes:
+        path: the shard.
+        problems: its problems, in the order the checks found them.
+        bad_subjects: subject id -> reason, for its subject-level errors (in that order).
+        n_rows: rows read (0 when unreadable).
+        n_static_rows: rows with a null time.
+        summary: per-subject aggregates; None when the file cannot be used.
+        codes: its distinct codes.
     """
+
+    path: str
+    problems: list[Problem]
+    bad_subjects: dict[int, str]
+    n_rows: int
+    n_static_rows: int
+    summary: FileSummary | None
+    codes: set[str]
+
+    def merge_into(self, rep: CohortReport) -> None:
+        """Add this shard's problems and counts to ``rep`` (merging the shards in file order
+        gives the report of a serial scan)."""
+        rep.problems.extend(self.problems)
+        for s, reason in self.bad_subjects.items():
+            rep.bad_subjects.setdefault(s, reason)
+        rep.n_rows += self.n_rows
+        rep.n_static_rows += self.n_static_rows
+
+
+def check_file(path: str, fs: Any) -> FileCheck:
+    """Check one shard and summarise it (reads only this shard; never raises for bad data)."""
+    rep = CohortReport(cohort="", outcomes=None)
+    summ, codes = _check_file(rep, path, fs)
+    return FileCheck(
+        path, rep.problems, rep.bad_subjects, rep.n_rows, rep.n_static_rows, summ, codes
+    )
+
+
+def _check_file(rep: CohortReport, path: str, fs: Any) -> tuple[FileSummary | None, set[str]]:
+    """Check one shard into ``rep``: its summary (None when the file cannot be used) and its
+    distinct codes."""
     t = _read_checked(rep, path, fs)
     if t is None:
         return None, set()

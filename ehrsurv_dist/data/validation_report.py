@@ -172,3 +172,53 @@ class CohortReport:
                 f"{first}{more}. Fix the data or pass data.drop_bad_subjects=true to drop them "
                 "(they are written to the rejects file)."
             )
+
+
+def report_to_record(rep: CohortReport) -> dict[str, Any]:
+    """Everything of ``rep`` as JSON-able data (:func:`report_from_record` gives it back
+    equal, field for field; the subjects to drop keep their order)."""
+    d = asdict(rep)
+    d["bad_subjects"] = [[int(s), r] for s, r in rep.bad_subjects.items()]
+    return d
+
+
+def report_from_record(d: dict[str, Any]) -> CohortReport:
+    """The report :func:`report_to_record` recorded.
+
+    Raises:
+        KeyError, TypeError, ValueError: not such a record.
+    """
+    problems = [
+        Problem(
+            severity=_severity(p["severity"]),
+            check=str(p["check"]),
+            message=str(p["message"]),
+            file=None if p["file"] is None else str(p["file"]),
+            column=None if p["column"] is None else str(p["column"]),
+            count=int(p["count"]),
+            subjects=[int(s) for s in p["subjects"]],
+            fatal=bool(p["fatal"]),
+        )
+        for p in d["problems"]
+    ]
+    return CohortReport(
+        cohort=str(d["cohort"]),
+        outcomes=None if d["outcomes"] is None else str(d["outcomes"]),
+        files=[str(f) for f in d["files"]],
+        n_rows=int(d["n_rows"]),
+        n_static_rows=int(d["n_static_rows"]),
+        n_subjects=int(d["n_subjects"]),
+        n_codes=int(d["n_codes"]),
+        n_outcome_rows=int(d["n_outcome_rows"]),
+        n_events=int(d["n_events"]),
+        problems=problems,
+        bad_subjects={int(s): str(r) for s, r in d["bad_subjects"]},
+    )
+
+
+def _severity(s: Any) -> Severity:
+    if s == "error":
+        return "error"
+    if s == "warning":
+        return "warning"
+    raise ValueError(f"unknown severity {s!r}")
