@@ -157,8 +157,16 @@ class DataConfig:
         "refusing the cohort.",
     )
     split_seed: int = option(0, "Seed for any split drawn by the pipeline (>= 0).")
+    numeric: Literal["none", "quantile_bins"] = option(
+        "none",
+        "Numeric values (MEDS numeric_value) as inputs: none ignores them; quantile_bins "
+        "fits per-code quantile bins on the train split (saved in the run's vocab.json) and "
+        "makes a row with a value the token CODE|Qk of its code and bin (docs/models.md).",
+    )
+    numeric_bins: int = option(10, "Quantile bins per code for data.numeric=quantile_bins (>= 2).")
 
     def __post_init__(self) -> None:
+        require(self.numeric_bins >= 2, "numeric_bins", f"must be >= 2, got {self.numeric_bins}")
         for name in (
             "max_seq_len",
             "max_visits",
@@ -216,6 +224,8 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(200, 25, 1),
     "local": Preset(2_000, 50, 2),
     "pod": Preset(20_000, 80, 4),
+    # calendar axis only: long lab-heavy histories (data/synth_long.py); max_visits unused
+    "long": Preset(2_000, 0, 2),
 }
 
 
@@ -223,8 +233,10 @@ PRESETS: dict[str, Preset] = {
 class SynthConfig:
     """The synthetic cohort generator (``ehrsurv synth``)."""
 
-    preset: Literal["smoke", "local", "pod"] = option(
-        "smoke", "Size preset: smoke (seconds), local (a laptop), pod (a cluster)."
+    preset: Literal["smoke", "local", "pod", "long"] = option(
+        "smoke",
+        "Size preset: smoke (seconds), local (a laptop), pod (a cluster), long (calendar axis "
+        "only: thousands of records per subject, lab values).",
     )
     subjects: int | None = option(None, "Number of subjects (> 0); null means the preset's.")
     seed: int = option(42, "Generator seed (>= 0); the same seed gives the same cohort.")

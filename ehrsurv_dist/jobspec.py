@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ehrsurv_dist.config import JobConfig, option, require, section
+from ehrsurv_dist.config import ConfigError, JobConfig, option, require, section
 from ehrsurv_dist.models.config import AttentionMode, VisitPooling
 from ehrsurv_dist.train.engine import EngineConfig
 
@@ -111,7 +111,12 @@ class TrainSpec:
         3, "Stop after this many epochs without a better validation score (0 = never)."
     )
     num_workers: int = option(2, "Ray Train workers (>= 1).")
-    use_gpu: bool = option(False, "One GPU per worker.")
+    use_gpu: bool | Literal["auto"] = option(
+        False,
+        "One GPU per worker: true, false, or auto (true when the Ray cluster has GPUs, decided "
+        "on the driver once it is connected and said in one line; the run's config.yaml "
+        "records what auto became, and resuming keeps it).",
+    )
     cpus_per_worker: float = option(1.0, "CPUs reserved per worker (> 0).")
     max_failures: int = option(
         1, "Worker failures tolerated: a dead worker is replaced and training resumes."
@@ -153,6 +158,18 @@ class TrainSpec:
         "null = the job's `name`. Ignored by tensorboard.",
     )
     engine: EngineConfig = section(EngineConfig, "Optimiser, schedule, precision and backend.")
+
+    @property
+    def gpu(self) -> bool:
+        """``use_gpu`` once decided: ``auto`` is resolved on the driver after it connects to
+        Ray (``train.launch.resolve_use_gpu``) before anything reads this.
+
+        Raises:
+            ConfigError: still ``auto``.
+        """
+        if not isinstance(self.use_gpu, bool):
+            raise ConfigError("train.use_gpu", "auto is resolved on the driver first")
+        return self.use_gpu
 
     def __post_init__(self) -> None:
         require(

@@ -115,3 +115,37 @@ def drift_shards(
     pq.write_table(t.take(pa.array(a_rows)), paths[0])
     pq.write_table(b, paths[1])
     return paths
+
+
+# Distinctive patient data: strings that cannot turn up in a log by chance, so a test can show
+# that none of them does (subject ids, codes, dates and ages).
+SECRET_SUBJECT0 = 987_654_321_000
+SECRET_BIRTH = "1937-04-13"
+SECRET_CODES = ("ZZSECRET/ALPHA", "ZZSECRET/BRAVO", "ZZSECRET/CHARLIE")
+SECRET_DAYS = ("2019-08-17", "2019-09-23", "2019-11-29", "2020-02-11")
+
+
+def distinctive_cohort(root: str | os.PathLike[str], n: int = 12) -> tuple[str, list[str]]:
+    """A MEDS cohort of ``n`` subjects (a birth and four visits each, every other one an event)
+    whose ids, codes and dates are distinctive; (its path, those strings and the subjects'
+    ages as a log would print them)."""
+    rows: list[Row] = []
+    outcomes: list[OutcomeRow] = []
+    for i in range(n):
+        s = SECRET_SUBJECT0 + 7 * i
+        rows.append((s, SECRET_BIRTH, S.BIRTH_CODE))
+        for v, day in enumerate(SECRET_DAYS):
+            rows.append((s, f"{day} 07:13", SECRET_CODES[(i + v) % 3]))
+        outcomes.append((s, i % 2 == 0, "2020-06-30"))
+    age = (np.datetime64(SECRET_DAYS[0]) - np.datetime64(SECRET_BIRTH)).astype(int) / 365.25
+    cohort = write_cohort(root, rows, outcomes)
+    secrets = [
+        *SECRET_CODES,
+        str(SECRET_SUBJECT0),
+        str(SECRET_SUBJECT0 + 7),
+        SECRET_BIRTH,
+        *SECRET_DAYS[:2],
+        "2020-06-30",
+        f"{age:.2f}",
+    ]
+    return cohort, secrets

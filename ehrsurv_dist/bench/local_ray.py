@@ -1,8 +1,10 @@
 """A quiet in-process local Ray for the benches (an edge module: Ray imported in functions).
 
 ``address="local"`` always starts a fresh Ray owned by this process, never one a user or
-another bench started on the same machine; no dashboard, no worker logs on the console and no
-Ray Data progress bars, whose output would interleave with the bench's own.
+another bench started on the same machine; no dashboard and no Ray Data progress bars, whose
+output would interleave with the bench's own. The workers' output is forwarded, as for a
+training job (``train/console.py``): their warnings and errors are not lost, and the rest of
+what they say is kept off the console.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ def start_local_ray(num_cpus: int) -> None:
         address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
-        log_to_driver=False,
+        log_to_driver=True,
         configure_logging=False,
     )
     quiet_data_context()

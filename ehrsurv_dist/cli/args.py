@@ -53,6 +53,14 @@ def add_job_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
         + ("" if out_required else " (required unless --dry-run)"),
     )
     p.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default="INFO",
+        help="what the job and its Ray Train workers print on the console (and so in `ray job "
+        "logs`): INFO (default) adds one line per epoch and worker (loss, steps, seconds) to "
+        "the warnings and errors; WARNING keeps only those",
+    )
+    p.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",

@@ -72,6 +72,11 @@ def add_synth_parser(sub: Subparsers) -> None:
         if i == 0
         else f"{name} {p.subjects:,} / {p.max_visits}"
         for i, (name, p) in enumerate(PRESETS.items())
+        if name != "long"
+    )
+    sizes += (
+        f"; long {PRESETS['long'].subjects:,} subjects on the calendar axis (implies --axis "
+        "calendar): thousands of records per subject, lab values that enter the true rate"
     )
     s.add_argument(
         "--preset",
@@ -87,9 +92,9 @@ def add_synth_parser(sub: Subparsers) -> None:
     s.add_argument(
         "--axis",
         choices=["visit", "calendar"],
-        default="visit",
+        default=None,
         help="time axis of the survival: visit (a visit-index axis, outcomes.parquet and per-visit "
-        "hazards; the default) or calendar (one prediction time per subject in "
+        "hazards; the default, except with --preset long) or calendar (one prediction time per subject in "
         "labels/TASK.parquet, death in days after it with a per-sample rate in truth.parquet; "
         "--signal and --frailty apply, --dropout does not)",
     )
@@ -122,6 +127,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise EhrsurvError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.signal <= 0:
         raise EhrsurvError(f"--signal must be > 0, got {args.signal}")
+    if args.preset == "long":
+        if args.axis == "visit":
+            raise EhrsurvError(
+                "--preset long is a calendar-axis cohort; drop --axis visit (it implies "
+                "--axis calendar)"
+            )
+        args.axis = "calendar"
     if args.axis == "calendar":
         return _synth_calendar(args)
     if args.horizon_days is not None or args.task is not None:
@@ -179,7 +191,8 @@ def _synth_calendar(args: argparse.Namespace) -> int:
             raise EhrsurvError(str(e)) from None
     print(
         f"wrote {res.subjects:,} subjects, {res.rows:,} rows in {res.shards} shard(s) to "
-        f"{res.out} in {res.seconds:.1f} s ({res.subjects / max(res.seconds, 1e-9):,.0f} subjects/s)"
+        f"{res.out} in {res.seconds:.1f} s ({res.subjects / max(res.seconds, 1e-9):,.0f} "
+        f"subjects/s, {res.rows / max(res.seconds, 1e-9):,.0f} rows/s)"
     )
     if not args.no_report:
         rep = calendar_summary(args.out, horizon, task)

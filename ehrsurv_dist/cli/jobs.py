@@ -70,8 +70,10 @@ def cmd_train(args: argparse.Namespace, mode: str) -> int:
     from ehrsurv_dist.config import load_config
     from ehrsurv_dist.jobspec import JobSpec
     from ehrsurv_dist.metrics import jsonable, plots
+    from ehrsurv_dist.train.console import console_logging
     from ehrsurv_dist.train.launch import run_training
 
+    console_logging(args.log_level)
     spec = load_config(JobSpec, args.config, job_overrides(args))
     with ray_cleanup():
         res = run_training(spec, mode, args.out)
@@ -301,8 +303,10 @@ def add_tune_parser(sub: Subparsers) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.train.console import console_logging
     from ehrsurv_dist.tune import TuneJobSpec, expand_trials, format_trials, run_sweep
 
+    console_logging(args.log_level)
     spec = load_config(TuneJobSpec, args.config, job_overrides(args))
     if args.dry_run:
         print(format_trials(expand_trials(spec)))

@@ -24,9 +24,17 @@ from ehrsurv_dist.data.blocks import Layout, flat_to_arrow, hier_to_arrow
 from ehrsurv_dist.data.events import EventArrays, OutcomeArrays, event_arrays
 from ehrsurv_dist.data.layouts import FlatTokens, Limits, VisitTokens, flatten, to_hierarchical
 from ehrsurv_dist.data.meds import CohortReport, read_outcomes
+from ehrsurv_dist.data.meds_read import numeric_values
 from ehrsurv_dist.data.normalize import normalise_events
+from ehrsurv_dist.data.numeric import apply_value_bins, vocab_edges
 from ehrsurv_dist.data.plan import Unit, UnitPlan
-from ehrsurv_dist.data.samples import LabelArrays, TaskSpec, make_samples, read_labels
+from ehrsurv_dist.data.samples import (
+    LabelArrays,
+    TaskSpec,
+    event_code_mask,
+    make_samples,
+    read_labels,
+)
 from ehrsurv_dist.data.splits import cohort_splits_path, hash_splits, read_split_file
 from ehrsurv_dist.data.visits import GroupedUnit, group_visits
 from ehrsurv_dist.data.vocab import Vocabulary
@@ -57,6 +65,13 @@ class EncodeSpec:
     layout: Layout = "flat"
     limits: Limits = Limits()
     task: TaskSpec | None = None
+    numeric: str = "none"
+    numeric_bins: int = 10
+
+    @property
+    def reads_values(self) -> bool:
+        """Whether units are read with their ``numeric_value`` column (data.numeric)."""
+        return self.numeric != "none"
 
     @classmethod
     def for_cohort(
@@ -80,6 +95,8 @@ class EncodeSpec:
             limits=Limits(
                 data.max_seq_len, data.max_visits, data.max_codes_per_visit, data.truncation
             ),
+            numeric=data.numeric,
+            numeric_bins=data.numeric_bins,
         )
 
 
@@ -137,34 +154,42 @@ def subject_split(spec: EncodeSpec, subject_id: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_unit(unit: Unit, cohort: str, with_row: bool = False) -> pa.Table:
+def read_unit(unit: Unit, cohort: str, with_row: bool = False, numeric: bool = False) -> pa.Table:
     """The unit's rows: ``subject_id``, ``time``, ``code`` (dictionary-encoded), column-pruned.
 
     Args:
         unit: the unit.
         cohort: the cohort directory or URI (selects the filesystem).
         with_row: add ``__row`` (file index << 40 | row in file): the order of appearance.
+        numeric: also ``numeric_value`` as float32 (all null where the file has none).
     """
     fs, _ = io.resolve(cohort)
     with fs.open_input_file(unit.path) as f:
         pf = pq.ParquetFile(f, read_dictionary=[S.CODE])
         cols = list(READ_COLUMNS)
+        has_value = numeric and S.NUMERIC_VALUE in pf.schema_arrow.names
+        if has_value:
+            cols.append(S.NUMERIC_VALUE)
         if unit.row_groups is None:
             t = pf.read(columns=cols)
         else:
             t = pf.read_row_groups(list(unit.row_groups), columns=cols)
     # one schema for every shard, whatever tool wrote it (the validator reads the same way)
     t, _ = normalise_events(t, unit.path, dictionary_codes=True)
+    if numeric:
+        t = numeric_values(t, unit.path, has_value)
     if with_row:
         rows = (np.int64(unit.file_index) << _ROW_SHIFT) + unit.first_row + np.arange(t.num_rows)
         t = t.append_column(ROW, pa.array(rows, pa.int64()))
     return t
 
 
-def read_buckets(plan: UnitPlan, cohort: str) -> Iterator[tuple[int, pa.Table]]:
+def read_buckets(
+    plan: UnitPlan, cohort: str, numeric: bool = False
+) -> Iterator[tuple[int, pa.Table]]:
     """(bucket, every row of its subjects) of a ``hash`` plan, in one process: every shard
     contributes to every bucket, so everything is read (the reference path)."""
-    tables = [read_unit(u, cohort, with_row=True) for u in plan.units]
+    tables = [read_unit(u, cohort, with_row=True, numeric=numeric) for u in plan.units]
     if not tables:
         return
     t = with_string_codes(pa.concat_tables([x.cast(tables[0].schema) for x in tables]))
@@ -234,6 +259,8 @@ def encode_unit(
         vocab: the fitted vocabulary.
         split: keep only this split's subjects; None keeps all.
     """
+    if spec.reads_values:
+        table = binned_values(table, spec, vocab)
     sv = unit_visits(table, spec).visits
     if split is not None:
         sv = sv.take(np.flatnonzero(subject_split(spec, sv.subject_id) == split))
@@ -241,6 +268,23 @@ def encode_unit(
     if spec.layout == "hierarchical":
         return to_hierarchical(sv, ids, spec.limits)
     return flatten(sv, ids, spec.limits)
+
+
+def binned_values(table: pa.Table, spec: EncodeSpec, vocab: Vocabulary) -> pa.Table:
+    """The unit's rows with value-bin tokens (:func:`numeric.apply_value_bins`) for the codes
+    the vocabulary has bins for; the task's event codes are never binned."""
+    edges = vocab_edges(vocab)
+    if not edges:
+        return table
+    exclude = None
+    if spec.task is not None:
+        col = table[S.CODE]
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if pa.types.is_dictionary(arr.type):
+            codes = [*spec.task.event_codes, *([spec.task.at_code] if spec.task.at_code else [])]
+            exclude = event_code_mask(tuple(codes), arr.dictionary.cast(pa.string()))
+            table = table.set_column(table.schema.get_field_index(S.CODE), S.CODE, arr)
+    return apply_value_bins(table, edges, exclude)
 
 
 def encode_events(

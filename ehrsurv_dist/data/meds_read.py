@@ -84,21 +84,51 @@ def short_error(e: BaseException) -> str:
     return msg[:300]
 
 
-def read_events(path: str, fs: Any) -> tuple[pa.Table, int]:
+def read_events(path: str, fs: Any, numeric: bool = False) -> tuple[pa.Table, int]:
     """subject_id, time, code of one shard in the reader's types (:mod:`normalize`), and the
-    number of times floored to the microsecond.
+    number of times floored to the microsecond; with ``numeric`` also ``numeric_value``
+    (:func:`numeric_values`).
 
     Raises:
         CohortError: an unusable type, a time out of range, codes that are not UTF-8.
     """
+    if not numeric:  # the validator's and load_cohort's read, as it always was
+        with fs.open_input_file(path) as f:
+            t = pq.read_table(f, columns=[S.SUBJECT_ID, S.TIME, S.CODE])
+        return normalise_events(t, path)
     with fs.open_input_file(path) as f:
-        t = pq.read_table(f, columns=[S.SUBJECT_ID, S.TIME, S.CODE])
-    return normalise_events(t, path)
+        present = S.NUMERIC_VALUE in pq.read_schema(f).names
+    cols = [S.SUBJECT_ID, S.TIME, S.CODE] + ([S.NUMERIC_VALUE] if present else [])
+    with fs.open_input_file(path) as f:
+        t = pq.read_table(f, columns=cols)
+    t, floored = normalise_events(t, path)
+    return numeric_values(t, path, present), floored
 
 
-def read_events_table(path: str, fs: Any) -> pa.Table:
-    """subject_id int64, time timestamp[us], code string of one shard (:func:`read_events`)."""
-    return read_events(path, fs)[0]
+def read_events_table(path: str, fs: Any, numeric: bool = False) -> pa.Table:
+    """subject_id int64, time timestamp[us], code string (and with ``numeric``,
+    numeric_value float32) of one shard (:func:`read_events`)."""
+    return read_events(path, fs, numeric)[0]
+
+
+def numeric_values(t: pa.Table, path: str, present: bool) -> pa.Table:
+    """``t`` with ``numeric_value`` as float32 (MEDS), or an all-null one appended where the
+    file has none (``present`` False).
+
+    Raises:
+        CohortError: the column is not numeric (naming the file and column).
+    """
+    if not present:
+        return t.append_column(S.NUMERIC_VALUE, pa.nulls(t.num_rows, pa.float32()))
+    col = t[S.NUMERIC_VALUE]
+    if col.type == pa.float32():
+        return t
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+        raise CohortError(
+            f"{path}: column '{S.NUMERIC_VALUE}' has type {col.type}, expected float32"
+        )
+    i = t.schema.get_field_index(S.NUMERIC_VALUE)
+    return t.set_column(i, S.NUMERIC_VALUE, col.cast(pa.float32(), safe=False))
 
 
 def read_outcomes(path: str) -> pa.Table:

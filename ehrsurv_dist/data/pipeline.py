@@ -61,10 +61,13 @@ from ehrsurv_dist.data.encode import (
     with_string_codes,
 )
 from ehrsurv_dist.data.meds import CohortReport
+from ehrsurv_dist.data.numeric import fit_edges, vocab_edges, with_value_bins
+from ehrsurv_dist.data.numeric import summary as numeric_summary
 from ehrsurv_dist.data.plan import ROWS_PER_UNIT, Unit, UnitPlan, plan_units, task_groups
 from ehrsurv_dist.data.samples import TaskSpec
 from ehrsurv_dist.data.scan import (
     IngestFit,
+    ScanTotals,
     count_unknown_tokens,
     reduce_facts,
     rejects_table,
@@ -100,23 +103,28 @@ def _ray_encode_tasks(
 ) -> Iterator[pa.Table]:
     """One block per unit (streamed: Ray emits blocks while the task runs)."""
     for u in _task_units(batch, plan, groups):
-        yield encode_events(read_unit(u, spec.cohort), spec, vocab, split, u.unit_id)
+        yield encode_events(
+            read_unit(u, spec.cohort, numeric=spec.reads_values), spec, vocab, split, u.unit_id
+        )
 
 
 def _ray_scan_tasks(
     batch: pa.Table, plan: UnitPlan, groups: list[list[int]], spec: EncodeSpec
 ) -> pa.Table:
     return pa.concat_tables(
-        [scan_events(read_unit(u, spec.cohort), spec) for u in _task_units(batch, plan, groups)]
+        [
+            scan_events(read_unit(u, spec.cohort, numeric=spec.reads_values), spec)
+            for u in _task_units(batch, plan, groups)
+        ]
     )
 
 
 def _ray_read_bucketed(
-    batch: pa.Table, plan: UnitPlan, groups: list[list[int]], cohort: str
+    batch: pa.Table, plan: UnitPlan, groups: list[list[int]], cohort: str, numeric: bool = False
 ) -> pa.Table:
     parts = []
     for u in _task_units(batch, plan, groups):
-        t = with_string_codes(read_unit(u, cohort, with_row=True))
+        t = with_string_codes(read_unit(u, cohort, with_row=True, numeric=numeric))
         sid = np.asarray(t[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
         parts.append(t.append_column(BUCKET, pa.array(bucket_of(sid, plan.num_buckets))))
     return pa.concat_tables(parts)
@@ -291,6 +299,13 @@ class IngestPipeline:
                 self.data.max_vocab_size,
                 meta={"cohort": self.cohort, "fitted_on": S.TRAIN_SPLIT},
             )
+            if self.spec.numeric == "quantile_bins":
+                vocab = self._with_value_bins(vocab, totals)
+        elif self.spec.numeric == "quantile_bins" and not vocab_edges(vocab):
+            log.warning(
+                "data.numeric=quantile_bins, but the vocabulary passed in has no value bins "
+                "(it was fitted with data.numeric=none): numeric values are not used"
+            )
         count_unknown_tokens(totals, vocab)
         rejects = rejects_table(self.report.bad_subjects, totals)
         if rejects.num_rows:
@@ -303,6 +318,21 @@ class IngestPipeline:
         self.vocab = vocab
         self.fitted = IngestFit(vocab, totals.counts, totals.stats, rejects, totals.event_days)
         return self.fitted
+
+    def _with_value_bins(self, vocab: Vocabulary, totals: ScanTotals) -> Vocabulary:
+        """The vocabulary with per-code quantile bins of the train values (data.numeric)."""
+        edges = fit_edges(totals.values, self.data.numeric_bins)
+        if not edges:
+            log.warning(
+                "data.numeric=quantile_bins, but cohort %s has no numeric_value in its train "
+                "split (no column, or every value null or too few per code): numeric values "
+                "are not used",
+                self.cohort,
+            )
+            return vocab
+        out = with_value_bins(vocab, edges, self.data.numeric_bins)
+        log.info("value bins: %s", numeric_summary(out))
+        return out
 
     def _scan_single(self) -> Iterator[pa.Table]:
         for _, table in self._unit_tables():
@@ -339,9 +369,9 @@ class IngestPipeline:
         """(unit id, every row of the unit's subjects), in unit order, one process."""
         if self.plan.mode != "hash":
             for u in self.plan.units:
-                yield u.unit_id, read_unit(u, self.cohort)
+                yield u.unit_id, read_unit(u, self.cohort, numeric=self.spec.reads_values)
             return
-        yield from read_buckets(self.plan, self.cohort)
+        yield from read_buckets(self.plan, self.cohort, self.spec.reads_values)
 
     def blocks(self, split: str | None) -> Iterator[pa.Table]:
         """Arrow blocks of ``split`` (None = all subjects), one process, unit order."""
@@ -412,7 +442,7 @@ class IngestPipeline:
             _ray_read_bucketed,
             batch_size=1,
             batch_format="pyarrow",
-            fn_kwargs={**common, "cohort": self.cohort},
+            fn_kwargs={**common, "cohort": self.cohort, "numeric": self.spec.reads_values},
             **self.ray_remote_args,
         )
         # A sort-based shuffle: on small and mid-size cohorts it starts in a fraction of the

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data.encode import EncodeSpec, subject_split, unit_visits
+from ehrsurv_dist.data.numeric import VALUE_FACT, ValueSketch, value_column, value_facts
 from ehrsurv_dist.data.vocab import COUNT_CODE, COUNT_VALUE, Vocabulary, count_codes, merge_counts
 from ehrsurv_dist.ragged import rows_any
 
@@ -42,7 +43,9 @@ def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
     Rows: ``kind='count'`` (split, code, count), ``kind='stat'`` (split, name, value),
     ``kind='reject'`` (split null, reason, subject_id); on the calendar axis also
     ``kind='event_minutes'`` (split, '', minutes from the prediction time to each event): the
-    train split's event times are what quantile day bins are fitted on.
+    train split's event times are what quantile day bins are fitted on; with
+    ``data.numeric=quantile_bins`` also ``kind='value'`` (train, ``"<weight>:<code>"``, float64
+    bits of a sketch point of the code's numeric values: :func:`numeric.value_facts`).
     """
     gu = unit_visits(table, spec)
     sv = gu.visits
@@ -73,6 +76,8 @@ def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
             days = sv.extra[S.TIME_DAYS][m & sv.event]
             minutes = np.rint(days * MINUTES_PER_DAY).astype(np.int64)
             parts.append(_facts(EVENT_MINUTES, name, pa.array([""] * len(days)), minutes))
+    if spec.numeric == "quantile_bins":
+        parts.append(_value_facts(table, spec))
     if len(gu.reject_subjects):
         parts.append(
             _facts(
@@ -83,6 +88,22 @@ def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
             )
         )
     return pa.concat_tables(parts) if parts else FACTS_SCHEMA.empty_table()
+
+
+def _value_facts(table: pa.Table, spec: EncodeSpec) -> pa.Table:
+    """``kind='value'`` facts: per-code sketches of the train subjects' numeric values (bad
+    subjects left out); :mod:`numeric`."""
+    sid = np.asarray(table[S.SUBJECT_ID].to_numpy(), dtype=np.int64)
+    subjects, inv = np.unique(sid, return_inverse=True)
+    train = subject_split(spec, subjects) == S.TRAIN_SPLIT
+    if spec.bad_subjects:
+        train &= ~np.isin(subjects, np.asarray(spec.bad_subjects, dtype=np.int64))
+    col = table[S.CODE]
+    code = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    keys, bits = value_facts(sid, code, value_column(table), train[inv])
+    return _facts(
+        VALUE_FACT, S.TRAIN_SPLIT, pa.array(keys, pa.string()), pa.array(bits, pa.int64())
+    )
 
 
 def _facts(kind: str, split: str | None, key: Any, value: Any) -> pa.Table:
@@ -149,6 +170,7 @@ class ScanTotals:
     reject_subjects: np.ndarray
     reject_reasons: list[str]
     event_days: dict[str, np.ndarray] = field(default_factory=dict)
+    values: ValueSketch = field(default_factory=ValueSketch)
 
 
 def reduce_facts(facts: Iterable[pa.Table]) -> ScanTotals:
@@ -158,6 +180,7 @@ def reduce_facts(facts: Iterable[pa.Table]) -> ScanTotals:
     rej_sid: list[np.ndarray] = []
     rej_why: list[str] = []
     ev_min: dict[str, list[np.ndarray]] = {s: [] for s in S.SPLITS}
+    values = ValueSketch()
     for t in facts:
         kind = np.asarray(t["kind"].to_pylist(), dtype=object)
         for name in S.SPLITS:
@@ -178,6 +201,9 @@ def reduce_facts(facts: Iterable[pa.Table]) -> ScanTotals:
             em_val = np.asarray(em["value"].to_numpy(), dtype=np.int64)
             for name in S.SPLITS:
                 ev_min[name].append(em_val[em_split == name])
+        vf = t.filter(pa.array(kind == VALUE_FACT))
+        if vf.num_rows:
+            values.add(vf["key"].to_pylist(), np.asarray(vf["value"].to_numpy(), np.int64))
         rj = t.filter(pa.array(kind == "reject"))
         if rj.num_rows:
             rej_sid.append(np.asarray(rj["value"].to_numpy(), dtype=np.int64))
@@ -188,7 +214,7 @@ def reduce_facts(facts: Iterable[pa.Table]) -> ScanTotals:
         s: (np.concatenate(v) if v else np.zeros(0, np.int64)) / MINUTES_PER_DAY
         for s, v in ev_min.items()
     }
-    return ScanTotals(merged, stats, sid, rej_why, days)
+    return ScanTotals(merged, stats, sid, rej_why, days, values)
 
 
 def count_unknown_tokens(totals: ScanTotals, vocab: Vocabulary) -> None:

@@ -634,12 +634,31 @@ def synthesize_calendar(
     where the subject is censored earlier, as the schema allows no null), ``outcomes.parquet``
     (death, or censoring at the last record) and ``truth.parquet`` (``subject_id``,
     ``prediction_time``, ``rate``, ``rate_observable``, ``death_days``, ``followup_days``).
-    Every file is written under a temporary name and renamed when complete.
+    Every file is written under a temporary name and renamed when complete. ``preset="long"``
+    writes :func:`~ehrsurv_dist.data.synth_long.synthesize_long`'s cohort instead (long lab-heavy
+    histories; ``params`` gives its signal, frailty, follow-up and horizon).
     """
     t0 = time.perf_counter()
     p = params or CalendarParams()
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if preset == "long":  # the long-history generator: its own histories and rate process
+        from ehrsurv_dist.data.synth_long import LongParams, synthesize_long
+
+        return synthesize_long(
+            out,
+            subjects=int(subjects if subjects is not None else PRESETS[preset].subjects),
+            seed=seed,
+            shards=shards,
+            params=LongParams(
+                signal=p.signal,
+                frailty_sd=p.frailty_sd,
+                horizon_days=p.horizon_days,
+                followup_days=p.followup_days,
+            ),
+            task=task,
+            progress=progress,
+        )
     if not task or os.sep in task or task.startswith("."):
         raise ValueError(f"task must be a plain file name, got {task!r}")
     n_total = int(subjects if subjects is not None else PRESETS[preset].subjects)

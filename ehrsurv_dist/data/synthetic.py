@@ -304,6 +304,11 @@ def synthesize(
     t0 = time.perf_counter()
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if preset == "long":
+        raise ValueError(
+            "preset 'long' is a calendar-axis cohort (ehrsurv synth --preset long, "
+            "synth_calendar.synthesize_calendar); the visit axis has no long preset"
+        )
     p = PRESETS[preset]
     n_total = int(subjects if subjects is not None else p.subjects)
     if n_total < 1:

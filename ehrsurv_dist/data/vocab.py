@@ -10,7 +10,8 @@ A code that is not in the table (unseen in train, below ``min_count`` or past ``
 maps to ``UNK_ID``; :meth:`Vocabulary.lookup` returns how many tokens did.
 
 The content hash is ``sha256`` of the canonical JSON of the full token list (special tokens
-included): two vocabularies with the same hash give every code the same id. Runs and checkpoints
+included) and, when the vocabulary carries numeric value bins, of their edges: two vocabularies
+with the same hash give every code (and every value) the same id. Runs and checkpoints
 record it and refuse a vocabulary whose hash differs (:meth:`Vocabulary.check_hash`).
 """
 
@@ -100,8 +101,18 @@ def merge_counts(tables: Sequence[pa.Table]) -> pa.Table:
 # The vocabulary
 
 
-def _content_hash(tokens: Sequence[str]) -> str:
-    blob = json.dumps(list(tokens), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+# meta key of the numeric value bins (data.numeric; see data/numeric.py): they decide which token
+# a value becomes, so they are content, hashed with the tokens.
+VALUE_BINS_META = "value_bins"
+
+
+def _content_hash(tokens: Sequence[str], value_bins: Any = None) -> str:
+    content: Any = list(tokens)
+    if value_bins is not None:  # without bins the hash is the token list's, as before them
+        content = {"tokens": content, VALUE_BINS_META: value_bins}
+    blob = json.dumps(content, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode(
+        "utf-8"
+    )
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
@@ -137,7 +148,7 @@ class Vocabulary:
         )
         self.meta: dict[str, Any] = dict(meta or {})
         self.tokens: tuple[str, ...] = (*S.SPECIAL_TOKENS, *self.codes)
-        self.hash: str = _content_hash(self.tokens)
+        self.hash: str = _content_hash(self.tokens, self.meta.get(VALUE_BINS_META))
         self._value_set: pa.Array | None = None
 
     # -- basics ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +20,19 @@ import torch
 
 from ehrsurv_dist import schema as S
 from ehrsurv_dist import task as T
-from ehrsurv_dist.config import ConfigError, to_dict
+from ehrsurv_dist.config import ConfigError, dump_yaml, load_config, to_dict
 from ehrsurv_dist.data.pipeline import IngestPipeline
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.models.calendar import base_hazard_logit
-from ehrsurv_dist.rundir import EXPORT, RAY_DIR, RUN_NAME, TIME_AXIS, VOCAB
+from ehrsurv_dist.rundir import CONFIG, EXPORT, RAY_DIR, RUN_NAME, TIME_AXIS, VOCAB
 from ehrsurv_dist.train import manifest, modeling, tracking
+from ehrsurv_dist.train.console import (
+    job_log_level,
+    quiet_ray_data_console,
+    ray_train_log_level,
+)
 from ehrsurv_dist.train.outdir import (
     check_resume_checkpoints,
     discard_new_run,
@@ -40,9 +45,11 @@ __all__ = [
     "DATA_CPUS",
     "RunResult",
     "absolute_paths",
+    "check_init",
     "check_resources",
     "init_ray",
     "quiet_ray_data_console",
+    "resolve_use_gpu",
     "run_training",
 ]
 
@@ -59,22 +66,14 @@ class RunResult:
     export: str
 
 
-def quiet_ray_data_console() -> None:
-    """Keep Ray Data's INFO lines (execution plans and, without a terminal, a progress summary
-    every few seconds: ~300 lines for one small sweep) out of the console; they still go to
-    the session's ``logs/ray-data`` files, and warnings and errors still reach the console.
-    ``RAY_DATA_LOG_LEVEL`` / ``RAY_DATA_LOGGING_CONFIG`` users keep what they asked for."""
-    if os.environ.get("RAY_DATA_LOG_LEVEL") or os.environ.get("RAY_DATA_LOGGING_CONFIG"):
-        return
-    import ray.data  # noqa: F401  (configures the "ray.data" logger on import)
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if type(handler).__name__ != "SessionFileHandler":  # the console handler
-            handler.setLevel(max(handler.level, logging.WARNING))
-
-
 def init_ray(spec: JobSpec) -> None:
-    """Connect to ``ray.address`` / ``RAY_ADDRESS``, else start an in-process local Ray."""
+    """Connect to ``ray.address`` / ``RAY_ADDRESS``, else start an in-process local Ray.
+
+    The workers' stdout and stderr are forwarded to this driver (``log_to_driver``), so their
+    warnings, errors and per-epoch lines reach its console and ``ray job logs``; what they
+    write is kept short by :func:`~ehrsurv_dist.train.console.worker_logging`, and Ray Data's
+    INFO chatter stays off the console here too (:func:`quiet_ray_data_console`).
+    """
     import ray
 
     quiet_ray_data_console()
@@ -82,13 +81,48 @@ def init_ray(spec: JobSpec) -> None:
         return
     address = spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=True)
     else:
         # Logical CPUs: the train workers each hold cpus_per_worker for the whole run, so the
         # Ray Data tasks that feed them need CPUs of their own or the job deadlocks.
         need = max(spec.train.num_workers, 1) * spec.train.cpus_per_worker + DATA_CPUS
         num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(math.ceil(need)))
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def resolve_use_gpu(spec: JobSpec, cluster: Mapping[str, float], *, say: bool = True) -> JobSpec:
+    """``train.use_gpu=auto`` decided for ``cluster`` (``ray.cluster_resources()``): true when
+    it has a GPU (one per worker: :func:`check_resources` then refuses too few), else false;
+    said in one INFO line. A job with true or false is returned as it is."""
+    if spec.train.use_gpu != "auto":
+        return spec
+    gpus = float(cluster.get("GPU", 0))
+    use = gpus > 0
+    if say:
+        log.info(
+            "train.use_gpu=auto: the cluster has %g GPU(s), so use_gpu=%s (%s)",
+            gpus,
+            "true" if use else "false",
+            f"one GPU for each of the {spec.train.num_workers} worker(s)" if use else "CPU workers",
+        )
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, use_gpu=use))
+
+
+def _resumed_gpu_choice(spec: JobSpec, out: str) -> JobSpec:
+    """``train.use_gpu=auto`` of a run being resumed: what the run resolved it to when it
+    started (its ``config.yaml`` holds that), so the same command resumes the same run."""
+    path = os.path.join(out, CONFIG)
+    if spec.train.use_gpu != "auto" or not os.path.isfile(path):
+        return spec
+    try:
+        old = load_config(JobSpec, path)
+    except ConfigError:
+        return spec  # prepare_run_dir says what is wrong with it
+    if isinstance(old.train.use_gpu, bool):
+        return dataclasses.replace(
+            spec, train=dataclasses.replace(spec.train, use_gpu=old.train.use_gpu)
+        )
+    return spec
 
 
 def check_resources(spec: JobSpec) -> None:
@@ -104,7 +138,7 @@ def check_resources(spec: JobSpec) -> None:
             f"{spec.train.cpus_per_worker:g} + {DATA_CPUS} CPU for Ray Data needs {need_cpu:g} "
             f"CPUs; the cluster has {res.get('CPU', 0):g}"
         )
-    if spec.train.use_gpu and n > res.get("GPU", 0):
+    if spec.train.gpu and n > res.get("GPU", 0):
         raise EhrsurvError(
             f"train.use_gpu with {n} worker(s) needs {n} GPUs; the cluster has {res.get('GPU', 0):g}"
         )
@@ -127,10 +161,16 @@ def _preflight(
         seed=spec.seed,
         mlm=mlm,
         require_outcomes=mode == "finetune",
-        pad_multiple=spec.data.resolved_pad_multiple(spec.train.use_gpu),
+        pad_multiple=spec.data.resolved_pad_multiple(spec.train.use_gpu is True),
         task=T.task_spec(spec) if mode == "finetune" else None,
     )
     init_ray(spec)
+    if spec.train.use_gpu == "auto":
+        import ray
+
+        spec = resolve_use_gpu(spec, ray.cluster_resources())
+        dump_yaml(spec, os.path.join(out, CONFIG))  # the run records what auto became
+        pipe.pad_multiple = spec.data.resolved_pad_multiple(spec.train.use_gpu is True)
     check_resources(spec)
     vocab_path = os.path.join(out, VOCAB)
     if resume and os.path.exists(vocab_path):
@@ -207,7 +247,9 @@ def run_training(
     # Workers run in Ray's own working directory: hand them absolute local paths.
     spec = absolute_paths(spec)
     init_export, vocab = _init_export(spec, mode)
+    warn_random_encoder(spec, mode)
     created = not os.path.exists(out)
+    spec = _resumed_gpu_choice(spec, out)
     resume = prepare_run_dir(out, spec, mode)
     try:  # pre-flight: a failure before training leaves no half-made new run behind
         fit, pipe, spec = _preflight(spec, mode, out, resume, vocab)
@@ -237,14 +279,67 @@ def run_training(
 
 def _init_export(spec: JobSpec, mode: str) -> tuple[str | None, Vocabulary | None]:
     """The export a fine-tuning run starts from (``finetune.init``) and its vocabulary
-    (hash-checked against the export), or (None, None)."""
+    (hash-checked against the export), or (None, None).
+
+    Raises:
+        EhrsurvError: the export is unreadable, its vocabulary is not the one it was trained
+            with, or its encoder does not fit this job's model (another architecture, size or
+            sequence length): refused here, before Ray starts, in one line.
+    """
     if not (mode == "finetune" and spec.finetune.init):
         return None, None
-    init_export = modeling.export_path(spec.finetune.init)  # RUN/model/ (safetensors)
-    exp = modeling.load_export(init_export)
-    vocab = Vocabulary.load(modeling.export_vocab_path(spec.finetune.init))
-    vocab.check_hash(exp["vocab_hash"], source=init_export)
-    return init_export, vocab
+    return check_init([spec])[spec.finetune.init]
+
+
+def check_init(specs: Sequence[JobSpec]) -> dict[str, tuple[str, Vocabulary]]:
+    """Check every ``finetune.init`` of ``specs`` (each export read once): readable, its
+    vocabulary the one it was trained with, its encoder fitting each job's model. Returns
+    init -> (export path, vocabulary).
+
+    Raises:
+        EhrsurvError: one line naming the --init run and what does not fit.
+    """
+    found: dict[str, tuple[str, Vocabulary]] = {}
+    exports: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        init = spec.finetune.init
+        if not init:
+            continue
+        if init not in found:
+            path = modeling.export_path(init)  # RUN/model/ (safetensors)
+            exports[init] = modeling.load_export(path)
+            vocab = Vocabulary.load(modeling.export_vocab_path(init))
+            vocab.check_hash(exports[init]["vocab_hash"], source=path)
+            found[init] = (path, vocab)
+        why = modeling.init_mismatch(exports[init], spec, found[init][1].size)
+        if why:
+            raise EhrsurvError(f"--init {init}: {why}")
+    return found
+
+
+def warn_random_encoder(spec: JobSpec, mode: str) -> bool:
+    """Warn in one line when fine-tuning keeps a random encoder frozen (``finetune.strategy``
+    frozen or lora without ``--init``): only the head (and the adapters) learn. True if it
+    warned. The default strategy stays lora, the strategy for a pretrained encoder
+    (docs/training.md)."""
+    f = spec.finetune
+    if mode != "finetune" or f.init or f.strategy == "full":
+        return False
+    learns = (
+        "the head"
+        if f.strategy == "frozen"
+        else "the adapters, the embeddings and the head"
+        if f.train_embeddings
+        else "the adapters and the head"
+    )
+    log.warning(
+        "finetune.strategy=%s without --init: the encoder keeps its random initial weights "
+        "(training updates only %s); pass --init of a pretraining run, or set "
+        "finetune.strategy=full to train every weight from scratch",
+        f.strategy,
+        learns,
+    )
+    return True
 
 
 def _divided_splits(spec: JobSpec) -> list[str]:
@@ -277,6 +372,8 @@ def _worker_config(
             else None
         ),
         "init_export": init_export,
+        # the workers log the package at the driver's level (train/console.py)
+        "log_level": job_log_level(),
         # Splits Ray Train divides between the workers (anew every epoch); the others every
         # worker reads whole, so it may keep their blocks (worker.py).
         "divided_splits": _divided_splits(spec),
@@ -290,7 +387,14 @@ def _trainer(
     spec: JobSpec, out: str, config: dict[str, Any], pipe: Any, callbacks: Sequence[Any]
 ) -> Any:
     """The ``TorchTrainer`` of the run: workers, storage, failures, kept checkpoints, data."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
@@ -298,13 +402,17 @@ def _trainer(
         train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=spec.train.num_workers,
-            use_gpu=spec.train.use_gpu,
+            use_gpu=spec.train.gpu,
             resources_per_worker={"CPU": spec.train.cpus_per_worker},
         ),
         run_config=RunConfig(
             name=RUN_NAME,
             storage_path=os.path.join(out, RAY_DIR),
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            # Train V2's RunConfig (the one Ray 2.60 runs); mypy sees the V1 stub without it
+            logging_config=LoggingConfig(  # type: ignore[call-arg]
+                log_level=ray_train_log_level(config["log_level"])
+            ),
             callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.train.keep_checkpoints,

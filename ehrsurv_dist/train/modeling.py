@@ -78,6 +78,69 @@ def model_config(spec: JobSpec, vocab_size: int) -> ModelConfig:
     return lb(vocab_size, **cal)
 
 
+# Model-config fields that do not shape the encoder's weights (dropout, attention mask, the
+# survival head and its pooling): an --init encoder fits whatever they are.
+NOT_ENCODER_FIELDS = frozenset(
+    {
+        "dropout",
+        "attention_dropout",
+        "head_dropout",
+        "attention",
+        "visit_pooling",
+        "hazard_hidden_dim",
+        "num_bins",
+    }
+)
+# The job key that sets a model-config field (the others follow model.size / model.arch).
+FIELD_JOB_KEYS = {
+    "vocab_size": "vocabulary",
+    "max_position": "data.max_seq_len",
+    "max_visits": "data.max_visits",
+    "max_codes_per_visit": "data.max_codes_per_visit",
+    "sinusoidal": "model.sinusoidal",
+}
+
+
+def init_mismatch(export: dict[str, Any], spec: JobSpec, vocab_size: int) -> str | None:
+    """Why the encoder of ``export`` (an export's config.json fields) cannot initialise the
+    model of ``spec`` with a vocabulary of ``vocab_size``, in one line; None when it fits.
+
+    Compares the export's model type and every model-config field that shapes the encoder's
+    weights with the model this job would build, and names the job keys to change.
+    """
+    mine = model_config(spec, vocab_size)
+    there = export.get("job_model") or {}
+    theirs_type = export.get("model_type")
+    if theirs_type != type(mine).__name__:
+        return (
+            f"its model is model.arch={there.get('arch', theirs_type)}, this job's is "
+            f"model.arch={spec.model.arch}: --init needs a run of the same architecture"
+        )
+    ours = dataclasses.asdict(mine)
+    theirs = export_model_config(export)
+    diff = [k for k in ours if k not in NOT_ENCODER_FIELDS and k in theirs and theirs[k] != ours[k]]
+    if not diff:
+        return None
+    fields = ", ".join(f"{k} {theirs[k]} there vs {ours[k]} here" for k in diff)
+    fixes: list[str] = []
+    for k in diff:
+        key = FIELD_JOB_KEYS.get(k, "model.size")
+        if key == "model.size":
+            fix = f"model.size={there.get('size', '?')} (this job has {spec.model.size})"
+        elif key == "data.max_seq_len":
+            fix = f"data.max_seq_len={theirs[k]}"
+        elif key.startswith(("data.", "model.")):
+            fix = f"{key}={str(theirs[k]).lower()}"
+        else:
+            fix = "the same vocabulary"
+        if fix not in fixes:
+            fixes.append(fix)
+    return (
+        f"its encoder does not fit this job's model ({fields}): set {' and '.join(fixes)} "
+        "as the pretraining run had, or --init a run made with this job's model settings"
+    )
+
+
 def lora_config(spec: JobSpec) -> LoRAConfig:
     f = spec.finetune
     return LoRAConfig(

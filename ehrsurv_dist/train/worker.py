@@ -9,6 +9,10 @@ context (:func:`rank_context`), model and engine (:func:`build_rank_engine`), re
 (:func:`resume_state`), the shards (:func:`rank_shards`), one epoch (:func:`run_epoch`),
 validation (:func:`validate`), the epoch's metrics (:func:`epoch_metrics`) and the checkpoint
 with the report (:func:`report_epoch`).
+
+What a worker says reaches the driver's console and ``ray job logs`` (``train/console.py``):
+warnings (an epoch without a training step, a corrupted checkpoint passed over) and, at INFO,
+one line per epoch and rank with its loss, steps and seconds; never a subject's data.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ehrsurv_dist.data.shards import KeptShard
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.models.calendar import init_hazard_bias
 from ehrsurv_dist.train import manifest, modeling
+from ehrsurv_dist.train.console import worker_logging
 from ehrsurv_dist.train.distributed import all_reduce
 from ehrsurv_dist.train.engine import Engine, build_engine
 from ehrsurv_dist.train.loop import (
@@ -117,7 +122,7 @@ def rank_context(config: dict[str, Any]) -> RankContext:
     bspec: BatchSpec = config["batch_spec"]
     val_spec = dataclasses.replace(bspec, mlm_vocab_size=None) if mode == "finetune" else bspec
     ctx = ray.train.get_context()
-    device = ray.train.torch.get_device() if spec.train.use_gpu else torch.device("cpu")
+    device = ray.train.torch.get_device() if spec.train.gpu else torch.device("cpu")
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
     return RankContext(
@@ -200,8 +205,48 @@ def run_epoch(
     hooks: list[StepHooks],
 ) -> EpochResult:
     """Train one epoch on ``batches`` (whole accumulation groups every rank has)."""
-    grouped = synchronized(batches, engine.cfg.grad_accum)
-    return train_epoch(engine, task, grouped, rc.device, epoch, hooks=hooks)
+    read = _Counted(batches)
+    grouped = synchronized(read, engine.cfg.grad_accum)
+    res = train_epoch(engine, task, grouped, rc.device, epoch, hooks=hooks)
+    if res.steps == 0:
+        log.warning(
+            "epoch %d, rank %d: no training step (this rank read %d train batch(es) of "
+            "data.batch_size=%d; a step takes train.engine.grad_accum=%d on every rank), so "
+            "the weights did not change this epoch: lower train.engine.grad_accum, "
+            "data.batch_size or train.num_workers, or use a larger cohort",
+            epoch,
+            rc.rank,
+            read.count,
+            rc.bspec.batch_size,
+            engine.cfg.grad_accum,
+        )
+    log.info(
+        "epoch %d, rank %d/%d: train loss %.4f, %d steps, %.1f s (%.0f%% waiting for data)",
+        epoch,
+        rc.rank,
+        rc.world,
+        res.loss,
+        res.steps,
+        res.seconds,
+        100 * res.data_wait_fraction,
+    )
+    return res
+
+
+class _Counted:
+    """An iterator that counts what was taken from it."""
+
+    def __init__(self, it: Iterator[dict[str, np.ndarray]]) -> None:
+        self.it = it
+        self.count = 0
+
+    def __iter__(self) -> _Counted:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        item = next(self.it)
+        self.count += 1
+        return item
 
 
 def validate(
@@ -332,6 +377,7 @@ def train_func(config: dict[str, Any]) -> None:
     """Body of every Ray Train worker; ``config`` is built by :func:`launch.run_training`."""
     import ray.train
 
+    worker_logging(config.get("log_level", logging.WARNING))  # reaches the driver's console
     rc = rank_context(config)
     spec = rc.spec
     task = build_task(spec, rc.mode, config["vocab_size"])

@@ -29,7 +29,14 @@ from ehrsurv_dist import atomic
 from ehrsurv_dist.config import ConfigError, load_config, to_dict
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.train import tracking
-from ehrsurv_dist.train.launch import absolute_paths, init_ray, run_training
+from ehrsurv_dist.train.console import PACKAGE_LOGGER
+from ehrsurv_dist.train.launch import (
+    absolute_paths,
+    check_init,
+    init_ray,
+    resolve_use_gpu,
+    run_training,
+)
 from ehrsurv_dist.train.outdir import claim_output_dir
 from ehrsurv_dist.tune.placement_groups import (
     PG_FILE,
@@ -76,13 +83,18 @@ def run_sweep(spec: TuneJobSpec, out: str, *, progress: bool = True) -> SweepRes
     spec = dataclasses.replace(spec, data=base.data, finetune=base.finetune)
     trials = expand_trials(spec)
     specs = [trial_spec(base, t) for t in trials]
+    check_init(specs)  # an --init that does not fit a trial's model: refused before Ray starts
     tracking.check_installed(spec.train.tracking)  # a missing package: before Ray starts
     root = _prepare_trials(out, spec, trials)
     # train.tracking: the sweep's parent run (MLflow) or log folder; each trial's run joins it
     target = tracking.open_sweep(spec, out)
 
     init_ray(base)
-    plan = plan_resources(specs, spec.tune, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    # train.use_gpu=auto decided once for the sweep (said once); the trials get the result
+    base = resolve_use_gpu(base, cluster)
+    specs = [resolve_use_gpu(trial_spec(base, t), cluster, say=False) for t in trials]
+    plan = plan_resources(specs, spec.tune, cluster)
     log.info("%d trials, %d at a time (%s)", len(trials), plan.max_concurrent, plan)
     grid = _tuner(out, spec, base, trials, specs, plan, progress, target).fit()
     wait_for_release(root)
@@ -218,6 +230,9 @@ def _trial_driver(
     spec = trial_spec(load_config(JobSpec, base=base), trial)
     out = os.path.join(root, trial.name)
     callbacks = [TuneReportCallback(), placement_group_recorder(os.path.join(out, PG_FILE))]
+    # The trial's workers say warnings and errors only: Tune's results carry every epoch, and
+    # one line per epoch, rank and trial would bury the sweep's console (train/console.py)
+    logging.getLogger(PACKAGE_LOGGER).setLevel(logging.WARNING)
     # What follows fit() (the export) may not run: Tune ends the trial as soon as the
     # scheduler says stop, which it may say after the last epoch too. The sweep therefore
     # reads everything it reports from the run's checkpoints (collect_trial).

@@ -1,6 +1,10 @@
 """The real local-cluster path: `ehrsurv cluster up --block` (a `ray start --head`), then
 `ray job submit` of the smoke_cpu job with token authentication on, as a user would type it.
 
+A second job shows that what the Ray Train workers say reaches `ray job logs`: a warning a user
+can meet (an epoch without a training step: train.engine.grad_accum larger than a rank's
+batches), the per-epoch lines, and no subject id, code or date of the cohort.
+
 This test process never connects to the head (the session may hold its own in-process Ray): it
 only runs the CLIs. The head gets its own ports and temp dir (so that no `ray.init()` on this
 machine finds and joins it) and is stopped by signalling the process this test started; never
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from ehrsurv_dist.data.synthetic import synthesize
+from ehrsurv_dist.testing import distinctive_cohort
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +224,71 @@ def test_submit_smoke_job_to_local_head(head: Head, tmp_path: Path) -> None:
     assert st.returncode == 0, st.stderr[-1000:]
     assert "3.0 CPU" in st.stdout or "/3.0 CPU" in st.stdout
     assert job_id in st.stdout
+
+
+def _wait(head: Head, job_id: str, timeout: float = 900) -> str:
+    """The job's final status (SUCCEEDED, FAILED, STOPPED), or "" after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = head.ray("job", "status", f"--address={head.address}", job_id, timeout=60)
+        said = (r.stdout + r.stderr).upper()
+        status = next((s for s in ("SUCCEEDED", "FAILED", "STOPPED") if s in said), "")
+        if status:
+            return status
+        time.sleep(5)
+    return ""
+
+
+def test_worker_warnings_reach_ray_job_logs_without_patient_data(
+    head: Head, tmp_path: Path
+) -> None:
+    cohort, secrets = distinctive_cohort(tmp_path / "cohort", n=80)
+    run = str(tmp_path / "run")
+    job_id = f"ehrsurv_logs_{uuid.uuid4().hex[:8]}"
+    submit = head.ray(
+        "job",
+        "submit",
+        f"--address={head.address}",
+        f"--submission-id={job_id}",
+        "--working-dir=.",
+        "--runtime-env=jobs/runtime_env.yaml",
+        "--no-wait",
+        "--",
+        "python",
+        "-m",
+        "ehrsurv_dist.cli",
+        "finetune",
+        "--config",
+        "jobs/smoke_cpu.yaml",
+        "--cohort",
+        cohort,
+        "--out",
+        run,
+        "model.size=tiny",
+        "train.epochs=1",
+        "eval.n_boot=10",
+        "train.use_gpu=auto",
+        # ~56 train subjects: 2 batches of 16 per rank, fewer than one step's 8
+        "train.engine.grad_accum=8",
+    )
+    assert submit.returncode == 0, submit.stderr[-2000:]
+    status = _wait(head, job_id)
+    logs = head.ray("job", "logs", f"--address={head.address}", job_id, timeout=60).stdout
+    assert status == "SUCCEEDED", f"job {job_id} ended {status or 'not in 900 s'}:\n{logs[-3000:]}"
+
+    # the workers' warning, from both ranks (Ray may fold the second into "[repeated ...]")
+    warned = [ln for ln in logs.splitlines() if "no training step" in ln]
+    assert warned and all("RayTrainWorker" in ln for ln in warned), logs[-3000:]
+    assert "WARNING ehrsurv_dist.train.worker: epoch 0, rank" in warned[0]
+    assert "train.engine.grad_accum=8" in warned[0]
+    # INFO: one line per epoch and rank, counts and timings
+    assert re.search(r"INFO ehrsurv_dist\.train\.worker: epoch 0, rank [01]/2: train loss", logs)
+    # the driver's own line: auto resolved on this CPU-only head, and recorded in the run
+    assert "train.use_gpu=auto: the cluster has 0 GPU(s), so use_gpu=false" in logs
+    assert "use_gpu: false" in open(os.path.join(run, "config.yaml")).read()
+    # Ray Data's progress bars and execution lines stay off the console
+    assert "Running Dataset" not in logs and "Execution plan" not in logs
+    assert f"run {run}: finetune" in logs
+    # no patient data in anything the job printed (driver, workers, evaluation)
+    leaked = [s for s in secrets if s in logs]
+    assert leaked == [], leaked

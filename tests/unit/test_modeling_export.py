@@ -1,13 +1,15 @@
 """The model export: the folder ``RUN/model/`` (safetensors + JSON, no pickle), the job's
 ``model.sinusoidal`` under its own name in the model config, an export written before
 ``BEHRTConfig.use_sinusoidal`` became ``sinusoidal``, older runs' ``model.pt`` read by torch's
-weights-only loader, and a crafted pickle refused before anything in it runs."""
+weights-only loader, a crafted pickle refused before anything in it runs, and an ``--init``
+whose encoder does not fit the job's model refused before Ray starts."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,107 @@ def test_the_crafted_pickle_does_run_code_when_fully_unpickled(tmp_path: Path) -
     run, marker = _evil_run(tmp_path)
     torch.load(run / rundir.LEGACY_EXPORT, weights_only=False)
     assert marker.read_text() == "pwned"
+
+
+# --------------------------------------------------------------------------------------------
+# An --init whose encoder does not fit the job's model: refused before Ray, in one line
+
+
+def _pretrain_run(tmp_path: Path, *over: str) -> tuple[str, JobSpec]:
+    """A pretraining run directory (model folder with a real vocabulary) of ``over``'s model,
+    untrained; (run, its spec)."""
+    from ehrsurv_dist.data.vocab import Vocabulary
+
+    spec = load_config(JobSpec, None, ["model.arch=behrt", *over])
+    vocab = Vocabulary([f"CODE/{i}" for i in range(VOCAB - 3)])
+    run = tmp_path / "pre"
+    run.mkdir()
+    vocab.save(str(run / rundir.VOCAB))
+    modeling.save_export(
+        str(run / rundir.EXPORT),
+        modeling.build_model(spec, vocab.size, "pretrain").state_dict(),
+        modeling.model_config(spec, vocab.size),
+        spec,
+        "pretrain",
+        vocab.hash,
+        vocab_path=str(run / rundir.VOCAB),
+    )
+    return str(run), spec
+
+
+def test_init_of_another_size_is_refused_before_ray_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, _ = _pretrain_run(tmp_path, "model.size=medium")
+    small = load_config(JobSpec, None, [f"finetune.init={run}"])  # the default size: small
+    with pytest.raises(EhrsurvError) as e:
+        launch._init_export(small, "finetune")
+    msg = str(e.value)
+    assert msg.startswith(f"--init {run}: its encoder does not fit this job's model")
+    assert "hidden_dim 256 there vs 128 here" in msg and "num_layers 4 there vs 2 here" in msg
+    assert "set model.size=medium (this job has small)" in msg and "\n" not in msg
+    # the command: one line, nothing made, no Ray started (the cohort is not even looked at)
+    out = tmp_path / "out"
+    rc = main(
+        ["finetune", "--cohort", str(tmp_path / "nocohort"), "--init", run, "--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert rc != 0 and len(err.strip().splitlines()) == 1, err
+    assert "ehrsurv finetune: error: --init" in err and "model.size=medium" in err
+    assert not out.exists()
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+    # the same size fits; dropout, attention and the head's settings do not matter
+    fits = load_config(
+        JobSpec,
+        None,
+        [
+            f"finetune.init={run}",
+            "model.size=medium",
+            "model.dropout=0.3",
+            "model.attention=bidirectional",
+            "model.visit_pooling=attention",
+        ],
+    )
+    path, vocab = launch._init_export(fits, "finetune")
+    assert path == modeling.export_path(run) and vocab is not None and vocab.size == VOCAB
+
+
+def test_init_mismatch_names_the_job_key_to_change(tmp_path: Path) -> None:
+    run, _ = _pretrain_run(tmp_path, "model.size=tiny", "data.max_seq_len=512")
+    exp = modeling.load_export(modeling.export_path(run))
+
+    def why(*over: str) -> str | None:
+        return modeling.init_mismatch(exp, load_config(JobSpec, None, list(over)), VOCAB)
+
+    assert why("model.size=tiny") is None
+    shorter = why("model.size=tiny", "data.max_seq_len=256")
+    assert shorter is not None
+    assert "max_position 512 there vs 256 here" in shorter and "set data.max_seq_len=512" in shorter
+    sinus = why("model.size=tiny", "model.sinusoidal=true")
+    assert sinus is not None and "set model.sinusoidal=false" in sinus
+    arch = why("model.arch=hierarchical", "model.size=tiny")
+    assert arch == (
+        "its model is model.arch=behrt, this job's is model.arch=hierarchical: --init needs a "
+        "run of the same architecture"
+    )
+    assert why("model.size=tiny", "task.axis=calendar", "task.labels=l.parquet") is None  # head
+
+
+def test_a_sweep_checks_every_trial_against_its_init(tmp_path: Path) -> None:
+    from ehrsurv_dist.tune import TuneJobSpec, expand_trials
+    from ehrsurv_dist.tune.search_space import job_spec, trial_spec
+
+    run, _ = _pretrain_run(tmp_path, "model.size=tiny")
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(
+        "model: {size: tiny}\n"
+        "tune:\n  space:\n"
+        "    - {name: same, fixed: {model.size: tiny}}\n"
+        "    - {name: bigger, fixed: {model.size: small}}\n"
+    )
+    spec = load_config(TuneJobSpec, cfg, [("finetune.init", run)])
+    specs = [trial_spec(job_spec(spec), t) for t in expand_trials(spec)]
+    assert len(launch.check_init(specs[:1])) == 1
+    with pytest.raises(EhrsurvError, match=r"set model\.size=tiny \(this job has small\)"):
+        launch.check_init(specs)

@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -24,7 +23,8 @@ import pytest
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.data.meds import MAX_EXAMPLES, validate_cohort
 from ehrsurv_dist.errors import CohortError
-from ehrsurv_dist.testing import write_cohort
+from ehrsurv_dist.testing import SECRET_SUBJECT0 as SID0
+from ehrsurv_dist.testing import distinctive_cohort, write_cohort
 
 ROOT = Path(__file__).resolve().parents[2]
 THIS = Path(__file__).resolve()
@@ -169,28 +169,6 @@ def test_job_specs_and_cluster_files_carry_no_secrets() -> None:
 # --------------------------------------------------------------------------------------------
 # Patient data never reaches the INFO logs
 
-SID0 = 987_654_321_000  # distinctive subject ids
-BIRTH = "1937-04-13"
-CODES = ["ZZSECRET/ALPHA", "ZZSECRET/BRAVO", "ZZSECRET/CHARLIE"]
-
-
-def _distinctive_cohort(root: Path, n: int = 12) -> tuple[str, list[str]]:
-    rows = []
-    outcomes = []
-    ages = []
-    for i in range(n):
-        s = SID0 + 7 * i
-        rows.append((s, BIRTH, S.BIRTH_CODE))
-        for v, day in enumerate(("2019-08-17", "2019-09-23", "2019-11-29", "2020-02-11")):
-            rows.append((s, f"{day} 07:13", CODES[(i + v) % 3]))
-        outcomes.append((s, i % 2 == 0, "2020-06-30"))
-        ages.append(
-            f"{(np.datetime64('2019-08-17') - np.datetime64(BIRTH)).astype(int) / 365.25:.2f}"
-        )
-    cohort = write_cohort(root, rows, outcomes)
-    secrets = [*CODES, str(SID0), str(SID0 + 7), BIRTH, "2019-08-17", "2019-09-23", "2020-06-30"]
-    return cohort, secrets + sorted(set(ages))
-
 
 def test_info_logs_carry_counts_not_patient_data(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
@@ -199,7 +177,7 @@ def test_info_logs_carry_counts_not_patient_data(
     from ehrsurv_dist.data.cohort import load_cohort
     from ehrsurv_dist.data.pipeline import IngestPipeline
 
-    cohort, secrets = _distinctive_cohort(tmp_path / "c")
+    cohort, secrets = distinctive_cohort(tmp_path / "c")
     caplog.set_level(logging.INFO)  # every logger, INFO and above
     assert main(["validate", cohort]) == 0
     report = capsys.readouterr().out
@@ -255,7 +233,7 @@ def test_predict_output_carries_no_input_codes(tmp_path: Path, make_untrained_ru
     contract's columns only, and none of the cohort's codes or dates appear in it."""
     from ehrsurv_dist.evaluate import predict_cohort
 
-    cohort, secrets = _distinctive_cohort(tmp_path / "c")
+    cohort, secrets = distinctive_cohort(tmp_path / "c")
     run = str(tmp_path / "run")
     make_untrained_run(cohort, run, ["model.size=tiny", "train.min_free_gb=0"])
     out = tmp_path / "pred.parquet"

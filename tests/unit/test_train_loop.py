@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -183,3 +184,46 @@ def test_train_epoch_times_every_step() -> None:
     # without hooks the loop measures nothing beyond its training facts
     plain = train_epoch(engine, SurvivalTask(), batches, torch.device("cpu"), 1)
     assert plain.measures == {} and plain.steps == 3
+
+
+def test_an_epoch_without_a_step_warns_and_every_epoch_says_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker's epoch (``worker.run_epoch``, no Ray): a rank with fewer batches than one
+    step's ``train.engine.grad_accum`` trains nothing and says so; at INFO every epoch gives
+    one line of counts and timings."""
+    from types import SimpleNamespace
+
+    from ehrsurv_dist.train import worker
+    from ehrsurv_dist.train.engine import EngineConfig, build_engine
+
+    task = build_task(load_config(JobSpec, None, []), "finetune", VOCAB)
+    batches = [
+        {k: v.numpy() for k, v in example_flat_batch(VOCAB, batch_size=4, seed=s).items()}
+        for s in range(3)
+    ]
+    cpu = torch.device("cpu")
+    rc = SimpleNamespace(rank=1, world=2, device=cpu, bspec=SimpleNamespace(batch_size=4))
+    for accum, steps in ((4, 0), (1, 3)):
+        engine = build_engine(
+            _model().train(), EngineConfig(engine="torch", grad_accum=accum), 3, device=cpu
+        )
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ehrsurv_dist.train.worker"):
+            res = worker.run_epoch(rc, engine, task, iter(batches), 5, [])
+        assert res.steps == steps
+        said = [(r.levelname, r.getMessage()) for r in caplog.records]
+        warned = [m for lvl, m in said if lvl == "WARNING"]
+        lines = [m for lvl, m in said if lvl == "INFO"]
+        assert len(lines) == 1 and lines[0].startswith(
+            f"epoch 5, rank 1/2: train loss {res.loss:.4f}, {steps} steps, "
+        )
+        if steps:
+            assert warned == []
+        else:
+            assert warned == [
+                "epoch 5, rank 1: no training step (this rank read 3 train batch(es) of "
+                "data.batch_size=4; a step takes train.engine.grad_accum=4 on every rank), so the "
+                "weights did not change this epoch: lower train.engine.grad_accum, "
+                "data.batch_size or train.num_workers, or use a larger cohort"
+            ]
