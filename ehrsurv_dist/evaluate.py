@@ -7,9 +7,9 @@ Ray Train's checkpoints require), collate the block into padded batches and retu
 hazards as Arrow lists. The driver only gathers the per-subject results. ``use_ray=False`` runs the same
 model over the single-process ingest path (same predictions; the tests compare them).
 
-Predictions Parquet (DESIGN.md §5): ``subject_id`` int64, ``split`` string, ``event`` bool,
+Predictions Parquet (docs/design.md §5): ``subject_id`` int64, ``split`` string, ``event`` bool,
 ``last_visit`` int32, ``risk`` float64, ``hazard`` list<float32>, ``survival`` list<float32>.
-No input codes are written. Metrics are computed over each whole split (DESIGN.md §4), plus
+No input codes are written. Metrics are computed over each whole split (docs/design.md §4), plus
 the leakage diagnostics: the length-only baseline and a random truncation of test histories.
 
 Another cohort (``predict``, ``evaluate --cohort``): :func:`for_cohort` points the run's job at
@@ -205,9 +205,17 @@ def num_scorers(spec: JobSpec) -> int:
     if spec.eval.actors:
         return spec.eval.actors
     res = ray.cluster_resources()
-    if spec.train.use_gpu:
+    if scores_on_gpu(spec, res):
         return max(1, int(res.get("GPU", 0)))
     return max(1, int(res.get("CPU", 1)) - 1)
+
+
+def scores_on_gpu(spec: JobSpec, cluster: dict[str, float]) -> bool:
+    """Whether the scoring actors take GPUs: ``train.use_gpu`` (a run's config holds the value
+    its training resolved; ``auto`` given as an override: GPUs when ``cluster`` has them)."""
+    if spec.train.use_gpu == "auto":
+        return float(cluster.get("GPU", 0)) > 0
+    return bool(spec.train.use_gpu)
 
 
 def predict_split_ray(
@@ -224,7 +232,7 @@ def predict_split_ray(
     import ray  # Ray at the edge (see num_scorers)
     import ray.data
 
-    use_gpu = spec.train.use_gpu
+    use_gpu = scores_on_gpu(spec, ray.cluster_resources())
     # no more actors than the ingest tasks that feed them (the map is fused into the actors)
     n = max(1, min(num_scorers(spec), len(task_groups(pipe.plan, pipe.num_tasks()))))
     ds = pipe.dataset(split)  # compact rows: any block boundary is safe for the scorer
@@ -274,7 +282,7 @@ def truncated(p: Predictions, seed: int = 0) -> tuple[M.HazardTable, np.ndarray,
 
     Each history is cut at a uniformly drawn visit u <= T and scored as censored there. With
     visit-causal attention the hazards of visits <= u do not depend on later visits, so the
-    predictions of the truncated history are a prefix of the full ones (DESIGN.md §3).
+    predictions of the truncated history are a prefix of the full ones (docs/design.md §3).
     """
     rng = np.random.default_rng(seed)
     u = (rng.random(len(p.last_visit)) * (p.last_visit + 1)).astype(np.int64)  # 0..T

@@ -1,10 +1,10 @@
-"""Torch hazards, survival curves and scalar risk scores from per-visit logits (DESIGN.md §2, §4).
+"""Torch hazards, survival curves and scalar risk scores from per-visit logits (docs/design.md §2, §4).
 
 Semantics: ``h_t = sigmoid(logit_t)`` is the probability of the event in the interval after visit
 t, given no event so far and the history up to visit t. ``S(t) = prod_{s<=t} (1 - h_s)`` is
 computed in log space, ``log(1 - h) = logsigmoid(-logit)``. Visit slots that are not real
 (``visit_mask`` False) inside a subject's history contribute ``h = 0``. Beyond a subject's last real
-visit T the curve holds the last hazard ``h_T`` constant (DESIGN.md §2).
+visit T the curve holds the last hazard ``h_T`` constant (docs/design.md §2).
 
 Neutral: the survival models (``SurvivalOutput.hazards`` / ``.survival``) and the ranking losses
 (the risk score) both use these functions. The numpy side, from stored hazards, is
@@ -111,7 +111,7 @@ def risk_score(
     risk_k: int | None = None,
     risk_n: int | None = None,
 ) -> Tensor:
-    """Scalar risk per subject (DESIGN.md §4); higher = earlier expected event.
+    """Scalar risk per subject (docs/design.md §4); higher = earlier expected event.
 
     - ``mean_hazard``: mean of h_t over the real visits (seed default).
     - ``horizon``: ``1 - S(min(k, T))`` with k = ``risk_k`` and T the last real visit.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import meds
 import numpy as np
 
-# --- MEDS input (DESIGN.md §1); names come from the MEDS standard's own package -------------
+# --- MEDS input (docs/design.md §1); names come from the MEDS standard's own package -------------
 SUBJECT_ID = "subject_id"
 TIME = "time"
 CODE = "code"
@@ -38,12 +38,12 @@ OUTCOMES_FILE = "outcomes.parquet"
 OUTCOME_EVENT = "event"  # bool: True = event observed, False = censored
 OUTCOME_TIME = "time"  # timestamp[us]: event time, or end of follow-up
 
-# --- Synthetic ground truth: COHORT/truth.parquet (DESIGN.md §5) ----------------------------
+# --- Synthetic ground truth: COHORT/truth.parquet (docs/design.md §5) ----------------------------
 TRUTH_FILE = "truth.parquet"
 TRUTH_HAZARD = "hazard"  # list<float32>, length T + 1, frailty included
 TRUTH_HAZARD_OBSERVABLE = "hazard_observable"  # same with frailty set to 0
 
-# --- Calendar-time tasks (DESIGN §7): MEDS label files and the per-sample labels ------------
+# --- Calendar-time tasks (docs/design.md §7): MEDS label files and the per-sample labels ------------
 # MEDS label files (``meds.LabelSchema``): one row per (subject, prediction time); value columns
 # (``boolean_value`` ...) are optional and not read as outcomes.
 PREDICTION_TIME: str = meds.LabelSchema.prediction_time_name  # "prediction_time", timestamp[us]
@@ -68,7 +68,7 @@ NUM_SPECIAL_TOKENS = 3
 SPECIAL_TOKENS: tuple[str, str, str] = ("[PAD]", "[MASK]", "[UNK]")
 IGNORE_INDEX = -100  # label value ignored by token-level losses (MLM)
 
-# Scalar risk scores from a hazard sequence (DESIGN §4); one name, `risk_score`, from the job
+# Scalar risk scores from a hazard sequence (docs/design.md §4); one name, `risk_score`, from the job
 # file (`finetune.risk_score`) through the loss and the metrics.
 RISK_SCORES: tuple[str, str, str] = ("mean_hazard", "horizon", "first_n")
 

@@ -6,7 +6,7 @@ Two questions from the seed's documents, answered with numbers from this machine
   out, the B × H × L × L score and probability tensors materialised) at one sequence length, for
   the forward + backward pass: time, and the bytes autograd keeps for the backward pass (exact,
   counted with ``saved_tensors_hooks``), and the rise of the process's resident memory (sampled).
-- flat vs hierarchical BEHRT at V visits of C codes (seed-spec §10.2): the analytic ratio of
+- flat vs hierarchical BEHRT at V visits of C codes (docs/models.md): the analytic ratio of
   attention score entries, and the measured forward + backward time of the two real models.
 
 Shape vocabulary: ``B`` batch, ``H`` heads, ``L`` tokens, ``V`` visits, ``C`` codes per visit,
@@ -75,7 +75,7 @@ def flat_score_entries(visits: int, codes: int) -> int:
 
 
 def hierarchical_score_entries(visits: int, codes: int) -> int:
-    """The seed's hierarchical count for one head (seed-spec §10.2): C² per visit (codes attend
+    """The seed's hierarchical count for one head (docs/models.md): C² per visit (codes attend
     within their visit), plus V² (visits attend across the timeline): V·C² + V²."""
     return visits * codes**2 + visits**2
 

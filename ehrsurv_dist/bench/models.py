@@ -59,7 +59,7 @@ class Row:
 
 
 def model_rows() -> list[Row]:
-    """The seed's model comparison (seed-spec §9.3): strategies × pretraining, families, masks."""
+    """The seed's model comparison (docs/benchmarks.md): strategies × pretraining, families, masks."""
     lora = ("finetune.strategy=lora", "finetune.lora_rank=16")
     return [
         Row("behrt_frozen_pre", "BEHRT frozen, pretrained", ("finetune.strategy=frozen",), True),
@@ -87,7 +87,7 @@ def model_rows() -> list[Row]:
 
 
 def loss_rows() -> list[Row]:
-    """The seed's loss comparison (seed-spec §6): same model, same splits."""
+    """The seed's loss comparison (docs/survival.md): same model, same splits."""
     rows = [
         Row("nll", "NLL (discrete-time likelihood)", ("finetune.loss=nll",)),
         Row("rank_hinge", "rank, hinge", ("finetune.loss=rank", "finetune.rank_loss=hinge")),
@@ -421,8 +421,8 @@ def _summary_md(
             "",
             "ECE: calibration error at the median event horizon (predicted vs Kaplan–Meier). "
             "train−val gap: td-C on train minus td-C on tuning. length-only AUC: how well the "
-            "number of visits alone separates events (seed-spec §5.5). truncated td-C: held-out "
-            "histories cut at a random visit (DESIGN.md §3).",
+            "number of visits alone separates events (docs/survival.md). truncated td-C: held-out "
+            "histories cut at a random visit (docs/design.md §3).",
             "",
         ]
     )

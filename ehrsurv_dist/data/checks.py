@@ -1,4 +1,4 @@
-"""Always-on batch checks (seed-spec §1.8) and the padding discipline of seed-spec §1.7.
+"""Always-on batch checks (docs/data.md) and the padding discipline of docs/data.md.
 
 Pure numpy. The pipeline runs them on the first batches of every run (and a caller may run them
 on every batch); a failure raises :class:`BatchCheckError` naming the check, because every

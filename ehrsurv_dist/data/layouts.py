@@ -1,12 +1,12 @@
 """The two model layouts of a subject's visits: flat tokens and visits × codes, pure numpy.
 
-:func:`flatten` (flat BEHRT layout, seed-spec §1.3) and :func:`to_hierarchical` (visit × code
-layout, seed-spec §1.5) turn :class:`visits.SubjectVisits` plus vocabulary ids into per-subject
+:func:`flatten` (flat BEHRT layout, docs/data.md) and :func:`to_hierarchical` (visit × code
+layout, docs/data.md) turn :class:`visits.SubjectVisits` plus vocabulary ids into per-subject
 sequences, vectorised over all subjects at once: truncation and visit-id rebasing.
 
 Truncation (``keep_recent``, the default): keep the last ``max_visits`` visits, then the last
 ``max_seq_len`` tokens of those; the cut is at token level, so the oldest kept visit may keep only
-its last codes (seed-spec §1.3 keeps the last L_max tokens). Visit ids are rebased so that the
+its last codes (the last L_max tokens are kept, docs/data.md). Visit ids are rebased so that the
 oldest kept visit is 0; ``last_visit`` = kept visits − 1. The last visit is always kept, so the
 event label is unchanged.
 
@@ -86,7 +86,7 @@ class FlatTokens(SubjectLabels):
 
 @dataclass
 class VisitTokens(SubjectLabels):
-    """Per-subject visits of code ids, the hierarchical layout (seed-spec §1.5).
+    """Per-subject visits of code ids, the hierarchical layout (docs/data.md).
 
     Attributes:
         subject_id, event, last_visit, truncated: [N] as in :class:`FlatTokens`.
@@ -133,7 +133,7 @@ def _kept_token_ranges(
 
 
 def flatten(sv: SubjectVisits, code_ids: np.ndarray, limits: Limits = Limits()) -> FlatTokens:
-    """Flatten visits into token sequences (seed-spec §1.3), truncating all tensors together.
+    """Flatten visits into token sequences (docs/data.md), truncating all tensors together.
 
     Args:
         sv: visits of N subjects.
@@ -198,7 +198,7 @@ def to_hierarchical(
     sv: SubjectVisits, code_ids: np.ndarray, limits: Limits = Limits()
 ) -> VisitTokens:
     """Visits × codes layout: keep ``max_visits`` visits (by ``truncation``) and the first
-    ``max_codes_per_visit`` codes of each (seed-spec §1.5).
+    ``max_codes_per_visit`` codes of each (docs/data.md).
 
     Args:
         sv: visits of N subjects.

@@ -1,4 +1,4 @@
-"""Pretraining targets on the fly (seed-spec §4): MLM masks.
+"""Pretraining targets on the fly (docs/models.md): MLM masks.
 
 Pure numpy. Every random draw is a **counter-based hash** of ``(seed, epoch, subject_id,
 position, stream)`` (splitmix64), not a stateful generator: a token's mask depends on nothing

@@ -1,4 +1,4 @@
-"""Read and validate a MEDS cohort plus its outcome table (DESIGN.md §1): the one import point.
+"""Read and validate a MEDS cohort plus its outcome table (docs/design.md §1): the one import point.
 
 A cohort directory holds ``data/**/*.parquet`` (one row per measurement), optionally
 ``metadata/subject_splits.parquet`` and ``metadata/codes.parquet``, and ``outcomes.parquet``.

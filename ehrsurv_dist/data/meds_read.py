@@ -2,7 +2,7 @@
 
 A cohort directory holds ``data/**/*.parquet`` (one row per measurement), optionally
 ``metadata/subject_splits.parquet`` and ``metadata/codes.parquet``, and ``outcomes.parquet``
-(DESIGN.md §1). These readers cast to the MEDS types and name the file and column of anything
+(docs/design.md §1). These readers cast to the MEDS types and name the file and column of anything
 they cannot use; :mod:`ehrsurv_dist.data.validate` checks the contents.
 """
 

@@ -1,4 +1,4 @@
-"""Padding of a block's batches into fixed-shape numpy buffers (seed-spec §1.4, §1.5, §1.7).
+"""Padding of a block's batches into fixed-shape numpy buffers (docs/data.md).
 
 Each batch is padded to its own longest sequence rounded up to a multiple of ``pad_multiple``
 (never past the configured maximum). All batches of a block are written into *one* buffer per
@@ -224,7 +224,7 @@ def _masked(
 
 
 def pad_flat(ft: FlatTokens, batches: Ragged, spec: BatchSpec, epoch: int = 0) -> PaddedBlock:
-    """Pad flat sequences batch by batch (seed-spec §1.4), one masked assignment per field.
+    """Pad flat sequences batch by batch (docs/data.md), one masked assignment per field.
 
     Args:
         ft: the block's sequences.
@@ -280,7 +280,7 @@ def pad_flat(ft: FlatTokens, batches: Ragged, spec: BatchSpec, epoch: int = 0) -
 def pad_hierarchical(
     vt: VisitTokens, batches: Ragged, spec: BatchSpec, epoch: int = 0
 ) -> PaddedBlock:
-    """Pad visits × codes batch by batch (seed-spec §1.5).
+    """Pad visits × codes batch by batch (docs/data.md).
 
     Each batch is ``[B, V, C]`` with V its most visits and C its largest visit, each rounded
     up to ``spec.pad_multiple`` and capped at ``spec.max_visits`` /

@@ -182,7 +182,7 @@ class IngestPipeline:
     Args:
         cohort: cohort directory or pyarrow filesystem URI.
         data: the data configuration (``DataConfig``); defaults if None.
-        layout: ``flat`` (BEHRT, seed-spec §1.4) or ``hierarchical`` (§1.5).
+        layout: ``flat`` (BEHRT) or ``hierarchical`` (docs/data.md).
         seed: seed of the shuffles and MLM masks.
         window_batches: batches per length-sorting window (None: ``data.window_batches``).
         pad_multiple: each batch's padded length is a multiple of this (None: ``data``'s,

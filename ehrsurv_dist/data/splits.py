@@ -1,4 +1,4 @@
-"""Subject splits: the MEDS ``subject_splits.parquet`` or a deterministic hash (DESIGN.md §1)."""
+"""Subject splits: the MEDS ``subject_splits.parquet`` or a deterministic hash (docs/design.md §1)."""
 
 from __future__ import annotations
 

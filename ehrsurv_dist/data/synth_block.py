@@ -44,7 +44,7 @@ SLOTS = 5  # code slots of a planned visit
 
 @dataclass(frozen=True)
 class HazardParams:
-    """v2 hazard process (seed-spec §8.3); ``signal`` multiplies the β coefficients."""
+    """v2 hazard process (docs/data.md); ``signal`` multiplies the β coefficients."""
 
     alpha: float = -2.0
     beta_chronic: float = 0.45
@@ -297,7 +297,7 @@ def _seg_cumsum(x: np.ndarray, v: _Visits) -> np.ndarray:
 def _linear_predictor(
     v: _Visits, codes: _Codes, age_years: np.ndarray, hp: HazardParams
 ) -> np.ndarray:
-    """K·βᵀx_t of every visit [nvis] from the features x1..x5 (seed-spec §8.3)."""
+    """K·βᵀx_t of every visit [nvis] from the features x1..x5 (docs/data.md)."""
     nvis = len(v.subject)
     dx_cnt = np.zeros((nvis, N_DIS), np.int64)
     tx_cnt = np.zeros((nvis, N_DIS), np.int64)
@@ -349,7 +349,7 @@ def _draw_outcomes(
     l_t = _seg_first(do_fire, v.local, v.seg_start, n_kept - 1)
     # Censoring wins a tie: a subject censored at visit T (drop-out, or the end of its planned
     # visits) leaves during the interval after T, so an event there is never observed. That is
-    # DESIGN.md §2's likelihood (a censored subject contributes only the intervals t < T); with
+    # docs/design.md §2's likelihood (a censored subject contributes only the intervals t < T); with
     # `<=` every censored subject would be known to have survived interval T as well, and the
     # likelihood would over-estimate the hazards (badly calibrated models, biased IBS).
     event_s = e_t < l_t

@@ -1,8 +1,8 @@
 """The synthetic generator's clinical vocabulary: disease patterns and their code tables.
 
-Trajectories follow the seed's realistic generator (seed-spec §8.1): 8 disease patterns with
+Trajectories follow the seed's realistic generator (docs/data.md): 8 disease patterns with
 diagnosis / treatment / monitoring codes, comorbidity add-ons and routine codes; the chronic /
-acute split and the comorbid pairs of the hazard come from §8.3. The tables below turn the
+acute split and the comorbid pairs of the hazard come from the seed generator too. The tables below turn the
 patterns into numpy lookups that :mod:`ehrsurv_dist.data.synthetic` indexes with whole arrays.
 """
 
@@ -25,7 +25,7 @@ class Disease:
     chronic: bool
 
 
-# seed-spec §8.1 patterns; chronic/acute split from §8.3
+# the seed generator's disease patterns (docs/data.md), with its chronic/acute split
 DISEASES: tuple[Disease, ...] = (
     Disease(
         "diabetes_type2",

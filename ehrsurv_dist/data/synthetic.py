@@ -1,14 +1,14 @@
-"""Synthetic MEDS cohorts with known per-visit hazards (seed-spec §8.1 + §8.3, DESIGN.md §2).
+"""Synthetic MEDS cohorts with known per-visit hazards (docs/data.md, docs/design.md §2).
 
 Trajectories follow the seed's realistic generator (the disease patterns and code tables of
 :mod:`ehrsurv_dist.data.synth_codes`); outcomes follow the v2 hazard process:
 at visit ``t`` the features x1..x5 (chronic count, decayed acute events, comorbid pairs,
 log-treatments, age) give ``h_t = sigmoid(α + K·βᵀx_t + frailty)`` where ``K`` is ``signal``.
 
-Adapted to DESIGN.md §2: the event (or drop-out) happens in the interval *after* a visit, and no
+Adapted to docs/design.md §2: the event (or drop-out) happens in the interval *after* a visit, and no
 visit is emitted after it. A subject censored at visit T (drop-out, or the end of its planned
 visits) is not observed through the interval after T, so an event drawn for that interval is
-not seen: censoring wins the tie, which makes the likelihood of DESIGN.md §2 exact for this data.
+not seen: censoring wins the tie, which makes the likelihood of docs/design.md §2 exact for this data.
 So the history of subject i is exactly its visits ``0..T_i`` and the true hazards ``h_0..h_T``
 are written to ``truth.parquet`` next to the data.
 

@@ -1,4 +1,4 @@
-""":func:`validate_cohort`: check a MEDS cohort and its outcome table (DESIGN.md §1).
+""":func:`validate_cohort`: check a MEDS cohort and its outcome table (docs/design.md §1).
 
 Every shard is read once (bounded memory; :mod:`ehrsurv_dist.data.validate_files`), each on its
 own, by a *mapper*: one after another in this process, in a process pool
@@ -628,7 +628,7 @@ def _check_history(
     osid: np.ndarray,
     ev: np.ndarray,
 ) -> None:
-    """Outcome at or before the first visit: no input history (DESIGN.md §2)."""
+    """Outcome at or before the first visit: no input history (docs/design.md §2)."""
     tu, tnull = time_us(t[S.OUTCOME_TIME])
     pos = np.searchsorted(subjects, osid)
     pos_c = np.minimum(pos, max(len(subjects) - 1, 0))

@@ -1,4 +1,4 @@
-"""Visits and survival labels from MEDS events (DESIGN.md §1–§2), pure numpy/pyarrow.
+"""Visits and survival labels from MEDS events (docs/design.md §1–§2), pure numpy/pyarrow.
 
 A *visit* is the set of a subject's events whose timestamps share the same value truncated to
 the granularity (default: calendar day). Within a visit, codes keep their order of appearance.

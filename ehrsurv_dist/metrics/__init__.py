@@ -1,6 +1,6 @@
 """Survival metrics and diagnostic plots (pure numpy / scipy / scikit-survival / matplotlib).
 
-Conventions used by every metric (DESIGN.md §2, §4):
+Conventions used by every metric (docs/design.md §2, §4):
 
 - Subject i has hazards ``h_i[0..T_i]`` over its real visits (``T_i`` = ``last_visit[i]``, the index
   of the last input visit) and an event flag ``δ_i``: the event happened in the interval after

@@ -1,4 +1,4 @@
-"""Percentile bootstrap intervals over subjects, deterministic for a seed (DESIGN.md §4).
+"""Percentile bootstrap intervals over subjects, deterministic for a seed (docs/design.md §4).
 
 Replicate b draws N subject indices with replacement from ``numpy.random.default_rng(seed)``;
 every metric of a split sees the same draws, so their intervals describe the same resamples.

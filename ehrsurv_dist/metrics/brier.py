@@ -1,4 +1,4 @@
-"""IPCW metrics at whole horizons: Brier score, integrated Brier score, td-AUC (DESIGN.md §4).
+"""IPCW metrics at whole horizons: Brier score, integrated Brier score, td-AUC (docs/design.md §4).
 
 All three predict ``S(k − 1)`` at whole time k (see
 :func:`~ehrsurv_dist.metrics.event_free_at`) and weight by the Kaplan–Meier censoring

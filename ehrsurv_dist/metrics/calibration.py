@@ -1,4 +1,4 @@
-"""Calibration of the predicted event probability at a whole time k, per risk bin (DESIGN.md §4).
+"""Calibration of the predicted event probability at a whole time k, per risk bin (docs/design.md §4).
 
 The predicted risk is ``1 − S(k − 1)`` (see :func:`~ehrsurv_dist.metrics.event_free_at`); the
 observed probability in a bin is one minus the Kaplan–Meier estimate at k on the

@@ -1,4 +1,4 @@
-"""Concordance of predicted survival with observed times (DESIGN.md §4).
+"""Concordance of predicted survival with observed times (docs/design.md §4).
 
 Antolini's time-dependent C on the survival curves (primary), Harrell's and Uno's C on a scalar
 risk score (scikit-survival, with an exact grouped-by-time path for large splits), and the
@@ -275,7 +275,7 @@ def uno_c(
 
 
 def length_only_baseline(last_visit: npt.ArrayLike, event: npt.ArrayLike) -> dict[str, float]:
-    """Leakage diagnostic (seed §11.13 (iii)): how well sequence length alone predicts the event.
+    """Leakage diagnostic (docs/survival.md): how well sequence length alone predicts the event.
 
     On the visit-index time axis the length *is* the observed time, so any concordance of ``−T``
     is 1 by construction and says nothing. The informative question is whether the length

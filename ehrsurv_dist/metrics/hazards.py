@@ -1,4 +1,4 @@
-"""Per-subject hazards in one flat table, and the survival curves they give (DESIGN.md §2).
+"""Per-subject hazards in one flat table, and the survival curves they give (docs/design.md §2).
 
 Subject i has hazards ``h_i[0..T_i]`` over its real visits. :class:`HazardTable` holds them as
 rows of one :class:`~ehrsurv_dist.ragged.Ragged` (row i = subject i) together with the

@@ -2,7 +2,7 @@
 
 Every public metric validates its per-subject arrays here, so a bad argument raises the same
 ``ValueError`` naming the argument whichever metric it was passed to. The time convention (an
-event after visit T at time ``T + 0.5``, a censoring at ``T``; DESIGN §4) is
+event after visit T at time ``T + 0.5``, a censoring at ``T``; docs/design.md §4) is
 :func:`to_sksurv_time`. Pure numpy / scikit-survival.
 """
 

@@ -179,7 +179,7 @@ def plot_risk_vs_length(
 ) -> Path:
     """The seed's length-bias diagnostic: risk score against number of visits ``T + 1``.
 
-    A risk that rises with length ranks by follow-up rather than by hazard (seed §5.5). The
+    A risk that rises with length ranks by follow-up rather than by hazard (docs/survival.md). The
     title gives Spearman's ρ between risk and length; the black line is the mean risk per length.
 
     Args:
@@ -234,7 +234,7 @@ def km_by_risk_group(
 ) -> list[dict[str, Any]]:
     """Kaplan–Meier curves of the subjects grouped by predicted risk (quantile groups).
 
-    On the evaluation time scale of DESIGN.md §4 (an event at visit T happens at T + 0.5, a
+    On the evaluation time scale of docs/design.md §4 (an event at visit T happens at T + 0.5, a
     censoring at T), so the KM value just before whole visit k is the observed probability of
     being event-free at k, comparable to the mean predicted ``S(k − 1)`` of the group.
 

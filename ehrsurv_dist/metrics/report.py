@@ -1,4 +1,4 @@
-"""Every metric of one split: the ``metrics.json`` entry of DESIGN §5.
+"""Every metric of one split: the ``metrics.json`` entry of docs/design.md §5.
 
 :func:`evaluate_split` checks its inputs once, then computes in turn the counts, the
 concordances, the horizons, the Brier scores and td-AUC, the IBS, the calibration and the
@@ -78,7 +78,7 @@ def evaluate_split(
     n_bins: int = 10,
     tied_tol: float = 1e-8,
 ) -> dict[str, Any]:
-    """All metrics of one split, the ``metrics.json`` entry of DESIGN §5.
+    """All metrics of one split, the ``metrics.json`` entry of docs/design.md §5.
 
     Computed over the whole split. Degenerate splits (no event, a single subject, no valid
     horizon) do not raise: undefined metrics are NaN and ``"warnings"`` says why.

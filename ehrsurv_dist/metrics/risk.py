@@ -1,4 +1,4 @@
-"""Scalar risk scores from per-visit hazards (DESIGN.md §4), for Harrell's and Uno's C.
+"""Scalar risk scores from per-visit hazards (docs/design.md §4), for Harrell's and Uno's C.
 
 The names of the scores are :data:`ehrsurv_dist.schema.RISK_SCORES`; the job file picks one with
 ``finetune.risk_score``. Pure numpy.
@@ -28,7 +28,7 @@ def risk_scores(
 ) -> FloatArray:
     """Scalar risk per subject (higher = earlier event), for Harrell's and Uno's C.
 
-    Scores (DESIGN §4): ``mean_hazard``: mean hazard over the subject's real visits (the seed's
+    Scores (docs/design.md §4): ``mean_hazard``: mean hazard over the subject's real visits (the seed's
     default); ``horizon``: ``1 − S(min(risk_k, T))``; ``first_n``: mean of the first
     ``min(risk_n, T + 1)`` hazards (the seed's length-bias fix).
 

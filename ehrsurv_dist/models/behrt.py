@@ -1,6 +1,6 @@
 """The flat BEHRT encoder: embeddings -> Pre-LN transformer blocks -> final LayerNorm.
 
-Reads top to bottom: the attention mask (DESIGN.md §3), attention with explicit q/k/v/o Linear
+Reads top to bottom: the attention mask (docs/design.md §3), attention with explicit q/k/v/o Linear
 layers (so that LoRA really sits on the forward path), the feed-forward, the block, the encoder.
 
 Shape vocabulary: ``B`` batch, ``L`` tokens, ``D`` hidden, ``H`` heads.
@@ -140,7 +140,7 @@ def validate_flat_inputs(
 
 
 class BEHRTEncoder(nn.Module):
-    """Flat BEHRT encoder (seed-spec §3) with visit-causal or bidirectional attention."""
+    """Flat BEHRT encoder (docs/models.md) with visit-causal or bidirectional attention."""
 
     def __init__(self, cfg: BEHRTConfig) -> None:
         super().__init__()

@@ -81,7 +81,7 @@ def _check_encoder(
 
 @dataclass
 class BEHRTConfig:
-    """Flat BEHRT encoder (seed-spec §2-§3) plus the sizes of its task heads."""
+    """Flat BEHRT encoder (docs/models.md) plus the sizes of its task heads."""
 
     vocab_size: int | None = None
     """Number of code ids including the special tokens (PAD=0, MASK=1, UNK=2); None = set later."""
@@ -113,7 +113,7 @@ class BEHRTConfig:
     ``model.sinusoidal``; exports written before the field's rename carry ``use_sinusoidal``,
     which ``train.modeling.model_from_export`` still reads)."""
     attention: AttentionMode = "visit_causal"
-    """``visit_causal``: a token of visit t attends to visits <= t (DESIGN.md §3, default);
+    """``visit_causal``: a token of visit t attends to visits <= t (docs/design.md §3, default);
     ``bidirectional``: every real token (seed parity; leaks the sequence end)."""
     visit_pooling: VisitPooling = "mean"
     """How token states become a visit state for the survival head: masked ``mean`` (seed) or
@@ -163,7 +163,7 @@ class BEHRTConfig:
 
 @dataclass
 class HierarchicalConfig:
-    """Hierarchical BEHRT (seed-spec §10.3): codes pooled within visits, then a visit timeline."""
+    """Hierarchical BEHRT (docs/models.md): codes pooled within visits, then a visit timeline."""
 
     vocab_size: int | None = None
     """Number of code ids including the special tokens; None = set later."""
@@ -229,7 +229,7 @@ class HierarchicalConfig:
 
 @dataclass
 class LSTMConfig:
-    """LSTM baseline (seed-spec §10.1): mean of code embeddings per visit, unidirectional LSTM."""
+    """LSTM baseline (docs/models.md): mean of code embeddings per visit, unidirectional LSTM."""
 
     vocab_size: int | None = None
     """Number of code ids including the special tokens; None = set later."""
@@ -268,7 +268,7 @@ class LSTMConfig:
 
 @dataclass
 class LoRAConfig:
-    """Low-rank adapters on the attention (and optionally feed-forward) projections (seed §7.2)."""
+    """Low-rank adapters on the attention (and optionally feed-forward) projections (docs/models.md)."""
 
     rank: int = 16
     """Rank r of the update B @ A."""

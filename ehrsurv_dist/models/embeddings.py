@@ -1,4 +1,4 @@
-"""Input embeddings (seed-spec §2): code, binned age, visit id, position, binned time delta.
+"""Input embeddings (docs/models.md): code, binned age, visit id, position, binned time delta.
 
 The flat BEHRT token embedding is additive (BERT-style):
 ``x_i = E_code[c_i] + E_age[bin(a_i)] + E_visit[v_i] + E_pos[i]``, then LayerNorm, dropout and an

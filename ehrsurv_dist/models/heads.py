@@ -1,9 +1,9 @@
 """Small task heads and the visit aggregation they sit on.
 
 - :func:`aggregate_visits`: vectorised ``scatter_add`` masked mean of token states per visit
-  (seed-spec §5.3); padding never reaches visit 0 because pad tokens are masked before the sum.
+  (docs/survival.md); padding never reaches visit 0 because pad tokens are masked before the sum.
 - :class:`AttentionVisitPooling`: learned attention pooling per visit (a segment softmax).
-- :class:`HazardHead`: per-visit hazard logit MLP (seed-spec §5.4), logits not probabilities.
+- :class:`HazardHead`: per-visit hazard logit MLP (docs/survival.md), logits not probabilities.
 - :class:`MLMHead` / :class:`NVPHead`: ``Linear -> GELU -> LayerNorm -> Linear(|V|)``.
 - :class:`BEHRTPretraining`: encoder + MLM and next-visit heads, returns
   :class:`~ehrsurv_dist.outputs.PretrainingOutput`.
@@ -123,7 +123,7 @@ class HazardHead(nn.Module):
 
 
 def pool_patient(hidden: Tensor, attention_mask: Tensor, mode: str = "mean") -> Tensor:
-    """One vector per patient (seed-spec §3): ``first`` token, masked ``mean`` or masked ``max``.
+    """One vector per patient (docs/models.md): ``first`` token, masked ``mean`` or masked ``max``.
 
     Args:
         hidden: [B, L, D].
@@ -178,9 +178,9 @@ class NVPHead(MLMHead):
 
 
 class BEHRTPretraining(nn.Module):
-    """BEHRT encoder with an MLM head and a next-visit-prediction head (seed-spec §4).
+    """BEHRT encoder with an MLM head and a next-visit-prediction head (docs/models.md).
 
-    NVP is trained at every visit in one pass (DESIGN.md §3): the masked-mean state of visit t,
+    NVP is trained at every visit in one pass (docs/design.md §3): the masked-mean state of visit t,
     which under ``visit_causal`` attention has seen visits <= t only, predicts the multi-hot codes
     of visit t + 1. With ``bidirectional`` attention visit t would see visit t + 1, so NVP is
     refused in that mode.

@@ -1,4 +1,4 @@
-"""Hierarchical BEHRT (seed-spec §10.3): codes -> visit vectors -> visit timeline -> hazards.
+"""Hierarchical BEHRT (docs/models.md): codes -> visit vectors -> visit timeline -> hazards.
 
 Stage A (within a visit): ``e_vk = LayerNorm(E_code[c_vk] + E_pos[k])``, then attention pooling
 ``s_k = q . tanh(W e_k)``, softmax over the visit's real codes (all-pad visits give 0, no NaN), or

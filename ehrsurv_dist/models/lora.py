@@ -1,4 +1,4 @@
-"""Fine-tuning strategies: frozen (head only), LoRA, full (seed-spec §7).
+"""Fine-tuning strategies: frozen (head only), LoRA, full (docs/models.md).
 
 LoRA wraps a Linear ``W`` as ``y = W x + b + (alpha / r) * B (A dropout(x))`` with ``A`` [r, in]
 Kaiming-uniform (a = sqrt(5)) and ``B`` [out, r] zeros, so that an adapter starts as an exact

@@ -1,4 +1,4 @@
-"""LSTM baseline (seed-spec §10.1): visit = masked mean of code embeddings, unidirectional LSTM.
+"""LSTM baseline (docs/models.md): visit = masked mean of code embeddings, unidirectional LSTM.
 
 Past-only by construction (the LSTM runs forward in visit order), so trailing padded visits cannot
 change earlier hazards and no packing is needed. Uses the same hazard head and

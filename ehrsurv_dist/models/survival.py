@@ -50,7 +50,7 @@ def select_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Te
 
 
 class BEHRTSurvival(nn.Module):
-    """Flat BEHRT + visit aggregation + hazard head (seed-spec §5.3-§5.4), logits out.
+    """Flat BEHRT + visit aggregation + hazard head (docs/survival.md), logits out.
 
     With ``cfg.num_bins = K > 0`` (the calendar axis, ``models/calendar.py``): ``prediction_age``
     is an input, the days before the prediction time of every token are embedded beside the age

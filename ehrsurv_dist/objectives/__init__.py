@@ -1,6 +1,6 @@
 """Pure-torch training objectives (survival and pretraining).
 
-The public likelihood (DESIGN.md §5) is
+The public likelihood (docs/design.md §5) is
 ``discrete_time_nll(logits, last_visit, event, visit_mask, reduction="mean")``; on the
 calendar axis it is ``calendar_nll(logits, bin_index, event, reduction="mean")``.
 """

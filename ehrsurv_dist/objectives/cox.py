@@ -1,6 +1,6 @@
 """Cox partial likelihood on per-visit logits (a subject-level alternative to the NLL).
 
-Labels and time convention as :mod:`ehrsurv_dist.objectives.survival` (DESIGN.md §4: an event
+Labels and time convention as :mod:`ehrsurv_dist.objectives.survival` (docs/design.md §4: an event
 at visit T happens at T + 0.5, a censoring at T).
 
 Shape vocabulary: ``B`` batch, ``V`` visit slots.
@@ -52,7 +52,7 @@ def cox_partial_likelihood(
     """Negative Cox partial log-likelihood with Breslow ties.
 
     ``-sum_{i: event_i} [r_i - log sum_{j in R(i)} exp(r_j)]``, normalised by the number of events
-    (``mean``). Times follow DESIGN.md §4: an event at visit T happens at T + 0.5 and a censoring
+    (``mean``). Times follow docs/design.md §4: an event at visit T happens at T + 0.5 and a censoring
     at T, so the risk set of an event at T_i is every event with T_j >= T_i (Breslow: tied events
     share their risk sets) and every censoring with T_j > T_i. (The seed also counted subjects
     censored at T_i; they are not known to be event-free in the interval after visit T_i.)

@@ -32,7 +32,7 @@ RankLoss = Literal["hinge", "logistic"]
 RANK_LOSSES: tuple[str, ...] = ("hinge", "logistic")
 
 
-# --- discrete-time negative log-likelihood (DESIGN.md §2) ---------------------------------------
+# --- discrete-time negative log-likelihood (docs/design.md §2) ---------------------------------------
 
 
 def discrete_time_nll(
@@ -154,7 +154,7 @@ def comparable_pairs(last_visit: Tensor, event: Tensor, include_ties: bool = Tru
     """Pairs (i, j) where i should rank above j.
 
     ``include_ties=True`` (seed): ``event_i and T_i <= T_j and i != j``. ``False``: ``T_i < T_j``,
-    which is the comparability of the evaluation (DESIGN.md §4: events at T + 0.5, censorings at
+    which is the comparability of the evaluation (docs/design.md §4: events at T + 0.5, censorings at
     T; a subject censored at T_i, or an event at T_i, is not known to outlive i).
 
     Returns:

@@ -58,7 +58,7 @@ class SubSpace:
     select: bool = option(
         True,
         "false: run and report this branch but never pick it as the best (e.g. bidirectional "
-        "attention, whose validation td-C the sequence-end leak inflates, DESIGN.md §3).",
+        "attention, whose validation td-C the sequence-end leak inflates, docs/design.md §3).",
     )
 
     def __post_init__(self) -> None:

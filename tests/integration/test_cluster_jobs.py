@@ -191,7 +191,7 @@ def test_submit_smoke_job_to_local_head(head: Head, tmp_path: Path) -> None:
         logs = head.ray("job", "logs", f"--address={head.address}", job_id, timeout=60).stdout
         pytest.fail(f"job {job_id} ended {status or 'not in 900 s'}:\n{logs[-3000:]}")
 
-    # the run directory of DESIGN.md §5, written by the job on the head
+    # the run directory of docs/design.md §5, written by the job on the head
     for name in ("config.yaml", "vocab.json", "metrics.json", "model/model.safetensors"):
         assert os.path.exists(os.path.join(run, name)), name
     assert os.path.exists(os.path.join(run, "plots", "training_curves.png"))

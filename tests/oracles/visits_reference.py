@@ -2,7 +2,7 @@
 
 ``ehrsurv_dist.data.visits.group_visits`` is the product implementation (built for throughput:
 per-subject label look-ups, sorts skipped when rows are in order, row-level cut skipped when
-nothing is cut). This module states the same semantics (DESIGN.md §1–§2) directly, one boolean
+nothing is cut). This module states the same semantics (docs/design.md §1–§2) directly, one boolean
 per row, and a randomised test checks that both agree: the leakage cut keeps, for an **event**,
 the visits strictly before the outcome's visit key and, for a **censored** subject, the visits
 at or before it; nothing at or after the event enters the model.

@@ -482,3 +482,17 @@ def test_summary_of_a_new_cohort_names_it() -> None:
     assert lines[0] == "run R scored on cohort C"
     assert lines[1].startswith("  all       n=   12 events=    3  td-C 0.6100 [0.5000, 0.7000]")
     assert lines[-1] == "metrics: ext/metrics.json   plots: ext/plots/"
+
+
+def test_scoring_resolves_use_gpu_auto_from_the_cluster() -> None:
+    """``train.use_gpu=auto`` given to predict/evaluate: GPUs only when the cluster has them
+    (the string 'auto' must not count as true)."""
+    from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.evaluate import scores_on_gpu
+    from ehrsurv_dist.jobspec import JobSpec
+
+    auto = load_config(JobSpec, None, ["train.use_gpu=auto"])
+    assert scores_on_gpu(auto, {"CPU": 8.0}) is False
+    assert scores_on_gpu(auto, {"CPU": 8.0, "GPU": 2.0}) is True
+    off = load_config(JobSpec, None, ["train.use_gpu=false"])
+    assert scores_on_gpu(off, {"CPU": 8.0, "GPU": 2.0}) is False

@@ -53,7 +53,7 @@ def test_visit_causal_mask_is_the_models_mask() -> None:
 
 
 def test_seed_ratio_at_50_visits_of_30_codes() -> None:
-    # seed-spec §10.2: L = 1500, 2.25M vs 50·30² + 50² = 47,500 entries, "about 47x"
+    # docs/models.md: L = 1500, 2.25M vs 50·30² + 50² = 47,500 entries, "about 47x"
     assert A.flat_score_entries(50, 30) == 2_250_000
     assert A.hierarchical_score_entries(50, 30) == 47_500
     assert A.seed_attention_ratio(50, 30) == pytest.approx(2_250_000 / 47_500)

@@ -110,7 +110,7 @@ def test_pad_flat_shapes_values_and_cap() -> None:
 
 
 def test_padding_does_not_change_real_positions() -> None:
-    """seed-spec §1.7 test (a), data side: a subject padded in a longer batch has the same prefix."""
+    """docs/data.md test (a), data side: a subject padded in a longer batch has the same prefix."""
     ft = make_flat([4, 4, 30])
     short = pad_flat(ft, Ragged(np.array([0, 1]), np.array([0, 2])), BatchSpec()).batch(0)
     long = pad_flat(ft, Ragged(np.array([0, 2]), np.array([0, 2])), BatchSpec()).batch(0)

@@ -74,7 +74,7 @@ def test_group_visits_matches_the_reference_oracle(seed: int, granularity: str) 
 
 
 def _seed_example() -> tuple[SubjectVisits, np.ndarray]:
-    """seed-spec §1.3: [250,401,500]@62, [250,428]@62, [428]@63 (ids = the numbers)."""
+    """docs/data.md: [250,401,500]@62, [250,428]@62, [428]@63 (ids = the numbers)."""
     ev = events_table(
         [
             (1, "1958-01-01", S.BIRTH_CODE),

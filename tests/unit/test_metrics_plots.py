@@ -90,7 +90,7 @@ def test_km_by_risk_group_matches_a_naive_product_limit_and_mean_prediction(spli
     )
     order = np.argsort(risk, kind="stable")
     for g, part in zip(groups, np.array_split(order, 3), strict=True):
-        time = T[part] + 0.5 * E[part]  # DESIGN.md §4 time scale
+        time = T[part] + 0.5 * E[part]  # docs/design.md §4 time scale
         for t, s in zip(g["km_time"], g["km_survival"], strict=True):
             assert s == pytest.approx(_naive_km(time, E[part], t), abs=1e-12)
         # mean predicted S(k - 1): cumulative product, last hazard held beyond T

@@ -1,5 +1,5 @@
 """Unit tests for ehrsurv_dist.metrics (inputs, hazards, concordance, brier, calibration, risk,
-bootstrap, report; DESIGN.md §2, §4)."""
+bootstrap, report; docs/design.md §2, §4)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
 def test_behrt_presets_match_the_seed_table() -> None:
     rows = {
-        # embedding, hidden, layers, heads, ffn, max_position (seed-spec §3)
+        # embedding, hidden, layers, heads, ffn, max_position (docs/models.md)
         behrt_small: (64, 128, 2, 4, 512, 50),
         behrt_medium: (128, 256, 4, 8, 1024, 100),
         behrt_large: (256, 512, 6, 8, 2048, 200),

@@ -257,7 +257,7 @@ def test_curriculum_schedule_and_module() -> None:
 
 
 def _naive_cox(r, last, event) -> list[float]:  # type: ignore[no-untyped-def]
-    # time = T + 0.5 for events, T for censorings (DESIGN.md §4); Breslow ties.
+    # time = T + 0.5 for events, T for censorings (docs/design.md §4); Breslow ties.
     time = [float(last[i]) + (0.5 if event[i] else 0.0) for i in range(len(r))]
     out = []
     for i in range(len(r)):

@@ -1,4 +1,4 @@
-"""One test per padding bug of seed-spec §1.7 (data side): each fails if the bug comes back.
+"""One test per padding bug of docs/data.md (data side): each fails if the bug comes back.
 
 Bug 4 (``scatter_add`` aggregation over pads) lives in the model and is tested there.
 """

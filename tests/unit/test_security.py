@@ -6,7 +6,7 @@
 - INFO-level logs of validation and ingest carry counts only: never a subject's codes, dates,
   ages or ids.
 - Error messages name at most a few subject ids, however many subjects are bad.
-- ``predict`` output carries no input codes (its Parquet columns are the DESIGN.md §5 contract).
+- ``predict`` output carries no input codes (its Parquet columns are the docs/design.md §5 contract).
 """
 
 from __future__ import annotations

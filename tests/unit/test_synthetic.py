@@ -66,7 +66,7 @@ def test_shards_hold_whole_sorted_subjects(smoke: str) -> None:
 
 @pytest.mark.parametrize(("preset", "seed"), [("smoke", 42), ("local", 7), ("pod", 3)])
 def test_label_code_agrees_with_truth(tmp_path: Path, preset: str, seed: int) -> None:
-    """DESIGN §2: visits derived from the MEDS files == length of the true hazard list."""
+    """docs/design.md §2: visits derived from the MEDS files == length of the true hazard list."""
     out = str(tmp_path / preset)
     synthesize(out, preset, seed=seed)
     ev, outc, truth = _load(out)
@@ -105,7 +105,7 @@ def test_signal_and_frailty_knobs() -> None:
 
 
 def test_outcomes_follow_the_likelihoods_semantics() -> None:
-    """The score equation of DESIGN.md §2's likelihood holds at the true hazards.
+    """The score equation of docs/design.md §2's likelihood holds at the true hazards.
 
     A subject contributes the intervals t < T (survived) and, for an event, the interval T. If
     the data follow those semantics, the events equal the sum of the true hazards over these

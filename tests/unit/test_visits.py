@@ -1,4 +1,4 @@
-"""Visits and labels (DESIGN.md §2) on hand-worked subjects."""
+"""Visits and labels (docs/design.md §2) on hand-worked subjects."""
 
 from __future__ import annotations
 
