@@ -140,6 +140,25 @@ class TrainSpec:
         "job is launched. For finding slow steps (stalls, stragglers) and a loop that waits, "
         "and for `ehrsurv bench throughput`.",
     )
+    tracking: Literal["none", "mlflow", "tensorboard"] = option(
+        "none",
+        "Experiment tracking of the run (docs/training.md#tracking): mlflow logs the resolved "
+        "config as parameters, every epoch's metrics, the final metrics.json values and the "
+        "plots; tensorboard writes the same numbers (and the plots as images) as event files. "
+        "Needs `pip install 'ehrsurv_dist[tracking]'`; none = off.",
+    )
+    tracking_uri: str | None = option(
+        None,
+        "Where tracking data goes. mlflow: a tracking URI or a folder (a file store); null = "
+        "$MLFLOW_TRACKING_URI if set, else RUN/mlruns (a sweep: OUT/mlruns). tensorboard: the "
+        "log folder; null = RUN/tensorboard (a sweep: OUT/tensorboard, one sub-folder per "
+        "trial). A relative folder is taken from where the job is launched.",
+    )
+    tracking_experiment: str | None = option(
+        None,
+        "MLflow experiment the run (or the sweep, with one nested run per trial) is logged in; "
+        "null = the job's `name`. Ignored by tensorboard.",
+    )
     engine: EngineConfig = section(EngineConfig, "Optimiser, schedule, precision and backend.")
 
     @property
@@ -155,6 +174,16 @@ class TrainSpec:
         return self.use_gpu
 
     def __post_init__(self) -> None:
+        require(
+            self.tracking_uri is None or self.tracking_uri.strip() != "",
+            "tracking_uri",
+            "must be a URI or folder, or null for the default",
+        )
+        require(
+            self.tracking_experiment is None or self.tracking_experiment.strip() != "",
+            "tracking_experiment",
+            "must be a non-empty name, or null for the job's name",
+        )
         require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
         require(self.patience >= 0, "patience", f"must be >= 0, got {self.patience}")
         require(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")

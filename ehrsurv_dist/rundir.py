@@ -18,6 +18,9 @@
       predictions/predictions.parquet
       plots/*.png
       ray/                     Ray Train's storage (checkpoints of every epoch, resume state)
+      tracking.json            train.tracking on: the backend, where it logs and the MLflow run
+      mlruns/                  train.tracking=mlflow, default store: the MLflow file store
+      tensorboard/             train.tracking=tensorboard, default log folder: event files
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ TIME_AXIS = TIME_AXIS_FILE
 PREDICTIONS_TIME_AXIS = os.path.join(PREDICTIONS_DIR, TIME_AXIS_FILE)
 RAY_DIR = "ray"
 RUN_NAME = "train"  # Ray Train's run name: its checkpoints are under RUN/ray/train/
+TRACKING = "tracking.json"  # train/tracking.py: which experiment run this run logs to
+MLRUNS = "mlruns"  # default MLflow file store (train.tracking=mlflow)
+TENSORBOARD = "tensorboard"  # default TensorBoard log folder (train.tracking=tensorboard)
 
 # A new run's own files: removed again if the run fails before its first checkpoint.
 RUN_FILES = (CONFIG, MODE, VOCAB, REJECTS, TIME_AXIS)

@@ -100,6 +100,9 @@ def cmd_train(args: argparse.Namespace, mode: str) -> int:
 
             metrics.update(evaluate_run(args.out))
         write_json_atomic(jsonable(metrics), f"{args.out}/{METRICS}")
+        from ehrsurv_dist.train.tracking import log_outputs
+
+        log_outputs(args.out)  # train.tracking on: the final metrics and the plots
     print(summary(metrics, args.out))
     return EXIT_OK
 

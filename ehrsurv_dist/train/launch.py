@@ -27,7 +27,7 @@ from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.models.calendar import base_hazard_logit
 from ehrsurv_dist.rundir import CONFIG, EXPORT, RAY_DIR, RUN_NAME, TIME_AXIS, VOCAB
-from ehrsurv_dist.train import manifest, modeling
+from ehrsurv_dist.train import manifest, modeling, tracking
 from ehrsurv_dist.train.console import (
     job_log_level,
     quiet_ray_data_console,
@@ -224,6 +224,7 @@ def run_training(
     *,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    tracking_within: tracking.Target | None = None,
 ) -> RunResult:
     """Fit the vocabulary, train with Ray Train, export the best model; resumable.
 
@@ -234,11 +235,14 @@ def run_training(
         progress: draw a progress bar on the driver (``train/progress.py``).
         callbacks: Ray Train callbacks for the run's ``RunConfig``, e.g. Tune's
             ``TuneReportCallback`` when a Tune trial drives this run (``ehrsurv_dist/tune/run.py``).
+        tracking_within: a sweep's tracking target: this run is one of its trials
+            (``train/tracking.py``).
     """
     if mode not in ("pretrain", "finetune"):
         raise ValueError(f"mode must be pretrain or finetune, got {mode!r}")
     if not spec.data.cohort:
         raise ConfigError("data.cohort", "no cohort: pass --cohort DIR or set data.cohort")
+    tracking.check_installed(spec.train.tracking)  # a missing package: before Ray starts
     out = os.path.abspath(out)
     # Workers run in Ray's own working directory: hand them absolute local paths.
     spec = absolute_paths(spec)
@@ -254,10 +258,23 @@ def run_training(
             discard_new_run(out, created)
         raise
     config = _worker_config(spec, mode, fit, pipe, init_export)
-    result = _fit(
-        spec, out, config, pipe, fit.stats[S.TRAIN_SPLIT]["subjects"], progress, callbacks
-    )
-    return _export_best(spec, mode, out, fit, result)
+    target = tracking.open_run(spec, out, mode, within=tracking_within)
+    if target is not None:
+        from ehrsurv_dist.train.tracking_callback import TrackingCallback
+
+        # first: a Tune trial's TuneReportCallback hands the epoch to Tune, whose scheduler
+        # may end the trial (and this run) at once, before any later callback has run
+        callbacks = [TrackingCallback(target), *callbacks]
+    try:
+        result = _fit(
+            spec, out, config, pipe, fit.stats[S.TRAIN_SPLIT]["subjects"], progress, callbacks
+        )
+        res = _export_best(spec, mode, out, fit, result)
+    except BaseException as e:
+        tracking.end_run(target, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.end_run(target, "FINISHED")
+    return res
 
 
 def _init_export(spec: JobSpec, mode: str) -> tuple[str | None, Vocabulary | None]:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ehrsurv_dist import atomic
 from ehrsurv_dist.config import ConfigError, load_config, to_dict
 from ehrsurv_dist.jobspec import JobSpec
+from ehrsurv_dist.train import tracking
 from ehrsurv_dist.train.console import PACKAGE_LOGGER
 from ehrsurv_dist.train.launch import (
     absolute_paths,
@@ -83,7 +84,10 @@ def run_sweep(spec: TuneJobSpec, out: str, *, progress: bool = True) -> SweepRes
     trials = expand_trials(spec)
     specs = [trial_spec(base, t) for t in trials]
     check_init(specs)  # an --init that does not fit a trial's model: refused before Ray starts
+    tracking.check_installed(spec.train.tracking)  # a missing package: before Ray starts
     root = _prepare_trials(out, spec, trials)
+    # train.tracking: the sweep's parent run (MLflow) or log folder; each trial's run joins it
+    target = tracking.open_sweep(spec, out)
 
     init_ray(base)
     cluster = ray.cluster_resources()
@@ -92,7 +96,7 @@ def run_sweep(spec: TuneJobSpec, out: str, *, progress: bool = True) -> SweepRes
     specs = [resolve_use_gpu(trial_spec(base, t), cluster, say=False) for t in trials]
     plan = plan_resources(specs, spec.tune, cluster)
     log.info("%d trials, %d at a time (%s)", len(trials), plan.max_concurrent, plan)
-    grid = _tuner(out, spec, base, trials, specs, plan, progress).fit()
+    grid = _tuner(out, spec, base, trials, specs, plan, progress, target).fit()
     wait_for_release(root)
 
     by_index = _results_by_trial(grid)
@@ -100,7 +104,14 @@ def run_sweep(spec: TuneJobSpec, out: str, *, progress: bool = True) -> SweepRes
         collect_trial(os.path.join(root, t.name), t, s, by_index.get(t.index))
         for t, s in zip(trials, specs, strict=True)
     ]
-    return finish_sweep(out, spec, trials, specs, rows)
+    ran = [(os.path.join(root, t.name), r["status"]) for t, r in zip(trials, rows, strict=True)]
+    try:
+        res = finish_sweep(out, spec, trials, specs, rows)
+    except BaseException:
+        tracking.log_sweep(out, target, ran, None)
+        raise
+    tracking.log_sweep(out, target, ran, res.best)
+    return res
 
 
 def _prepare_trials(out: str, spec: TuneJobSpec, trials: list[Trial]) -> str:
@@ -120,6 +131,7 @@ def _tuner(
     specs: list[JobSpec],
     plan: ResourcePlan,
     progress: bool,
+    target: tracking.Target | None = None,
 ) -> Any:
     """The ``Tuner`` of the sweep: restored from ``OUT/tune`` if it is there, else a new one."""
     from ray import tune  # the edge: Ray Tune runs the trials
@@ -131,6 +143,7 @@ def _tuner(
             base=to_dict(base),
             trials=[dataclasses.asdict(t) for t in trials],
             root=root,
+            tracking_target=target.to_dict() if target is not None else None,
         ),
         plan.driver_resources,
     )
@@ -195,13 +208,20 @@ def _results_by_trial(grid: Any) -> dict[int, Any]:
 
 
 def _trial_driver(
-    config: dict[str, Any], *, base: dict[str, Any], trials: list[dict[str, Any]], root: str
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    trials: list[dict[str, Any]],
+    root: str,
+    tracking_target: dict[str, str] | None = None,
 ) -> None:
     """Tune's trainable: one fine-tuning run with the trial's overrides, epochs sent to Tune.
 
     The run directory is named after the trial's index, which is stable across
     ``Tuner.restore``: a restored trial re-enters the same directory and Ray Train resumes it
-    from its latest checkpoint.
+    from its latest checkpoint. With ``tracking_target`` (the sweep's, ``train/tracking.py``)
+    the run logs as one of the sweep's runs: nested in its MLflow run, or in a sub-folder
+    ``trial.name`` of its TensorBoard folder.
     """
     from ray.tune.integration.ray_train import TuneReportCallback  # the edge: Train -> Tune
 
@@ -216,7 +236,8 @@ def _trial_driver(
     # What follows fit() (the export) may not run: Tune ends the trial as soon as the
     # scheduler says stop, which it may say after the last epoch too. The sweep therefore
     # reads everything it reports from the run's checkpoints (collect_trial).
-    run_training(spec, "finetune", out, progress=False, callbacks=callbacks)
+    within = tracking.Target.from_dict(tracking_target) if tracking_target else None
+    run_training(spec, "finetune", out, progress=False, callbacks=callbacks, tracking_within=within)
 
 
 def _sweep_callback(root: str, total: int, progress: bool) -> Any:

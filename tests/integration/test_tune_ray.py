@@ -15,7 +15,7 @@ from ehrsurv_dist.config import apply_overrides, load_config
 from ehrsurv_dist.data.synthetic import synthesize
 from ehrsurv_dist.errors import OutputError
 from ehrsurv_dist.jobspec import JobSpec
-from ehrsurv_dist.tune import TuneJobSpec, run_sweep
+from ehrsurv_dist.tune import SweepResult, TuneJobSpec, run_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +46,7 @@ def _spec(cohort: str) -> TuneJobSpec:
             "train.epochs=2",
             "eval.n_boot=10",
             "tune.grace_period=1",
+            "train.tracking=mlflow",  # checked by _check_mlflow
             ("tune.space", SPACE),
             ("data.cohort", cohort),
         ],
@@ -78,6 +79,7 @@ def test_two_trial_sweep_table_best_and_resume(
         assert 0.0 < r["tuning_ibs"] < 0.5
         assert r["wall_s"] > 0
     assert res.rows[0]["status"] == "completed"  # the first trial has no one to trail
+    _check_mlflow(out, res)
     # frozen trains the hazard head only; full trains everything
     assert by["full"]["trainable_params"] == by["full"]["total_params"]
     assert 0 < by["frozen"]["trainable_params"] < 0.2 * by["frozen"]["total_params"]
@@ -112,9 +114,48 @@ def test_two_trial_sweep_table_best_and_resume(
         (r["trial"], r["val_td_c"], r["status"]) for r in res.rows
     ]
     assert {r["trial"]: _export_mtime(out, r["trial"]) for r in again.rows} == mtimes
+    _check_mlflow(out, again)  # the same three MLflow runs, none added
     # ... and another sweep is refused in the same directory
     with pytest.raises(OutputError, match="another sweep"):
         run_sweep(apply_overrides(spec, ["train.epochs=3"]), out, progress=False)
+
+
+def _check_mlflow(out: str, res: SweepResult) -> None:
+    """train.tracking=mlflow: the sweep's run (OUT/mlruns) and one nested run per trial, named
+    after it, with its parameters, every epoch's validation td-C and its final tuning scores."""
+    from ehrsurv_dist.train import tracking
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    sweep = tracking.load_target(out)
+    assert sweep is not None and sweep.uri == os.path.join(out, "mlruns")
+    c = MlflowClient(tracking_uri=sweep.uri)
+    runs = {r.info.run_name: r for r in c.search_runs([sweep.experiment_id])}
+    assert sorted(runs) == ["sweep", "t000_frozen", "t001_full"]
+    parent = runs["sweep"]
+    assert parent.info.status == "FINISHED"
+    assert res.best is not None
+    assert parent.data.metrics["best/val_td_c"] == pytest.approx(res.best["val_td_c"])
+    assert parent.data.tags["ehrsurv.best_trial"] == res.best["trial"]
+    assert {"results.csv", "best.yaml", "held_out.json", "plots"} <= {
+        a.path for a in c.list_artifacts(parent.info.run_id)
+    }
+    assert [a.path for a in c.list_artifacts(parent.info.run_id, "plots")] == [
+        "plots/tdc_vs_params.png"
+    ]
+    status = {"completed": "FINISHED", "stopped": "KILLED"}
+    for row in res.rows:
+        r = runs[row["trial"]]
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert r.data.params["finetune.strategy"] == row["strategy"]
+        assert r.info.status == status[row["status"]]
+        hist = c.get_metric_history(r.info.run_id, "val_c_index_td")
+        with open(os.path.join(out, "trials", row["trial"], "metrics.json")) as fh:
+            history = json.load(fh)["train"]["history"]
+        assert [m.step for m in hist] == [h["epoch"] for h in history] == list(range(row["epochs"]))
+        assert [m.value for m in hist] == pytest.approx([h["val_c_index_td"] for h in history])
+        assert r.data.metrics["tuning/c_index_td"] == pytest.approx(row["tuning_td_c"])
 
 
 def _export_mtime(out: str, trial: str) -> float:

@@ -31,6 +31,7 @@ EDGES = (
     "ehrsurv_dist.train.console",  # the launcher's and the workers' console (Ray Data's logger)
     "ehrsurv_dist.train.worker",
     "ehrsurv_dist.train.progress",
+    "ehrsurv_dist.train.tracking_callback",
 )
 
 
