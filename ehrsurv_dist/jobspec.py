@@ -23,12 +23,12 @@ class ModelSpec:
     )
     size: Literal["tiny", "small", "medium", "large", "xlarge"] = option(
         "small",
-        "Preset size (seed-spec §3; tiny is for CPU tests and smoke runs; xlarge: ~115M "
+        "Preset size (docs/models.md; tiny is for CPU tests and smoke runs; xlarge: ~115M "
         "parameters, BERT-base width at 16 layers, for ZeRO-3).",
     )
     attention: AttentionMode = option(
         "visit_causal",
-        "visit_causal: visit t sees visits <= t (no leakage, DESIGN.md §3); bidirectional: "
+        "visit_causal: visit t sees visits <= t (no leakage, docs/design.md §3); bidirectional: "
         "seed parity, leaks the sequence end.",
     )
     dropout: float = option(0.1, "Dropout in embeddings and transformer blocks, in [0, 1).")
@@ -61,7 +61,7 @@ class FinetuneSpec:
     )
     risk_score: Literal["mean_hazard", "horizon", "first_n"] = option(
         "mean_hazard",
-        "Scalar risk used by the ranking loss and by Harrell/Uno C (DESIGN.md §4).",
+        "Scalar risk used by the ranking loss and by Harrell/Uno C (docs/design.md §4).",
     )
     risk_k: int = option(10, "k for risk_score=horizon: risk = 1 - S(min(k, T)).")
     risk_n: int = option(10, "n for risk_score=first_n: mean hazard of the first n visits.")
@@ -201,7 +201,7 @@ class TrainSpec:
 
 @dataclass(kw_only=True)
 class EvalSpec:
-    """Evaluation over whole splits (DESIGN.md §4)."""
+    """Evaluation over whole splits (docs/design.md §4)."""
 
     n_boot: int = option(200, "Bootstrap resamples for 95% intervals (0 = none).")
     horizons: list[int] | None = option(

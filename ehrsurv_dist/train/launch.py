@@ -1,7 +1,7 @@
 """Launch pretraining / fine-tuning as a Ray Train ``TorchTrainer`` job (driver side).
 
 The run directory's layout (``config.yaml``, ``vocab.json``, ``ray/``, the export, ...) is named
-in :mod:`ehrsurv_dist.rundir` (DESIGN.md §5); ``config.yaml`` is the run's identity (resume
+in :mod:`ehrsurv_dist.rundir` (docs/design.md §5); ``config.yaml`` is the run's identity (resume
 needs the same), ``ray/`` holds Ray Train's per-epoch (ZeRO) checkpoints, kept by score.
 """
 

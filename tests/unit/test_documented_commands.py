@@ -266,8 +266,15 @@ def test_readme_paths_exist() -> None:
 FOREIGN = ("DESIGN.md", "seed-spec", "../shared")
 
 
-@pytest.mark.parametrize("path", [*DOCS, *JOBS], ids=_rel)
+CODE = sorted((ROOT / "ehrsurv_dist").rglob("*.py")) + sorted(
+    p for p in (ROOT / "tests").rglob("*.py") if p.name != Path(__file__).name
+)
+
+
+@pytest.mark.parametrize("path", [*DOCS, *JOBS, *CODE], ids=_rel)
 def test_docs_name_no_file_outside_the_repository(path: Path) -> None:
+    """Docs, job files and the code's docstrings and comments cite the repository's own pages
+    (docs/design.md states the design decisions), never files a reader does not have."""
     text = path.read_text(encoding="utf-8")
     hits = [
         f"{_rel(path)}:{i + 1}: {ln.strip()}"
