@@ -228,12 +228,11 @@ def add_evaluate_parser(sub: Subparsers) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.atomic import write_json as write_json_atomic
+    from ehrsurv_dist.evaluate import evaluate_run
     from ehrsurv_dist.train.console import console_logging
 
     console_logging(args.log_level)
-    from ehrsurv_dist.atomic import write_json as write_json_atomic
-    from ehrsurv_dist.evaluate import evaluate_run
-
     out = args.out or args.run
     res = evaluate_run(
         args.run,
@@ -254,6 +253,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         old = {"run": os.path.abspath(args.run), "cohort": args.cohort}
     old.update(res)
     write_json_atomic(old, path)
+    if os.path.realpath(out) == os.path.realpath(args.run):
+        from ehrsurv_dist.train.tracking import log_outputs
+
+        log_outputs(args.run, status=None)  # a tracked run gets the new numbers and plots
     no_train = {"mode": "finetune", "best_epoch": -1, "best_val_score": float("nan")}
     header = f"run {args.run} scored on cohort {args.cohort}" if args.cohort else None
     print(summary({"train": old.get("train", no_train), **res}, out, header))
@@ -283,10 +286,10 @@ def add_predict_parser(sub: Subparsers) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.evaluate import predict_cohort
     from ehrsurv_dist.train.console import console_logging
 
     console_logging(args.log_level)
-    from ehrsurv_dist.evaluate import predict_cohort
 
     if os.path.isdir(args.out):  # refuse before the work, not at the final rename
         raise OutputError(f"--out {args.out} is a directory; give a Parquet file path")
