@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -506,6 +506,58 @@ def oracle_survival(truth: pa.Table, edges_days: np.ndarray, observable: bool = 
     return np.exp(-rate[:, None] * e[None, 1:])
 
 
+def rows_as_of(
+    data: pa.Table,
+    samples: pa.Table,
+    names: list[str],
+    birth: int,
+    first_static: int,
+    who: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A generator's view of MEDS records, to recompute each sample's rate from the files.
+
+    Args:
+        data: MEDS rows of the samples' subjects (any order).
+        samples: ``subject_id``, ``prediction_time`` [N]; one sample per subject.
+        names: the generator's code names (index = its code id).
+        birth: the id of ``MEDS_BIRTH`` in ``names``.
+        first_static: ids from here on (sex, birth, death) are no rate input.
+        who: the caller's name, for the error messages.
+
+    Returns:
+        ``use`` bool [R] (rows that are rate inputs: a sample's subject, timed, a generator code
+        below ``first_static``, at or before the prediction time), ``sample`` int64 [R] (each
+        row's sample), ``code`` int64 [R] (id in ``names``, -1 unknown), ``age`` float64 [N]
+        (years at the prediction time) and ``dt`` float64 [use.sum()] (days before it).
+    """
+    ssid = np.asarray(samples[S.SUBJECT_ID].to_numpy(), np.int64)
+    if len(np.unique(ssid)) != len(ssid):
+        raise ValueError(f"{who} takes one sample per subject")
+    spt, _ = time_us(samples[S.PREDICTION_TIME])
+    order = np.argsort(ssid)
+    rsid = np.asarray(data[S.SUBJECT_ID].to_numpy(), np.int64)
+    pos = np.minimum(np.searchsorted(ssid[order], rsid), len(ssid) - 1)
+    known = ssid[order][pos] == rsid
+    sample = order[pos]
+    t, tnull = time_us(data[S.TIME])
+    col = data[S.CODE]
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    enc = pc.dictionary_encode(arr.cast(pa.string()))
+    dic = enc.dictionary.to_pylist()
+    ids = {c: i for i, c in enumerate(names)}
+    lut = np.array([ids.get(c, -1) for c in dic] + [-1], np.int64)
+    code = lut[np.asarray(enc.indices.fill_null(len(dic)).to_numpy(), np.int64)]
+    born = np.full(len(ssid), np.iinfo(np.int64).min)
+    is_b = known & ~tnull & (code == birth)
+    born[sample[is_b]] = t[is_b]
+    if np.any(born == np.iinfo(np.int64).min):
+        raise ValueError("every sample's subject needs a MEDS_BIRTH row")
+    use = known & ~tnull & (code >= 0) & (code < first_static) & (t <= spt[sample])
+    age = (spt - born) / US_PER_YEAR
+    dt = (spt[sample[use]] - t[use]) / DAY_US
+    return use, sample, code, age, dt
+
+
 def observable_rate(
     data: pa.Table, samples: pa.Table, params: CalendarParams | None = None
 ) -> np.ndarray:
@@ -521,34 +573,9 @@ def observable_rate(
         float64 [N] rate per day.
     """
     p = params or CalendarParams()
-    ssid = np.asarray(samples[S.SUBJECT_ID].to_numpy(), np.int64)
-    if len(np.unique(ssid)) != len(ssid):
-        raise ValueError("observable_rate takes one sample per subject")
-    spt, _ = time_us(samples[S.PREDICTION_TIME])
-    order = np.argsort(ssid)
-    rsid = np.asarray(data[S.SUBJECT_ID].to_numpy(), np.int64)
-    pos = np.minimum(np.searchsorted(ssid[order], rsid), len(ssid) - 1)
-    known = ssid[order][pos] == rsid
-    sample = order[pos]
-    t, tnull = time_us(data[S.TIME])
-    col = data[S.CODE]
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.cast(pa.string())
-    enc = pc.dictionary_encode(arr)
-    dic = enc.dictionary.to_pylist()
-    vocab = {c: i for i, c in enumerate(CAL_NAMES)}
-    lut = np.array([vocab.get(c, -1) for c in dic] + [-1], np.int64)
-    idx = np.asarray(enc.indices.fill_null(len(dic)).to_numpy(), np.int64)
-    code = lut[idx]
-    birth = np.full(len(ssid), np.iinfo(np.int64).min)
-    is_b = known & ~tnull & (code == BIRTH)
-    birth[sample[is_b]] = t[is_b]
-    if np.any(birth == np.iinfo(np.int64).min):
-        raise ValueError("every sample's subject needs a MEDS_BIRTH row")
-    use = known & ~tnull & (code >= 0) & (code < SEX0) & (t <= spt[sample])
-    age = (spt - birth) / US_PER_YEAR
-    dt = (spt[sample[use]] - t[use]) / DAY_US
+    use, sample, code, age, dt = rows_as_of(
+        data, samples, CAL_NAMES, BIRTH, SEX0, "observable_rate"
+    )
     return np.exp(log_rate_of_rows(sample[use], dt, code[use], age, p))
 
 
@@ -570,9 +597,9 @@ def _codes_metadata() -> tuple[list[str], list[str]]:
 _TS = pa.timestamp("us")
 
 
-def _rows_table(b: CalendarBlock, first_id: int, lo: int, hi: int) -> pa.Table:
+def rows_table(names: list[str], b: CalendarBlock, first_id: int, lo: int, hi: int) -> pa.Table:
     """The MEDS rows of the block's subjects at cohort positions ``[lo, hi)`` (ids start at
-    ``first_id``; rows are sorted by subject)."""
+    ``first_id``; rows are sorted by subject), codes named by ``names``."""
     r0, r1 = np.searchsorted(b.row_subject, first_id + np.array([lo, hi]))
     sl = slice(int(r0), int(r1))
     return meds_rows_table(
@@ -581,7 +608,7 @@ def _rows_table(b: CalendarBlock, first_id: int, lo: int, hi: int) -> pa.Table:
         b.row_null_time[sl],
         b.row_code[sl],
         b.row_value[sl],
-        CAL_NAMES,
+        names,
     )
 
 
@@ -614,6 +641,53 @@ def _sample_tables(b: CalendarBlock, horizon_days: float) -> tuple[pa.Table, pa.
         }
     )
     return labels, truth, outcomes
+
+
+FIRST_ID = 10_001  # the first subject id of a calendar cohort
+
+
+def prepare_out(out: str, task: str) -> None:
+    """Check the task name and that ``out`` holds no file, then make its folders."""
+    if not task or os.sep in task or task.startswith("."):
+        raise ValueError(f"task must be a plain file name, got {task!r}")
+    if os.path.isdir(out) and os.listdir(out):
+        raise OutputError(f"output directory {out} is not empty; choose a new --out")
+    for d in (S.DATA_SUBDIR, "metadata", LABELS_DIR):
+        os.makedirs(os.path.join(out, d), exist_ok=True)
+
+
+def write_blocks(
+    out: str,
+    blocks: Iterable[tuple[int, int, CalendarBlock]],
+    n_total: int,
+    k_shards: int,
+    horizon_days: float,
+    task: str,
+    names: list[str],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """Write the ``(lo, hi, block)`` blocks (cohort positions, in order) of a calendar cohort:
+    the data shards, then ``labels/<task>.parquet``, ``outcomes.parquet`` and ``truth.parquet``.
+
+    Returns:
+        (the subject ids, in order; the number of data rows written).
+    """
+    bounds = np.linspace(0, n_total, k_shards + 1).astype(np.int64)
+    per_sample: list[tuple[pa.Table, pa.Table, pa.Table]] = []
+    with ExitStack() as files:
+        router = ShardRouter(files, out, bounds)
+        for lo, hi, blk in blocks:
+            per_sample.append(_sample_tables(blk, horizon_days))
+            router.write(lo, hi, functools.partial(rows_table, names, blk, FIRST_ID))
+            if progress is not None:
+                progress(hi - lo)
+        router.close()
+    labels, truth, outcomes = (pa.concat_tables([s[i] for s in per_sample]) for i in range(3))
+    meds.LabelSchema.validate(labels)
+    atomic.write_parquet(labels, os.path.join(out, LABELS_DIR, f"{task}.parquet"))
+    atomic.write_parquet(outcomes, os.path.join(out, S.OUTCOMES_FILE))
+    atomic.write_parquet(truth, os.path.join(out, S.TRUTH_FILE))
+    return np.asarray(truth[S.SUBJECT_ID].to_numpy()), router.rows
 
 
 def synthesize_calendar(
@@ -659,8 +733,6 @@ def synthesize_calendar(
             task=task,
             progress=progress,
         )
-    if not task or os.sep in task or task.startswith("."):
-        raise ValueError(f"task must be a plain file name, got {task!r}")
     n_total = int(subjects if subjects is not None else PRESETS[preset].subjects)
     if n_total < 1:
         raise ValueError("subjects must be >= 1")
@@ -668,34 +740,19 @@ def synthesize_calendar(
         shards if shards is not None else max(PRESETS[preset].shards, -(-n_total // 250_000))
     )
     k_shards = max(1, min(k_shards, n_total))
-    if os.path.isdir(out) and os.listdir(out):
-        raise OutputError(f"output directory {out} is not empty; choose a new --out")
-    for d in (S.DATA_SUBDIR, "metadata", LABELS_DIR):
-        os.makedirs(os.path.join(out, d), exist_ok=True)
+    prepare_out(out, task)
 
-    first_id = 10_001
-    bounds = np.linspace(0, n_total, k_shards + 1).astype(np.int64)
-    per_sample: list[tuple[pa.Table, pa.Table, pa.Table]] = []
-    with ExitStack() as files:
-        router = ShardRouter(files, out, bounds)
+    def blocks() -> Iterator[tuple[int, int, CalendarBlock]]:
         for bi in range(-(-n_total // BLOCK)):
-            lo_g, hi_g = bi * BLOCK, min((bi + 1) * BLOCK, n_total)
-            blk = generate_calendar_block(bi, hi_g - lo_g, first_id + lo_g, seed, p)
-            per_sample.append(_sample_tables(blk, p.horizon_days))
-            router.write(lo_g, hi_g, functools.partial(_rows_table, blk, first_id))
-            if progress is not None:
-                progress(hi_g - lo_g)
-        router.close()
-    rows = router.rows
+            lo, hi = bi * BLOCK, min((bi + 1) * BLOCK, n_total)
+            yield lo, hi, generate_calendar_block(bi, hi - lo, FIRST_ID + lo, seed, p)
 
-    labels, truth, outcomes = (pa.concat_tables([s[i] for s in per_sample]) for i in range(3))
-    meds.LabelSchema.validate(labels)
-    atomic.write_parquet(labels, os.path.join(out, LABELS_DIR, f"{task}.parquet"))
-    atomic.write_parquet(outcomes, os.path.join(out, S.OUTCOMES_FILE))
-    atomic.write_parquet(truth, os.path.join(out, S.TRUTH_FILE))
+    subject_ids, rows = write_blocks(
+        out, blocks(), n_total, k_shards, p.horizon_days, task, CAL_NAMES, progress
+    )
     write_metadata(
         out,
-        np.asarray(truth[S.SUBJECT_ID].to_numpy()),
+        subject_ids,
         f"ehrsurv-synth-calendar-{preset}",
         f"seed{seed}-n{n_total}-signal{p.signal:g}-frailty{p.frailty_sd:g}"
         f"-horizon{p.horizon_days:g}",

@@ -39,34 +39,30 @@ shard (bounded memory whatever the cohort size).
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 
-import meds
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.constants import DAY_US, US_PER_YEAR
-from ehrsurv_dist.data.events import time_us
 from ehrsurv_dist.data.synth_block import STUDY_START, US_PER_MINUTE
 from ehrsurv_dist.data.synth_calendar import (
     ADMISSION_CODE,
     DISCHARGE_CODE,
-    LABELS_DIR,
+    FIRST_ID,
     RISK_CODES,
     CalendarBlock,
-    _sample_tables,
+    prepare_out,
+    rows_as_of,
+    write_blocks,
 )
-from ehrsurv_dist.data.synthetic import ShardRouter, SynthResult, meds_rows_table, write_metadata
-from ehrsurv_dist.errors import OutputError
+from ehrsurv_dist.data.synthetic import SynthResult, write_metadata
 from ehrsurv_dist.ragged import offsets_of
 
 __all__ = [
@@ -426,47 +422,13 @@ def long_observable_rate(
         float64 [N] rate per day.
     """
     p = params or LongParams()
-    ssid = np.asarray(samples[S.SUBJECT_ID].to_numpy(), np.int64)
-    if len(np.unique(ssid)) != len(ssid):
-        raise ValueError("long_observable_rate takes one sample per subject")
-    spt, _ = time_us(samples[S.PREDICTION_TIME])
-    order = np.argsort(ssid)
-    rsid = np.asarray(data[S.SUBJECT_ID].to_numpy(), np.int64)
-    pos = np.minimum(np.searchsorted(ssid[order], rsid), len(ssid) - 1)
-    known = ssid[order][pos] == rsid
-    sample = order[pos]
-    t, tnull = time_us(data[S.TIME])
-    col = data[S.CODE]
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    enc = pc.dictionary_encode(arr.cast(pa.string()))
-    lut_map = {c: i for i, c in enumerate(LONG_NAMES)}
-    lut = np.array([lut_map.get(c, -1) for c in enc.dictionary.to_pylist()] + [-1], np.int64)
-    code = lut[np.asarray(enc.indices.fill_null(len(enc.dictionary)).to_numpy(), np.int64)]
+    use, sample, code, age, dt = rows_as_of(
+        data, samples, LONG_NAMES, BIRTH, SEX0, "long_observable_rate"
+    )
     value = np.asarray(
         data[S.NUMERIC_VALUE].cast(pa.float32()).fill_null(np.nan).to_numpy(), np.float32
     )
-    birth = np.full(len(ssid), np.iinfo(np.int64).min)
-    is_b = known & ~tnull & (code == BIRTH)
-    birth[sample[is_b]] = t[is_b]
-    if np.any(birth == np.iinfo(np.int64).min):
-        raise ValueError("every sample's subject needs a MEDS_BIRTH row")
-    use = known & ~tnull & (code >= 0) & (code < SEX0) & (t <= spt[sample])
-    age = (spt - birth) / US_PER_YEAR
-    dt = (spt[sample[use]] - t[use]) / DAY_US
     return np.exp(long_log_rate_of_rows(sample[use], dt, code[use], value[use], age, p))
-
-
-def _rows_table(b: CalendarBlock, first_id: int, lo: int, hi: int) -> pa.Table:
-    r0, r1 = np.searchsorted(b.row_subject, first_id + np.array([lo, hi]))
-    sl = slice(int(r0), int(r1))
-    return meds_rows_table(
-        b.row_subject[sl],
-        b.row_time_us[sl],
-        b.row_null_time[sl],
-        b.row_code[sl],
-        b.row_value[sl],
-        LONG_NAMES,
-    )
 
 
 def _blocks_in_order(
@@ -510,8 +472,6 @@ def synthesize_long(
     """
     t0 = time.perf_counter()
     p = params or LongParams()
-    if not task or os.sep in task or task.startswith("."):
-        raise ValueError(f"task must be a plain file name, got {task!r}")
     n_total = int(subjects)
     if n_total < 1:
         raise ValueError("subjects must be >= 1")
@@ -520,38 +480,21 @@ def synthesize_long(
     n_workers = int(workers if workers is not None else min(4, os.cpu_count() or 1))
     if n_workers < 1:
         raise ValueError("workers must be >= 1")
-    if os.path.isdir(out) and os.listdir(out):
-        raise OutputError(f"output directory {out} is not empty; choose a new --out")
-    for d in (S.DATA_SUBDIR, "metadata", LABELS_DIR):
-        os.makedirs(os.path.join(out, d), exist_ok=True)
-
-    first_id = 10_001
-    bounds = np.linspace(0, n_total, k_shards + 1).astype(np.int64)
-    per_sample: list[tuple[pa.Table, pa.Table, pa.Table]] = []
-    with ExitStack() as files:
-        router = ShardRouter(files, out, bounds)
-        for lo, hi, blk in _blocks_in_order(n_total, first_id, seed, p, n_workers):
-            per_sample.append(_sample_tables(blk, p.horizon_days))
-            router.write(lo, hi, functools.partial(_rows_table, blk, first_id))
-            if progress is not None:
-                progress(hi - lo)
-        router.close()
-
-    labels, truth, outcomes = (pa.concat_tables([s[i] for s in per_sample]) for i in range(3))
-    meds.LabelSchema.validate(labels)
-    atomic.write_parquet(labels, os.path.join(out, LABELS_DIR, f"{task}.parquet"))
-    atomic.write_parquet(outcomes, os.path.join(out, S.OUTCOMES_FILE))
-    atomic.write_parquet(truth, os.path.join(out, S.TRUTH_FILE))
+    prepare_out(out, task)
+    blocks = _blocks_in_order(n_total, FIRST_ID, seed, p, n_workers)
+    subject_ids, rows = write_blocks(
+        out, blocks, n_total, k_shards, p.horizon_days, task, LONG_NAMES, progress
+    )
     names, descs = LONG_NAMES[:-2], _LONG_DESCS[:-2]  # MEDS_BIRTH / MEDS_DEATH: no metadata row
     write_metadata(
         out,
-        np.asarray(truth[S.SUBJECT_ID].to_numpy()),
+        subject_ids,
         "ehrsurv-synth-calendar-long",
         f"seed{seed}-n{n_total}-signal{p.signal:g}-frailty{p.frailty_sd:g}"
         f"-horizon{p.horizon_days:g}",
         codes=(names, descs),
     )
-    return SynthResult(out, n_total, k_shards, router.rows, time.perf_counter() - t0)
+    return SynthResult(out, n_total, k_shards, rows, time.perf_counter() - t0)
 
 
 def cohort_stats(cohort: str) -> dict[str, float]:
