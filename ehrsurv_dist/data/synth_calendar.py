@@ -321,6 +321,39 @@ def log_rate_of_rows(
     )
 
 
+def block_rows(
+    sid: np.ndarray,
+    sex_code: np.ndarray,
+    birth_code: int,
+    birth_us: np.ndarray,
+    subj: np.ndarray,
+    t: np.ndarray,
+    order: np.ndarray,
+    code: np.ndarray,
+    value: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """A block's ``row_*`` fields: each subject's static sex row (``sex_code`` [n]) and birth
+    row, then the records (``subj``: positions in ``sid``, time, order within a time, code,
+    float32 value), sorted by subject, then static rows, the birth, the records by time and
+    order."""
+    n = len(sid)
+    ar = np.arange(n)
+    s = np.concatenate([ar, ar, subj])
+    tt = np.concatenate([np.zeros(n, np.int64), birth_us, t])
+    group = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64), np.full(len(t), 2)])
+    o = np.concatenate([np.zeros(2 * n, np.int64), order])
+    c = np.concatenate([sex_code, np.full(n, birth_code), code])
+    v = np.concatenate([np.full(2 * n, np.nan, np.float32), value])
+    srt = np.lexsort((o, tt, group, s))
+    return {
+        "row_subject": sid[s[srt]],
+        "row_time_us": tt[srt],
+        "row_null_time": group[srt] == 0,
+        "row_code": c[srt],
+        "row_value": v[srt],
+    }
+
+
 def generate_calendar_block(
     block: int,
     n: int,
@@ -429,14 +462,6 @@ def generate_calendar_block(
     # assemble: static sex, birth, then records by time and order of appearance
     rows = _Rows.cat([pre, after])
     value = np.concatenate([pre_value, after_value])
-    ar = np.arange(n)
-    subj = np.concatenate([ar, ar, rows.subj])
-    t = np.concatenate([np.zeros(n, np.int64), birth_us, rows.t])
-    group = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64), np.full(len(rows.t), 2)])
-    order = np.concatenate([np.zeros(2 * n, np.int64), rows.order])
-    code = np.concatenate([SEX0 + sex, np.full(n, BIRTH), rows.code])
-    val = np.concatenate([np.full(2 * n, np.nan, np.float32), value])
-    srt = np.lexsort((order, t, group, subj))
     return CalendarBlock(
         subject_id=sid,
         birth_us=birth_us,
@@ -448,11 +473,9 @@ def generate_calendar_block(
         rate=rate,
         rate_observable=rate_obs,
         n_pre=np.bincount(pre.subj, minlength=n).astype(np.int64),
-        row_subject=sid[subj[srt]],
-        row_time_us=t[srt],
-        row_null_time=group[srt] == 0,
-        row_code=code[srt],
-        row_value=val[srt],
+        **block_rows(
+            sid, SEX0 + sex, BIRTH, birth_us, rows.subj, rows.t, rows.order, rows.code, value
+        ),
     )
 
 

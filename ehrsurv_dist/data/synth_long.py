@@ -58,6 +58,7 @@ from ehrsurv_dist.data.synth_calendar import (
     FIRST_ID,
     RISK_CODES,
     CalendarBlock,
+    block_rows,
     prepare_out,
     rows_as_of,
     write_blocks,
@@ -379,16 +380,17 @@ def generate_long_block(
     post_c = np.concatenate([_sample(_CDF_OUT, post, len(fr)), np.full(len(dead), DEATH)])
     post_v = _lab_values(post, post_c, severity, post_s)
 
-    ar = np.arange(n)
-    subj = np.concatenate([ar, ar, pre_s, post_s])
-    t = np.concatenate([np.zeros(n, np.int64), birth_us, pre_t, post_t])
-    group = np.concatenate(
-        [np.zeros(n, np.int64), np.ones(n, np.int64), np.full(len(pre_s) + len(post_s), 2)]
+    rows = block_rows(
+        sid,
+        SEX0 + sex,
+        BIRTH,
+        birth_us,
+        np.concatenate([pre_s, post_s]),
+        np.concatenate([pre_t, post_t]),
+        np.concatenate([pre_o, np.ones(len(post_s), np.int64)]),
+        np.concatenate([pre_c, post_c]),
+        np.concatenate([pre_v, post_v]),
     )
-    order = np.concatenate([np.zeros(2 * n, np.int64), pre_o, np.ones(len(post_s), np.int64)])
-    code = np.concatenate([SEX0 + sex, np.full(n, BIRTH), pre_c, post_c])
-    val = np.concatenate([np.full(2 * n, np.nan, np.float32), pre_v, post_v])
-    srt = np.lexsort((order, t, group, subj))
     return CalendarBlock(
         subject_id=sid,
         birth_us=birth_us,
@@ -400,11 +402,7 @@ def generate_long_block(
         rate=rate,
         rate_observable=rate_obs,
         n_pre=np.bincount(pre_s, minlength=n).astype(np.int64),
-        row_subject=sid[subj[srt]],
-        row_time_us=t[srt],
-        row_null_time=group[srt] == 0,
-        row_code=code[srt],
-        row_value=val[srt],
+        **rows,
     )
 
 
