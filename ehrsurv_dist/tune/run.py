@@ -26,7 +26,9 @@ from typing import Any
 from tqdm import tqdm
 
 from ehrsurv_dist import atomic
+from ehrsurv_dist import task as T
 from ehrsurv_dist.config import ConfigError, load_config, to_dict
+from ehrsurv_dist.data.validation_cache import validate_cached
 from ehrsurv_dist.jobspec import JobSpec
 from ehrsurv_dist.train import tracking
 from ehrsurv_dist.train.console import PACKAGE_LOGGER
@@ -85,6 +87,7 @@ def run_sweep(spec: TuneJobSpec, out: str, *, progress: bool = True) -> SweepRes
     specs = [trial_spec(base, t) for t in trials]
     check_init(specs)  # an --init that does not fit a trial's model: refused before Ray starts
     tracking.check_installed(spec.train.tracking)  # a missing package: before Ray starts
+    _validate_once(specs)
     root = _prepare_trials(out, spec, trials)
     # train.tracking: the sweep's parent run (MLflow) or log folder; each trial's run joins it
     target = tracking.open_sweep(spec, out)
@@ -112,6 +115,24 @@ def run_sweep(spec: TuneJobSpec, out: str, *, progress: bool = True) -> SweepRes
         raise
     tracking.log_sweep(out, target, ran, res.best)
     return res
+
+
+def _validate_once(specs: list[JobSpec]) -> None:
+    """Validate each distinct cohort setting of the trials once, here, so that the cached
+    report (``data/validation_cache.py``) serves every trial: concurrent trials would each
+    miss an empty cache and scan the cohort themselves. A cohort with errors is refused here,
+    before Ray starts, as a single run would be."""
+    seen: set[tuple[Any, ...]] = set()
+    for s in specs:
+        task = T.task_spec(s)
+        key = (s.data.cohort, s.data.outcomes, s.data.granularity, repr(task))
+        if key in seen:
+            continue
+        seen.add(key)
+        report = validate_cached(
+            s.data.cohort, s.data.outcomes, s.data.granularity, require_outcomes=True, task=task
+        )
+        report.raise_if_unusable(s.data.drop_bad_subjects)
 
 
 def _prepare_trials(out: str, spec: TuneJobSpec, trials: list[Trial]) -> str:

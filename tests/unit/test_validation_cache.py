@@ -380,3 +380,35 @@ def test_validation_bench_keys(tmp_path: Path) -> None:
         assert res[f"validate_{k}_median_s"] > 0
     assert res["validate_cached_s"] < res["validate_serial_s"]
     assert not (tmp_path / ".ehrsurv").exists()  # the bench's cache is a temporary folder
+
+
+def test_a_sweep_validates_once_and_its_trials_reuse_the_report(tmp_path: Path) -> None:
+    """``tune.run._validate_once`` (before the trials start) caches the report under the key a
+    trial's pipeline then looks up (the same arguments as the launcher's), so concurrent trials
+    do not each scan the cohort; two trials with the same data validate once."""
+    from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.jobspec import JobSpec
+    from ehrsurv_dist.task import task_spec
+    from ehrsurv_dist.tune.run import _validate_once
+
+    cohort = _messy(tmp_path)
+    spec = load_config(
+        JobSpec, None, [("data.cohort", cohort), "data.drop_bad_subjects=true", "train.epochs=1"]
+    )
+    other = load_config(
+        JobSpec, None, [("data.cohort", cohort), "data.drop_bad_subjects=true", "train.epochs=2"]
+    )
+    folder = tmp_path / ".ehrsurv" / "validation"
+    _validate_once([spec, other])
+    assert len(list(folder.iterdir())) == 1  # one setting, one report
+    count = Counting()
+    rep = VC.validate_cached(
+        cohort,
+        spec.data.outcomes,
+        spec.data.granularity,
+        require_outcomes=True,
+        task=task_spec(spec),
+        mapper=count,
+    )
+    assert count.scans == 0  # the trial's look-up hits the sweep's report
+    assert rep == validate_cohort(cohort, None, "day", require_outcomes=True)
