@@ -68,3 +68,18 @@ def make_untrained_run() -> Callable[[str, str, Sequence[Any]], Any]:
         return spec
 
     return make
+
+
+@pytest.fixture
+def no_ray_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the code under test reaches Ray's start-up (the launcher's and the
+    sweep's ``init_ray``). ``ray.is_initialized()`` cannot say it: in a full run the
+    integration tier's session cluster is still up when the unit tests run."""
+    import ehrsurv_dist.train.launch as launch
+    import ehrsurv_dist.tune.run as tune_run
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the command started Ray")
+
+    monkeypatch.setattr(launch, "init_ray", refuse)
+    monkeypatch.setattr(tune_run, "init_ray", refuse)
