@@ -130,11 +130,15 @@ class DataConfig:
         "Length bucketing: sort subjects by length within windows of this many batches, then "
         "shuffle the batch order (> 0; 1 = no bucketing).",
     )
-    cache: bool = option(
-        True,
+    cache: bool | Literal["auto"] = option(
+        "auto",
         "Encode each split once and keep it in Ray's object store for every epoch (compact: "
-        "one row per subject). false re-reads and re-encodes the Parquet files every epoch "
-        "(for cohorts larger than the object store).",
+        "one row per subject): true; false re-reads and re-encodes the Parquet files every "
+        "epoch (streaming: for cohorts larger than the object store); auto (default) caches "
+        "when the train and tuning splits' encoded size (an upper bound from the cohort scan) "
+        "fits in half of the cluster's object store, else streams, and says which in one "
+        "line. true on splits larger than the whole object store is refused with advice "
+        "(docs/ingest.md).",
     )
     worker_cache_mb: float = option(
         512.0,
@@ -271,6 +275,12 @@ class RayConfig:
     num_cpus: int | None = option(
         None, "CPUs for an in-process local Ray (> 0); null means all of this machine's."
     )
+    object_store_mb: int | None = option(
+        None,
+        "Object store size of an in-process local Ray, in MB (>= 80); null means Ray's "
+        "default (30% of the machine's memory). A cluster's is set when its nodes start "
+        "(`ray start --object-store-memory BYTES`).",
+    )
 
     def __post_init__(self) -> None:
         require(
@@ -282,6 +292,11 @@ class RayConfig:
             self.num_cpus is None or self.num_cpus > 0,
             "num_cpus",
             f"must be > 0 or null, got {self.num_cpus}",
+        )
+        require(
+            self.object_store_mb is None or self.object_store_mb >= 80,
+            "object_store_mb",
+            f"must be >= 80 (Ray's minimum is 75 MB) or null, got {self.object_store_mb}",
         )
 
 

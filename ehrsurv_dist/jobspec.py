@@ -109,6 +109,15 @@ class TrainSpec:
     """The training run: length, early stopping, workers and the engine."""
 
     epochs: int = option(10, "Maximum number of epochs (> 0).")
+    max_steps_per_epoch: int | None = option(
+        None,
+        "Most optimizer steps per rank in an epoch (> 0; null = the whole train split). An "
+        "epoch then reads at most max_steps_per_epoch x data.batch_size x "
+        "train.engine.grad_accum subjects per worker, so an epoch over a huge cohort can be "
+        "sized; the train split's blocks come in a fresh random order every epoch (seeded "
+        "by `seed`), so bounded epochs see different subjects, and the learning-rate schedule "
+        "counts the bounded steps. Validation still reads the whole tuning split.",
+    )
     patience: int = option(
         3, "Stop after this many epochs without a better validation score (0 = never)."
     )
@@ -185,6 +194,11 @@ class TrainSpec:
             "must be a non-empty name, or null for the job's name",
         )
         require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        require(
+            self.max_steps_per_epoch is None or self.max_steps_per_epoch > 0,
+            "max_steps_per_epoch",
+            f"must be > 0 or null, got {self.max_steps_per_epoch}",
+        )
         require(self.patience >= 0, "patience", f"must be >= 0, got {self.patience}")
         require(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")
         require(

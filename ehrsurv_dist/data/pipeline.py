@@ -172,6 +172,16 @@ def ray_validation_mapper() -> Mapper | None:
     return _ray_map_files
 
 
+def shuffled_blocks(ds: Any, seed: int) -> Any:
+    """``ds`` with its blocks in a random order that changes at every execution (every epoch
+    of a training run), reproducibly from ``seed``: Ray Data's ``randomize_block_order``
+    reseeded after each execution. Only block references move (no data is copied); the
+    consumer reassembles a unit whose blocks come apart (``collate.batches_from_blocks``)."""
+    from ray.data import RandomSeedConfig  # the Ray edge
+
+    return ds.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+
+
 # --------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -411,15 +421,26 @@ class IngestPipeline:
         total = sum(u.num_rows for u in self.plan.units)
         return max(cpus * self.tasks_per_cpu, math.ceil(total / self.max_rows_per_task))
 
-    def _ray_map(self, task_fn: Any, group_fn: Any, kwargs: dict[str, Any]) -> Any:
+    def _ray_map(
+        self,
+        task_fn: Any,
+        group_fn: Any,
+        kwargs: dict[str, Any],
+        block_order_seed: int | None = None,
+    ) -> Any:
         """Units → Ray Data map tasks (a balanced run of units per task); in hash mode, read
-        tasks, then a shuffle on the bucket and one ``map_groups`` call per bucket."""
+        tasks, then a shuffle on the bucket and one ``map_groups`` call per bucket. With
+        ``block_order_seed``, the tasks (hash mode: the buckets) come in a new random order at
+        every execution (see :func:`shuffled_blocks`)."""
         import ray.data  # the Ray edge: imported where used, so the module imports without Ray
         from ray.data.context import ShuffleStrategy
 
         groups = task_groups(self.plan, self.num_tasks())
         items = [{"task": i} for i in range(len(groups))]
         ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
+        if block_order_seed is not None and self.plan.mode != "hash":
+            # the one-item blocks of the task list, before the map: the map still streams
+            ds = shuffled_blocks(ds, block_order_seed)
         common = {"plan": self.plan, "groups": groups}
         if self.plan.mode != "hash":
             ds = ds.map_batches(
@@ -448,18 +469,28 @@ class IngestPipeline:
         # A sort-based shuffle: on small and mid-size cohorts it starts in a fraction of the
         # time of the actor-based hash shuffle (0.5 s vs 4-11 s on the test cohort, 2 CPUs).
         ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        return ds.groupby(BUCKET, num_partitions=self.plan.num_buckets).map_groups(
+        ds = ds.groupby(BUCKET, num_partitions=self.plan.num_buckets).map_groups(
             group_fn, batch_format="pyarrow", fn_kwargs=kwargs, **self.ray_remote_args
         )
+        # hash mode shuffles every row anyway: the buckets' blocks are reordered after it
+        return ds if block_order_seed is None else shuffled_blocks(ds, block_order_seed)
 
-    def dataset(self, split: str | None) -> Any:
+    def dataset(self, split: str | None, *, block_order_seed: int | None = None) -> Any:
         """A lazy Ray Dataset of ``split`` (None = all subjects): Arrow blocks, one row per
         subject, epoch-independent, so one dataset serves every epoch and can be passed to Ray
         Train's ``datasets=``; batches come from
         ``collate.batches_from_blocks(blocks, self.batch_spec(), epoch)`` in the consumer (see
-        :mod:`shards`)."""
+        :mod:`shards`).
+
+        Args:
+            split: split name, or None for all subjects.
+            block_order_seed: the units come in a new random order at every execution (every
+                epoch), seeded by this: for epochs that stop early
+                (``train.max_steps_per_epoch``) and must not see the same first units every
+                time. None: the plan's order.
+        """
         kwargs = {"spec": self.spec, "vocab": self._vocab(), "split": split}
-        return self._ray_map(_ray_encode_tasks, _ray_encode_group, kwargs)
+        return self._ray_map(_ray_encode_tasks, _ray_encode_group, kwargs, block_order_seed)
 
     def iter_ray_batches(
         self,

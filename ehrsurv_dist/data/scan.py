@@ -34,7 +34,34 @@ STAT_KEYS = (
     "tokens",
     "truncated_flat",
     "truncated_hierarchical",
+    "tokens_kept",  # tokens after the layout's truncation (at most; see _kept)
+    "visits_kept",  # visits after it
 )
+
+
+def _kept(
+    spec: EncodeSpec,
+    ntok: np.ndarray,
+    nv: np.ndarray,
+    visit_offsets: np.ndarray,
+    vsize: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the tokens and visits its layout keeps: flat, at most ``max_seq_len`` tokens
+    (and ``max_visits`` visits); hierarchical, the kept end's ``max_visits`` visits of at most
+    ``max_codes_per_visit`` codes each. What ``data.cache: auto`` sizes the splits by
+    (:mod:`cache_plan`)."""
+    lim = spec.limits
+    kept_vis = np.minimum(nv, lim.max_visits)
+    if spec.layout == "flat":
+        return np.minimum(ntok, lim.max_seq_len), kept_vis
+    csum = np.concatenate([[0], np.cumsum(np.minimum(vsize, lim.max_codes_per_visit))])
+    start = np.asarray(visit_offsets[:-1], dtype=np.int64)
+    end = np.asarray(visit_offsets[1:], dtype=np.int64)
+    if lim.truncation == "keep_oldest":
+        end = np.minimum(end, start + lim.max_visits)
+    else:
+        start = np.maximum(start, end - lim.max_visits)
+    return csum[end] - csum[start], kept_vis
 
 
 def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
@@ -56,6 +83,7 @@ def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
     big_visit = rows_any(sv.visit_offsets, vsize > spec.limits.max_codes_per_visit)
     trunc_flat = (ntok > spec.limits.max_seq_len) | (nv > spec.limits.max_visits)
     trunc_hier = (nv > spec.limits.max_visits) | big_visit
+    kept_tok, kept_vis = _kept(spec, ntok, nv, sv.visit_offsets, vsize)
     parts: list[pa.Table] = []
     for name in S.SPLITS:
         m = spl == name
@@ -70,6 +98,8 @@ def scan_events(table: pa.Table, spec: EncodeSpec) -> pa.Table:
             int(ntok[m].sum()),
             int(trunc_flat[m].sum()),
             int(trunc_hier[m].sum()),
+            int(kept_tok[m].sum()),
+            int(kept_vis[m].sum()),
         ]
         parts.append(_facts("stat", name, pa.array(STAT_KEYS), pa.array(vals, pa.int64())))
         if S.TIME_DAYS in sv.extra:
@@ -132,6 +162,7 @@ class IngestFit:
         stats: per split, ``subjects``, ``events``, ``visits``, ``tokens``,
             ``truncated_flat`` (subjects cut by max_seq_len/max_visits),
             ``truncated_hierarchical`` (cut by max_visits/max_codes_per_visit),
+            ``tokens_kept`` and ``visits_kept`` (what the layout keeps after truncation),
             ``unknown_tokens`` (tokens that map to UNK).
         rejects: ``subject_id``, ``reason`` of every dropped subject (calendar axis: sample).
         event_days: calendar axis, per split: float64 days from the prediction time to each

@@ -21,7 +21,8 @@ import torch
 from ehrsurv_dist import schema as S
 from ehrsurv_dist import task as T
 from ehrsurv_dist.config import ConfigError, dump_yaml, load_config, to_dict
-from ehrsurv_dist.data.pipeline import IngestPipeline
+from ehrsurv_dist.data.cache_plan import decide_cache
+from ehrsurv_dist.data.pipeline import IngestPipeline, shuffled_blocks
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
@@ -87,7 +88,13 @@ def init_ray(spec: JobSpec) -> None:
         # Ray Data tasks that feed them need CPUs of their own or the job deadlocks.
         need = max(spec.train.num_workers, 1) * spec.train.cpus_per_worker + DATA_CPUS
         num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(math.ceil(need)))
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        store = spec.ray.object_store_mb
+        ray.init(
+            num_cpus=num_cpus,
+            object_store_memory=None if store is None else store * 2**20,
+            include_dashboard=False,
+            log_to_driver=True,
+        )
 
 
 def resolve_use_gpu(spec: JobSpec, cluster: Mapping[str, float], *, say: bool = True) -> JobSpec:
@@ -258,6 +265,7 @@ def run_training(
             discard_new_run(out, created)
         raise
     config = _worker_config(spec, mode, fit, pipe, init_export)
+    config["cache"] = cache_choice(spec, fit)
     target = tracking.open_run(spec, out, mode, within=tracking_within)
     if target is not None:
         from ehrsurv_dist.train.tracking_callback import TrackingCallback
@@ -266,15 +274,23 @@ def run_training(
         # may end the trial (and this run) at once, before any later callback has run
         callbacks = [TrackingCallback(target), *callbacks]
     try:
-        result = _fit(
-            spec, out, config, pipe, fit.stats[S.TRAIN_SPLIT]["subjects"], progress, callbacks
-        )
+        result = _fit(spec, out, config, pipe, epoch_subjects(spec, fit), progress, callbacks)
         res = _export_best(spec, mode, out, fit, result)
     except BaseException as e:
         tracking.end_run(target, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     tracking.end_run(target, "FINISHED")
     return res
+
+
+def epoch_subjects(spec: JobSpec, fit: Any) -> int:
+    """Train subjects (calendar axis: samples) an epoch reads at most, over all workers."""
+    n = int(fit.stats[S.TRAIN_SPLIT]["subjects"])
+    bound = spec.train.max_steps_per_epoch
+    if bound is None:
+        return n
+    per_step = spec.data.batch_size * spec.train.engine.grad_accum * spec.train.num_workers
+    return min(n, bound * per_step)
 
 
 def _init_export(spec: JobSpec, mode: str) -> tuple[str | None, Vocabulary | None]:
@@ -420,10 +436,7 @@ def _trainer(
                 checkpoint_score_order="max",
             ),
         ),
-        datasets={
-            S.TRAIN_SPLIT: _dataset(pipe, S.TRAIN_SPLIT, spec.data.cache),
-            S.TUNING_SPLIT: _dataset(pipe, S.TUNING_SPLIT, spec.data.cache),
-        },
+        datasets=split_datasets(spec, pipe, config["cache"]),
         dataset_config=DataConfig(datasets_to_split=config["divided_splits"]),
     )
 
@@ -500,16 +513,43 @@ def absolute_paths(spec: JobSpec) -> JobSpec:
     return dataclasses.replace(spec, data=data, finetune=ft, train=tr)
 
 
-def _dataset(pipe: Any, split: str, cache: bool) -> Any:
-    """The split's Ray Dataset; with ``cache``, executed once into the object store.
+def split_datasets(spec: JobSpec, pipe: Any, cache: bool) -> dict[str, Any]:
+    """The train and tuning splits' Ray Datasets; with ``cache`` (``data.cache`` as decided
+    by :func:`cache_choice`), each executed once into the object store.
 
     A lazy dataset is re-read and re-encoded from Parquet every epoch, which on a small or busy
     machine is most of an epoch's time (the trainer waits on it). The encoded split is compact
     (one row per subject, ~12 bytes per token), so caching it is cheap; epochs then only
-    re-bucket, pad and mask it on the workers (fresh every epoch, as before).
+    re-bucket, pad and mask it on the workers (fresh every epoch, as before). With
+    ``train.max_steps_per_epoch`` the train split's blocks come in a new random order every
+    epoch (cached: the kept blocks are reordered; streamed: the units are read in a new order),
+    so bounded epochs do not all read the same first units.
     """
-    ds = pipe.dataset(split)
-    return ds.materialize() if cache else ds
+    bounded = spec.train.max_steps_per_epoch is not None
+    out = {}
+    for split in (S.TRAIN_SPLIT, S.TUNING_SPLIT):
+        seed = spec.seed if bounded and split == S.TRAIN_SPLIT else None
+        if cache:
+            ds = pipe.dataset(split).materialize()
+            out[split] = ds if seed is None else shuffled_blocks(ds, seed)
+        else:
+            out[split] = pipe.dataset(split, block_order_seed=seed)
+    return out
+
+
+def cache_choice(spec: JobSpec, fit: Any) -> bool:
+    """``data.cache`` decided for this run on the connected cluster (``auto``: by size), said
+    in one line; ``true`` on splits larger than the object store is refused.
+
+    Raises:
+        ConfigError: ``data.cache=true`` and the splits cannot fit.
+    """
+    import ray
+
+    store = float(ray.cluster_resources().get("object_store_memory", 0.0))
+    choice = decide_cache(spec.data.cache, fit.stats, modeling.layout_of(spec), store)
+    log.info("%s", choice.reason)
+    return choice.cache
 
 
 def _env_int(name: str) -> int | None:

@@ -152,17 +152,21 @@ def train_epoch(
     )
 
 
-def synchronized(batches: Iterable[Batch], group: int = 1) -> Iterator[Batch]:
-    """Yield batches in groups of ``group`` for as long as *every* rank has a full group.
+def synchronized(
+    batches: Iterable[Batch], group: int = 1, max_groups: int | None = None
+) -> Iterator[Batch]:
+    """Yield batches in groups of ``group`` for as long as *every* rank has a full group, and
+    at most ``max_groups`` groups (None: no bound; ``train.max_steps_per_epoch``).
 
     Ranks of a data-parallel run must take the same number of optimizer steps (each step is a
     collective); shards of a streamed split can differ by a batch or two. One tiny all-reduce
     per group decides, so no rank blocks in a collective the others never enter, and every epoch
-    ends on a gradient-accumulation boundary.
+    ends on a gradient-accumulation boundary. The bound is the same on every rank, so it needs
+    no collective; batches after it are not read.
     """
     distributed = is_distributed()
     it = iter(batches)
-    while True:
+    for _ in itertools.count() if max_groups is None else range(max_groups):
         chunk = list(itertools.islice(it, group))
         full = len(chunk) == group
         if distributed:

@@ -41,6 +41,12 @@ def _produce(items: Iterable[object], q: queue.Queue[object], stop: threading.Ev
     except BaseException as e:  # handed to the consumer, raised there
         put(_Failure(e))
         return
+    finally:
+        # Stopped early (a bounded epoch, early stopping): the source stops now, in this
+        # thread, instead of whenever it is collected (a Ray Data read would run on).
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
     put(_END)
 
 

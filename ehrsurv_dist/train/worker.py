@@ -144,6 +144,8 @@ def build_rank_engine(rc: RankContext) -> Engine:
     ecfg = dataclasses.replace(spec.train.engine, micro_batch_size=rc.bspec.batch_size)
     per_rank = config["train_subjects"] / max(rc.world, 1)
     steps_per_epoch = max(1, math.floor(per_rank / rc.bspec.batch_size) // ecfg.grad_accum)
+    if spec.train.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, spec.train.max_steps_per_epoch)
     return build_engine(model, ecfg, steps_per_epoch * spec.train.epochs, rc.device)
 
 
@@ -167,7 +169,8 @@ def rank_shards(rc: RankContext) -> tuple[KeptShard, KeptShard]:
     import ray.train
 
     spec = rc.spec
-    keep = int(spec.data.worker_cache_mb * 2**20) if spec.data.cache else 0
+    # data.cache as the driver decided it (auto resolved by the splits' size: launch.py)
+    keep = int(spec.data.worker_cache_mb * 2**20) if rc.config.get("cache", True) else 0
 
     def shard(split: str) -> KeptShard:
         whole = split not in rc.config["divided_splits"]
@@ -204,10 +207,17 @@ def run_epoch(
     epoch: int,
     hooks: list[StepHooks],
 ) -> EpochResult:
-    """Train one epoch on ``batches`` (whole accumulation groups every rank has)."""
+    """Train one epoch on ``batches`` (whole accumulation groups every rank has, at most
+    ``train.max_steps_per_epoch`` of them); ``batches`` is closed at the end (a bounded epoch
+    leaves the rest of the split unread: its reader stops now, not when collected)."""
     read = _Counted(batches)
-    grouped = synchronized(read, engine.cfg.grad_accum)
-    res = train_epoch(engine, task, grouped, rc.device, epoch, hooks=hooks)
+    grouped = synchronized(read, engine.cfg.grad_accum, rc.spec.train.max_steps_per_epoch)
+    try:
+        res = train_epoch(engine, task, grouped, rc.device, epoch, hooks=hooks)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
     if res.steps == 0:
         log.warning(
             "epoch %d, rank %d: no training step (this rank read %d train batch(es) of "

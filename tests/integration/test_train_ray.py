@@ -204,3 +204,61 @@ def test_one_worker_kept_blocks_resume_the_curve_of_ray_data_reads(
         run_training(kept, "finetune", out)
     monkeypatch.delenv("EHRSURV_FAULT_AFTER_EPOCH")
     _same_curve(run_training(kept, "finetune", out).history, reference)
+
+
+def _unit_order_and_subjects(ds: object) -> tuple[list[int], list[int]]:
+    units: list[int] = []
+    subjects: list[int] = []
+    for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):  # type: ignore[attr-defined]
+        for u in b["unit"].to_pylist():
+            if not units or u != units[-1]:
+                units.append(u)
+        subjects += b[S.SUBJECT_ID].to_pylist()
+    return units, sorted(subjects)
+
+
+def test_bounded_epochs_read_the_units_in_a_new_order_every_epoch(
+    tmp_path: Path, ray_local: None
+) -> None:
+    """train.max_steps_per_epoch reads the train split's blocks in a new random order every
+    execution (epoch), streamed or cached, reproducibly from the seed, every subject once."""
+    from ehrsurv_dist.config import DataConfig
+    from ehrsurv_dist.data.pipeline import IngestPipeline, shuffled_blocks
+    from ehrsurv_dist.data.synth_long import synthesize_long
+
+    cohort = str(tmp_path / "long")
+    synthesize_long(cohort, subjects=48, seed=2, shards=12, workers=1)  # 12 files: 12 units
+    pipe = IngestPipeline(cohort, DataConfig(cohort=cohort), validation_cache="none")
+    pipe.fit()
+    plain = _unit_order_and_subjects(pipe.dataset(S.TRAIN_SPLIT).materialize())
+    assert len(plain[0]) >= 8
+    for ds in (
+        pipe.dataset(S.TRAIN_SPLIT, block_order_seed=7),  # streamed: the read tasks reordered
+        shuffled_blocks(pipe.dataset(S.TRAIN_SPLIT).materialize(), 7),  # cached: the blocks
+    ):
+        first, second = _unit_order_and_subjects(ds), _unit_order_and_subjects(ds)
+        assert first[1] == second[1] == plain[1]  # every subject, once per epoch
+        assert sorted(first[0]) == sorted(plain[0])
+        assert first[0] != second[0]  # a new order at the next execution
+
+
+def test_bounded_streamed_epochs_train_their_steps_and_finish(
+    cohort: str, tmp_path: Path, ray_local: None
+) -> None:
+    """2 workers, data.cache=false (streamed every epoch), 2 steps per epoch: each epoch takes
+    exactly its bounded steps on both ranks, reads a fraction of the split, and the run ends
+    with its model exported."""
+    spec = _spec(
+        cohort,
+        "train.epochs=2",
+        "train.patience=0",
+        "train.max_steps_per_epoch=2",
+        "data.cache=false",
+        "finetune.strategy=full",
+    )
+    res = run_training(spec, "finetune", str(tmp_path / "bounded"))
+    assert [h["epoch"] for h in res.history] == [0, 1]
+    for h in res.history:
+        assert h["steps"] == 2 * 2  # 2 steps of 1 batch on each of 2 ranks
+        assert np.isfinite(h["train_loss"]) and np.isfinite(h["val_score"])
+    assert os.path.exists(res.export)

@@ -373,7 +373,8 @@ def test_dump_load_round_trip(tmp_path: Path) -> None:
 
 def test_to_dict_is_plain_nested_data() -> None:
     d = to_dict(JobConfig())
-    assert d["data"]["max_seq_len"] == 512 and d["ray"] == {"address": None, "num_cpus": None}
+    assert d["data"]["max_seq_len"] == 512
+    assert d["ray"] == {"address": None, "num_cpus": None, "object_store_mb": None}
     assert to_dict(_Tree())["pair"] == [1]
     with pytest.raises(TypeError):
         to_dict({"a": 1})

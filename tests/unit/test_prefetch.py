@@ -101,3 +101,20 @@ def test_an_abandoned_prefetch_stops_its_thread() -> None:
     while alive() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert alive() == before
+
+
+def test_prefetch_closes_its_source_when_stopped_early() -> None:
+    """A bounded epoch (train.max_steps_per_epoch) stops reading: the source generator (a Ray
+    Data read in a worker) is closed by the producer, not left running until collected."""
+    closed = threading.Event()
+
+    def gen() -> Iterator[int]:
+        try:
+            yield from range(10_000)
+        finally:
+            closed.set()
+
+    it = prefetch(gen(), 2)
+    assert next(it) == 0
+    it.close()
+    assert closed.wait(5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -161,6 +162,23 @@ def test_synchronized_single_rank_keeps_whole_groups() -> None:
     assert [int(b["i"][0]) for b in synchronized(batches, 3)] == list(range(6))
 
 
+def test_synchronized_stops_after_max_groups_without_reading_further() -> None:
+    from ehrsurv_dist.train.loop import synchronized
+
+    taken = []
+
+    def source() -> Iterator[dict[str, np.ndarray]]:
+        for i in range(100):
+            taken.append(i)
+            yield {"i": np.array([i])}
+
+    got = [int(b["i"][0]) for b in synchronized(source(), 2, max_groups=3)]
+    assert got == list(range(6))  # 3 whole groups of 2 (train.max_steps_per_epoch=3)
+    assert taken == list(range(6))  # and nothing read past the bound
+    assert [int(b["i"][0]) for b in synchronized(source(), 4, max_groups=100)] == list(range(100))
+    assert len([*synchronized(source(), 1, max_groups=None)]) == 100
+
+
 def test_train_epoch_times_every_step() -> None:
     model = build_survival_model(behrt_tiny(VOCAB, 64))
     engine = build_engine(model, EngineConfig(engine="torch", lr=1e-3), total_steps=3)
@@ -203,7 +221,13 @@ def test_an_epoch_without_a_step_warns_and_every_epoch_says_one_line(
         for s in range(3)
     ]
     cpu = torch.device("cpu")
-    rc = SimpleNamespace(rank=1, world=2, device=cpu, bspec=SimpleNamespace(batch_size=4))
+    rc = SimpleNamespace(
+        rank=1,
+        world=2,
+        device=cpu,
+        bspec=SimpleNamespace(batch_size=4),
+        spec=load_config(JobSpec, None, []),
+    )
     for accum, steps in ((4, 0), (1, 3)):
         engine = build_engine(
             _model().train(), EngineConfig(engine="torch", grad_accum=accum), 3, device=cpu
@@ -227,3 +251,36 @@ def test_an_epoch_without_a_step_warns_and_every_epoch_says_one_line(
                 "weights did not change this epoch: lower train.engine.grad_accum, "
                 "data.batch_size or train.num_workers, or use a larger cohort"
             ]
+
+
+def test_a_bounded_epoch_stops_after_its_steps_and_closes_its_reader() -> None:
+    """``train.max_steps_per_epoch``: the worker's epoch takes that many optimizer steps (of
+    grad_accum batches each), reads no further, and closes its batch source."""
+    from types import SimpleNamespace
+
+    from ehrsurv_dist.train import worker
+    from ehrsurv_dist.train.engine import EngineConfig, build_engine
+
+    task = build_task(load_config(JobSpec, None, []), "finetune", VOCAB)
+    cpu = torch.device("cpu")
+    read: list[int] = []
+    closed: list[bool] = []
+
+    def source() -> Iterator[dict[str, np.ndarray]]:
+        try:
+            for s in range(50):
+                read.append(s)
+                yield {
+                    k: v.numpy() for k, v in example_flat_batch(VOCAB, batch_size=4, seed=s).items()
+                }
+        finally:
+            closed.append(True)
+
+    spec = load_config(JobSpec, None, ["train.max_steps_per_epoch=3"])
+    rc = SimpleNamespace(
+        rank=0, world=1, device=cpu, bspec=SimpleNamespace(batch_size=4), spec=spec
+    )
+    engine = build_engine(_model().train(), EngineConfig(engine="torch", grad_accum=2), 3, cpu)
+    res = worker.run_epoch(rc, engine, task, source(), 0, [])
+    assert res.steps == 6 and engine.global_step == 3  # 3 optimizer steps of 2 batches
+    assert read == list(range(6)) and closed == [True]
