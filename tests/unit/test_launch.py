@@ -194,3 +194,28 @@ def test_ray_train_says_only_warnings_unless_debugging() -> None:
     assert console.ray_train_log_level(logging.WARNING) == "WARNING"
     assert console.ray_train_log_level("DEBUG") == "DEBUG"
     assert console.ray_train_log_level(logging.DEBUG) == "DEBUG"
+
+
+def test_progress_counts_the_subjects_a_bounded_epoch_reads() -> None:
+    from types import SimpleNamespace
+
+    from ehrsurv_dist.config import load_config
+    from ehrsurv_dist.jobspec import JobSpec
+    from ehrsurv_dist.train.launch import epoch_subjects
+
+    fit = SimpleNamespace(stats={"train": {"subjects": 10_000}})
+    spec = load_config(JobSpec, None, ["data.batch_size=16", "train.num_workers=2"])
+    assert epoch_subjects(spec, fit) == 10_000
+    bounded = load_config(
+        JobSpec,
+        None,
+        [
+            "data.batch_size=16",
+            "train.num_workers=2",
+            "train.engine.grad_accum=3",
+            "train.max_steps_per_epoch=5",
+        ],
+    )
+    assert epoch_subjects(bounded, fit) == 5 * 16 * 3 * 2
+    fit.stats["train"]["subjects"] = 100  # a bound larger than the split: the split
+    assert epoch_subjects(bounded, fit) == 100
