@@ -37,9 +37,10 @@ fresh scans too; nothing downstream depends on them: rejects are sorted, edges a
 or the user cache's ``scan`` folder; :data:`~validation_cache.MAX_ENTRIES` per folder;
 ``$EHRSURV_VALIDATION_CACHE=none`` or ``validation_cache="none"`` turns both caches off).
 
-**Format**: one Arrow IPC file per entry: a long table (``kind``, ``split``, ``key``, ``int``,
-``real``, ``part``) holding the counts, rejects, event days and sketch points, and the
-statistics and key inputs as JSON in the schema metadata. The round trip is exact.
+**Format**: one Arrow IPC file per entry: a long table (:data:`TABLE_SCHEMA`) holding the
+counts, rejects, event days and sketch points (each part of each code's list), and the
+statistics, the names of splits and sketched codes and the key inputs as JSON in the schema
+metadata. The round trip is exact (to the bit, the dtype and the order of dicts and lists).
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ehrsurv_dist import atomic
 from ehrsurv_dist.data import numeric
@@ -72,14 +72,16 @@ SCAN_FORMAT = 1  # bump whenever scan_events/reduce_facts change a result, or th
 SUBDIR = "scan"
 SUFFIX = ".arrow"
 META = b"ehrsurv.scan"
+KINDS = ("count", "reject", "days", "value")  # the table's ``kind`` is an index into these
 TABLE_SCHEMA = pa.schema(
     [
-        ("kind", pa.string()),  # count | reject | days | value
-        ("split", pa.string()),
-        ("key", pa.string()),  # code, or reject reason
+        ("kind", pa.int8()),  # index into KINDS
+        ("split", pa.int8()),  # index into the record's "splits", -1: none
+        ("key", pa.string()),  # count: the code; reject: the reason
+        ("code", pa.int32()),  # value: index into the record's "value_codes"
+        ("part", pa.int32()),  # value: the part of the code's list
         ("int", pa.int64()),  # count, rejected subject id, or sketch weight
         ("real", pa.float64()),  # event days, or sketch point
-        ("part", pa.int64()),  # sketch: the part of the code's list
     ]
 )
 
@@ -157,109 +159,110 @@ def cached_totals(
 
 
 def totals_to_table(totals: ScanTotals, meta: dict[str, Any]) -> pa.Table:
-    """``totals`` as one long table; statistics, split names and ``meta`` in its metadata."""
-    parts: list[pa.Table] = []
-    for split, c in totals.counts.items():
-        parts.append(_rows("count", split, key=c["code"], ints=c["count"]))
-    parts.append(
-        _rows(
-            "reject",
-            None,
-            key=pa.array(totals.reject_reasons, pa.string()),
-            ints=pa.array(totals.reject_subjects, pa.int64()),
-        )
-    )
-    for split, days in totals.event_days.items():
-        parts.append(_rows("days", split, reals=pa.array(days, pa.float64())))
-    for code, lst in totals.values.points.items():
-        for i, (p, w) in enumerate(lst):
-            parts.append(
-                _rows(
-                    "value",
-                    None,
-                    key=pa.array([code] * len(p), pa.string()),
-                    ints=pa.array(w, pa.int64()),
-                    reals=pa.array(p, pa.float64()),
-                    part=i,
-                )
+    """``totals`` as one long table; statistics, split and code names and ``meta`` in its
+    metadata."""
+    splits = list(dict.fromkeys([*totals.counts, *totals.event_days, *totals.stats]))
+    parts = [
+        _rows("count", splits.index(s), c.num_rows, key=c["code"], ints=c["count"])
+        for s, c in totals.counts.items()
+    ]
+    reasons = pa.array(totals.reject_reasons, pa.string())
+    ints = pa.array(totals.reject_subjects, pa.int64())
+    parts.append(_rows("reject", -1, len(reasons), key=reasons, ints=ints))
+    for s, days in totals.event_days.items():
+        parts.append(_rows("days", splits.index(s), len(days), reals=pa.array(days, pa.float64())))
+    codes = list(totals.values.points)
+    lists = [totals.values.points[c] for c in codes]
+    sizes = np.array([len(p) for lst in lists for p, _ in lst], np.int64)
+    if len(sizes):
+        n_parts = [len(lst) for lst in lists]
+        parts.append(
+            _rows(
+                "value",
+                -1,
+                int(sizes.sum()),
+                code=np.repeat(np.repeat(np.arange(len(codes)), n_parts), sizes),
+                part=np.repeat(np.concatenate([np.arange(k) for k in n_parts]), sizes),
+                ints=np.concatenate([w for lst in lists for _, w in lst]).astype(np.int64),
+                reals=np.concatenate([p for lst in lists for p, _ in lst]).astype(np.float64),
             )
+        )
     record = {
         **meta,
+        "splits": splits,
         "stats": totals.stats,
         "counts": list(totals.counts),
         "event_days": list(totals.event_days),
+        "value_codes": codes,
     }
-    table = pa.concat_tables(parts) if parts else TABLE_SCHEMA.empty_table()
+    table = pa.concat_tables(parts)
     return table.replace_schema_metadata({META: json.dumps(record).encode("utf-8")})
 
 
 def totals_from_table(table: pa.Table) -> tuple[ScanTotals, dict[str, Any]]:
     """The inverse of :func:`totals_to_table`: (totals, the metadata record)."""
     record = json.loads((table.schema.metadata or {})[META])
-    kind = table["kind"]
+    kind = np.asarray(table["kind"].to_numpy(), np.int8)
+    split = np.asarray(table["split"].to_numpy(), np.int8)
+    splits = list(record["splits"])
 
-    def sel(k: str, split: str | None = None) -> pa.Table:
-        mask = pc.equal(kind, k)
-        if split is not None:
-            mask = pc.and_(mask, pc.equal(table["split"], split))
-        return table.filter(mask)
+    def sel(k: str, s: str | None = None) -> pa.Table:
+        mask = kind == KINDS.index(k)
+        if s is not None:
+            mask &= split == splits.index(s)
+        return table.filter(pa.array(mask))
 
     counts = {}
     for s in record["counts"]:
         t = sel("count", s)
         counts[s] = pa.table([t["key"], t["int"]], schema=COUNTS_SCHEMA)
     rj = sel("reject")
-    days = {
-        s: np.asarray(sel("days", s)["real"].to_numpy(), np.float64).copy()
-        for s in record["event_days"]
-    }
+    days = {s: _numpy(sel("days", s)["real"], np.float64) for s in record["event_days"]}
     sketch = numeric.ValueSketch()
     vt = sel("value")
     if vt.num_rows:
-        enc = pc.dictionary_encode(vt["key"]).combine_chunks()
-        code = np.asarray(enc.indices.to_numpy(), np.int64)
-        names = enc.dictionary.to_pylist()
-        part = np.asarray(vt["part"].to_numpy(), np.int64)
-        pts = np.asarray(vt["real"].to_numpy(), np.float64)
-        wts = np.asarray(vt["int"].to_numpy(), np.int64)
+        names = record["value_codes"]
+        code, part = _numpy(vt["code"], np.int64), _numpy(vt["part"], np.int64)
+        pts, wts = _numpy(vt["real"], np.float64), _numpy(vt["int"], np.int64)
         cut = np.flatnonzero((code[1:] != code[:-1]) | (part[1:] != part[:-1])) + 1
         for a, b in zip(np.r_[0, cut], np.r_[cut, len(code)], strict=True):
-            lst = sketch.points.setdefault(names[int(code[a])], [])
-            lst.append((pts[a:b].copy(), wts[a:b].copy()))
+            sketch.points.setdefault(names[int(code[a])], []).append((pts[a:b], wts[a:b]))
     stats = {s: {k: int(v) for k, v in d.items()} for s, d in record["stats"].items()}
-    totals = ScanTotals(
-        counts,
-        stats,
-        np.asarray(rj["int"].to_numpy(), np.int64).copy(),
-        [str(x) for x in rj["key"].to_pylist()],
-        days,
-        sketch,
-    )
+    reasons = [str(x) for x in rj["key"].to_pylist()]
+    totals = ScanTotals(counts, stats, _numpy(rj["int"], np.int64), reasons, days, sketch)
     return totals, record
+
+
+def _numpy(col: pa.ChunkedArray, dtype: Any) -> np.ndarray:
+    """A writable numpy copy of a column."""
+    return np.array(col.to_numpy(), dtype=dtype)
 
 
 def _rows(
     kind: str,
-    split: str | None,
+    split: int,
+    n: int,
     *,
     key: Any = None,
+    code: Any = None,
+    part: Any = None,
     ints: Any = None,
     reals: Any = None,
-    part: int | None = None,
 ) -> pa.Table:
-    n = len(next(x for x in (key, ints, reals) if x is not None))
-
     def col(x: Any, t: pa.DataType) -> Any:
-        return pa.nulls(n, t) if x is None else x
+        if x is None:
+            return pa.nulls(n, t)
+        return x.combine_chunks().cast(t) if isinstance(x, pa.ChunkedArray) else pa.array(x, t)
 
     return pa.table(
         [
-            pa.array([kind] * n, pa.string()),
-            pa.array([split] * n, pa.string()),
+            pa.array(np.full(n, KINDS.index(kind), np.int8)),
+            pa.array(np.full(n, split, np.int8)),
             col(key, pa.string()),
+            col(code, pa.int32()),
+            col(part, pa.int32()),
             col(ints, pa.int64()),
             col(reals, pa.float64()),
-            pa.nulls(n, pa.int64()) if part is None else pa.array([part] * n, pa.int64()),
         ],
         schema=TABLE_SCHEMA,
     )

@@ -52,9 +52,7 @@ def _pipe(cohort: str, axis: str, cache: str | None = None, **data: Any) -> Inge
         cfg = DataConfig(**{"cohort": cohort, "max_seq_len": 64, **data})
         return IngestPipeline(cohort, cfg, validation_cache=cache)
     task = TaskSpec(("MEDS_DEATH",), 730.0, labels=f"{cohort}/labels/death.parquet")
-    cfg = DataConfig(
-        **{"cohort": cohort, "max_seq_len": 128, "numeric": "quantile_bins", **data}
-    )
+    cfg = DataConfig(**{"cohort": cohort, "max_seq_len": 128, "numeric": "quantile_bins", **data})
     return IngestPipeline(cohort, cfg, task=task, validation_cache=cache)
 
 
