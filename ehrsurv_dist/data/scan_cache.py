@@ -294,7 +294,7 @@ def _store(path: str, key: str, inputs: dict[str, Any], totals: ScanTotals) -> N
     try:
         table = totals_to_table(totals, {"format": SCAN_FORMAT, "key": key, "inputs": inputs})
         atomic.write_arrow(table, path)
-    except OSError as e:
+    except Exception as e:  # a full disk, a permission, an Arrow error: never fail the fit
         log.warning("could not cache the cohort's scan at %s: %s", path, short_error(e))
         return
     log.info("cohort scan cached at %s", path)
