@@ -18,13 +18,14 @@ settings; :func:`cached_totals` stores the totals and reuses them. The vocabular
 - every :class:`~ehrsurv_dist.data.encode.EncodeSpec` field that the scan reads: cohort,
   outcomes, granularity, split seed and split file, the bad subjects dropped, the limits
   (``max_seq_len``, ``max_visits``, ``max_codes_per_visit`` decide the truncation statistics;
-  ``truncation`` too, to be safe), every field of the calendar task, and ``numeric``. Left out,
-  as the scan does not read them: ``layout`` (both truncation statistics are always counted)
-  and ``numeric_bins`` (the bins are fitted from the sketch afterwards);
+  ``truncation`` too), ``layout`` (statistics of what the layout keeps may depend on it), every
+  field of the calendar task, and ``numeric``. Left out, as the scan does not read it:
+  ``numeric_bins`` (the bins are fitted from the sketch afterwards);
 - the unit plan (mode, buckets, and each unit's file, row groups and rows): the value sketch is
   taken per unit (:func:`numeric.value_facts` compresses a code's values within a unit), so
   ``rows_per_unit`` can change it; the counts and statistics do not depend on it;
-- :data:`SCAN_FORMAT` and the sketch sizes (:data:`numeric.SKETCH_POINTS`,
+- :data:`SCAN_FORMAT`, the statistics' names (:data:`scan.STAT_KEYS`: a new statistic is a new
+  key, never an entry without it) and the sketch sizes (:data:`numeric.SKETCH_POINTS`,
   :data:`numeric.MERGE_LIMIT`).
 
 The totals of one scan are reused as they are: the order of the rejects and event times, and
@@ -63,7 +64,7 @@ from ehrsurv_dist.data import validation_cache as VC
 from ehrsurv_dist.data.encode import EncodeSpec
 from ehrsurv_dist.data.meds_read import short_error
 from ehrsurv_dist.data.plan import UnitPlan
-from ehrsurv_dist.data.scan import ScanTotals
+from ehrsurv_dist.data.scan import STAT_KEYS, ScanTotals
 from ehrsurv_dist.data.vocab import COUNTS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def scan_key(fp: VC.Fingerprint, spec: EncodeSpec, plan: UnitPlan) -> tuple[str,
             "cohort": spec.cohort,
             "outcomes": spec.outcomes,
             "granularity": spec.granularity,
+            "layout": spec.layout,
             "split_seed": spec.split_seed,
             "splits_path": spec.splits_path,
             "bad_subjects": hashlib.sha256(
@@ -109,6 +111,7 @@ def scan_key(fp: VC.Fingerprint, spec: EncodeSpec, plan: UnitPlan) -> tuple[str,
         },
         "plan": hashlib.sha256(plan_blob.encode("utf-8")).hexdigest()[:24],
         "sketch": [numeric.SKETCH_POINTS, numeric.MERGE_LIMIT],
+        "stat_keys": list(STAT_KEYS),
     }
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24], inputs
