@@ -5,7 +5,7 @@ over the target only once it is complete (``os.replace`` is atomic on POSIX with
 a reader — or a crash half-way — never leaves or sees a half-written file. On failure the
 temporary file is removed and the target keeps its old content.
 
-Kinds: text, JSON, Parquet, a torch object, and a matplotlib figure as PNG; and a whole folder
+Kinds: text, JSON, Parquet, an Arrow IPC file, a torch object, and a matplotlib figure as PNG; and a whole folder
 (:func:`atomic_dir`). Local paths only;
 remote stores (``s3://``) are written whole by pyarrow's filesystems, which are atomic per object.
 """
@@ -110,6 +110,15 @@ def write_parquet(table: Any, path: str | os.PathLike[str]) -> None:
 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def write_arrow(table: Any, path: str | os.PathLike[str]) -> None:
+    """Write a pyarrow Table as one Arrow IPC file (schema metadata kept) atomically."""
+    import pyarrow as pa  # local: keeps this module free of heavy imports for its users
+
+    with atomic_path(path) as tmp, pa.OSFile(tmp, "wb") as f:
+        with pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table)
 
 
 def write_torch(obj: Any, path: str | os.PathLike[str]) -> None:

@@ -24,7 +24,9 @@ along, so codes keep their order within a visit on every path.
 masks) is a function of (seed, epoch, unit, subject) and runs in the consumer.
 
 **Vocabulary.** :meth:`IngestPipeline.fit` scans every unit once (:mod:`scan`: per-unit facts,
-summed in the driver) and fits the vocabulary on the train counts.
+summed in the driver) and fits the vocabulary on the train counts. The summed facts are cached
+(:mod:`scan_cache`): a later pipeline on the same unchanged cohort with the same scan settings
+reuses them without reading the units.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from ehrsurv_dist.data.scan import (
     rejects_table,
     scan_events,
 )
+from ehrsurv_dist.data.scan_cache import cached_totals
 from ehrsurv_dist.data.shards import KeptShard, shard_blocks
 from ehrsurv_dist.data.validate import Mapper, serial_mapper
 from ehrsurv_dist.data.validate_files import FileCheck
@@ -204,9 +207,10 @@ class IngestPipeline:
             cached under its fingerprint (:mod:`validation_cache`); the shards are checked in
             parallel: Ray tasks when Ray is up (:func:`ray_validation_mapper`), else a process
             pool for large cohorts.
-        validation_cache: where validation reports are cached: None (``$EHRSURV_VALIDATION_CACHE``,
-            else ``auto``: the cohort's ``.ehrsurv/validation`` folder when writable, else the
-            user cache), ``auto``, ``none`` (always scan) or a folder.
+        validation_cache: where validation reports and :meth:`fit`'s scan totals
+            (:mod:`scan_cache`) are cached: None (``$EHRSURV_VALIDATION_CACHE``, else ``auto``:
+            the cohort's ``.ehrsurv/validation`` and ``.ehrsurv/scan`` folders when writable,
+            else the user cache), ``auto``, ``none`` (always scan) or a folder.
         require_outcomes: False for pretraining without an outcome table.
         ray_remote_args: extra arguments of the Ray Data map tasks (``num_cpus``, ``memory``,
             ...).
@@ -263,6 +267,7 @@ class IngestPipeline:
             )
         report.raise_if_unusable(self.data.drop_bad_subjects)
         self.report = report
+        self.validation_cache = validation_cache
         self.plan = plan_units(cohort, report, rows_per_unit)
         self.spec = EncodeSpec.for_cohort(cohort, self.data, report, layout, task)
         self.layout: Layout = layout
@@ -295,13 +300,22 @@ class IngestPipeline:
     ) -> IngestFit:
         """Scan every unit once: vocabulary (train split only), statistics, rejects.
 
+        The scan's totals are cached (:mod:`scan_cache`): on the same unchanged cohort with the
+        same scan settings, no unit is read.
+
         Args:
             vocab: reuse this vocabulary (fine-tuning on a pretrained one); None fits one.
             use_ray: run the map step as Ray Data tasks (the reduce is the same).
             vocab_path: save the vocabulary JSON here (atomically).
             rejects_path: write the rejects Parquet here (atomically) if any subject is dropped.
         """
-        totals = reduce_facts(self._scan_ray() if use_ray else self._scan_single())
+        totals = cached_totals(
+            self.spec,
+            self.plan,
+            lambda: reduce_facts(self._scan_ray() if use_ray else self._scan_single()),
+            outcomes=self.spec.outcomes if self.spec.outcomes is not None else self.data.outcomes,
+            cache=self.validation_cache,
+        )
         if vocab is None:
             vocab = fit_vocabulary(
                 totals.counts[S.TRAIN_SPLIT],

@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "EHRSURV_VALIDATION_CACHE"  # none | auto | a folder
 CACHE_HOME_ENV = "EHRSURV_CACHE_DIR"  # the user cache (default ~/.cache/ehrsurv)
-COHORT_CACHE = ".ehrsurv/validation"  # inside the cohort folder
+COHORT_CACHE = ".ehrsurv"  # inside the cohort folder: one sub-folder per kind of entry
+SUBDIR = "validation"  # this module's kind (the scan cache's is ``scan``)
 OFF = ("none", "off", "false", "0")
 RACY_NS = 2_000_000_000  # files modified this close to the scan: the report is not stored
 MAX_ENTRIES = 64  # reports kept per cache folder
@@ -171,14 +172,17 @@ def user_cache_dir() -> str:
     return os.path.join(xdg, "ehrsurv")
 
 
-def cache_dirs(cohort: str, cache: str | None = None) -> tuple[list[str], str | None]:
-    """(folders to look in, folder to write to) for ``cohort``'s reports.
+def cache_dirs(
+    cohort: str, cache: str | None = None, sub: str = SUBDIR
+) -> tuple[list[str], str | None]:
+    """(folders to look in, folder to write to) for ``cohort``'s entries of one kind.
 
     Args:
         cohort: the cohort.
-        cache: ``auto`` (the cohort's ``.ehrsurv/validation`` when writable, else the user
-            cache), ``none`` (off), or a folder; None: ``$EHRSURV_VALIDATION_CACHE``, else
-            ``auto``.
+        cache: ``auto`` (the cohort's ``.ehrsurv/<sub>`` when writable, else the user cache's
+            ``<sub>``), ``none`` (off), or a folder (every kind in it, told apart by suffix);
+            None: ``$EHRSURV_VALIDATION_CACHE``, else ``auto``.
+        sub: the kind: ``validation`` (reports) or ``scan`` (:mod:`scan_cache`).
     """
     setting = (cache if cache is not None else os.environ.get(CACHE_ENV, "")).strip() or "auto"
     if setting.lower() in OFF:
@@ -186,10 +190,10 @@ def cache_dirs(cohort: str, cache: str | None = None) -> tuple[list[str], str | 
     if setting.lower() != "auto":
         d = os.path.abspath(os.path.expanduser(setting))
         return [d], d
-    user = os.path.join(user_cache_dir(), "validation")
+    user = os.path.join(user_cache_dir(), sub)
     if "://" in cohort:
         return [user], user
-    local = os.path.join(os.path.abspath(cohort), *COHORT_CACHE.split("/"))
+    local = os.path.join(os.path.abspath(cohort), COHORT_CACHE, sub)
     return [local, user], local if _writable(local) else user
 
 
@@ -249,17 +253,24 @@ def validate_cached(
         mapper=mapper,
         parallel=parallel,
     )
-    if fp is not None and write is not None:
-        if fp.newest_mtime_ns > start - RACY_NS:
-            log.info(
-                "validation report of %s not cached: some of its files were modified in the "
-                "last %g s (the next command validates again)",
-                cohort,
-                RACY_NS / 1e9,
-            )
-        else:
-            _store(os.path.join(write, fp.key + ".json"), fp, rep)
+    if fp is not None and write is not None and settled(fp, start, "validation report", cohort):
+        _store(os.path.join(write, fp.key + ".json"), fp, rep)
     return rep
+
+
+def settled(fp: Fingerprint, start_ns: int, what: str, cohort: str) -> bool:
+    """Whether a result computed from ``start_ns`` on may be stored under ``fp`` (the racy-file
+    rule: no file modified within :data:`RACY_NS` before it); says so when not."""
+    if fp.newest_mtime_ns <= start_ns - RACY_NS:
+        return True
+    log.info(
+        "%s of %s not cached: some of its files were modified in the last %g s (the next "
+        "command computes it again)",
+        what,
+        cohort,
+        RACY_NS / 1e9,
+    )
+    return False
 
 
 def _load(path: str, fp: Fingerprint) -> CohortReport | None:
@@ -296,16 +307,16 @@ def _store(path: str, fp: Fingerprint, rep: CohortReport) -> None:
         log.warning("could not cache the validation report at %s: %s", path, short_error(e))
         return
     log.info("validation report cached at %s", path)
-    _prune(os.path.dirname(path))
+    prune(os.path.dirname(path), ".json")
 
 
-def _prune(folder: str) -> None:
-    """Keep the :data:`MAX_ENTRIES` most recently written reports of ``folder``."""
+def prune(folder: str, suffix: str) -> None:
+    """Keep the :data:`MAX_ENTRIES` most recently written ``*<suffix>`` entries of ``folder``."""
     try:
         entries = [
             e
             for e in os.scandir(folder)
-            if e.is_file() and e.name.endswith(".json") and not e.name.startswith(".")
+            if e.is_file() and e.name.endswith(suffix) and not e.name.startswith(".")
         ]
         entries.sort(key=lambda e: e.stat().st_mtime_ns, reverse=True)
         for e in entries[MAX_ENTRIES:]:

@@ -97,7 +97,8 @@ def _batch_sets(batches: list[dict[str, np.ndarray]]) -> list[tuple[int, ...]]:
 
 
 def test_fit_on_ray_equals_single_process(ray_local: None, smoke: str) -> None:
-    pipe = IngestPipeline(smoke, rows_per_unit=500)
+    # caches off: the Ray fit must scan, not reuse the single-process fit's totals
+    pipe = IngestPipeline(smoke, rows_per_unit=500, validation_cache="none")
     assert pipe.plan.mode == "row_groups" and pipe.plan.num_units >= 2
     single = pipe.fit()
     on_ray = pipe.fit(use_ray=True)
@@ -213,7 +214,12 @@ def test_hierarchical_ray_equals_single_process(ray_local: None, smoke: str) -> 
 def test_subjects_spanning_shards_take_the_hash_path(
     ray_local: None, smoke: str, spanning: str
 ) -> None:
-    pipe = IngestPipeline(spanning, DataConfig(cohort=spanning, batch_size=16), rows_per_unit=800)
+    pipe = IngestPipeline(
+        spanning,
+        DataConfig(cohort=spanning, batch_size=16),
+        rows_per_unit=800,
+        validation_cache="none",  # the Ray fit scans (no totals cached by the first fit)
+    )
     assert pipe.plan.mode == "hash" and pipe.plan.num_units >= 2
     assert any(p.check == "subject_spans_shards" for p in pipe.report.problems)
     single_fit = pipe.fit()
