@@ -1,10 +1,10 @@
 """A progress bar on the driver for a Ray Train run (edge module: Ray imported in functions).
 
 ``trainer.fit()`` blocks the driver while the workers run, possibly on other nodes, so rank 0
-pushes its progress to a tiny Ray actor (no CPU reserved) and a thread on the driver polls it
-and draws a ``tqdm`` bar: subjects done in the current epoch, the last epoch's loss and
-validation score. The updates are fire-and-forget and throttled, so the hot loop never waits on
-them; a lost update only makes the bar lag.
+pushes its progress to a tiny Ray actor (no CPU reserved, on the driver's node) and a thread on
+the driver polls it and draws a ``tqdm`` bar: subjects done in the current epoch, the last
+epoch's loss and validation score. The updates are fire-and-forget and throttled, so the hot
+loop never waits on them; a lost update only makes the bar lag.
 """
 
 from __future__ import annotations
@@ -134,8 +134,12 @@ class DriverProgress:
         if not self.enabled:
             return self
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.sink = ray.remote(num_cpus=0)(ProgressSink).remote()
+        # On the driver's node, as Ray Train pins its controller: a worker node lost mid-run
+        # (its workers replaced, docs/cluster.md) would otherwise take the bar's actor with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.sink = ray.remote(num_cpus=0)(ProgressSink).options(scheduling_strategy=here).remote()
         self._thread = threading.Thread(target=self._run, name="ehrsurv-progress", daemon=True)
         self._thread.start()
         return self
