@@ -1,4 +1,4 @@
-"""``ehrsurv bench ingest | throughput | models | losses``: benchmarks measured in one run.
+"""``ehrsurv bench ingest | throughput | scale | models | losses``: benchmarks measured in one run.
 
 Each writes bench.json (flat numbers) and SUMMARY.md to --out and prints the summary.
 """
@@ -151,10 +151,11 @@ def add_bench_parsers(sub: Subparsers) -> None:
         dest="bench",
         metavar="BENCH",
         required=True,
-        help="which benchmark to run: ingest, throughput, models, losses",
+        help="which benchmark to run: ingest, throughput, scale, models, losses",
     )
     _add_ingest_parser(bsub)
     _add_throughput_parser(bsub)
+    _add_scale_parser(bsub)
     for kind, desc in MODEL_BENCHES:
         _add_models_parser(bsub, kind, desc)
 
@@ -258,6 +259,93 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     print(
         f"train_overhead_ratio {res['train_overhead_ratio']:.2f}, data_wait_fraction "
         f"{res['data_wait_fraction']:.3f}; bench.json in {args.out}"
+    )
+    return EXIT_OK
+
+
+def _add_scale_parser(bsub: Subparsers) -> None:
+    bs = bsub.add_parser(
+        "scale",
+        help="the long preset at N and 10·N subjects: per-event cost and memory growth",
+        description="Synthesises the long preset at N and 10·N subjects and measures each size "
+        "in a fresh driver process with its own local Ray: validation, vocabulary scan and "
+        "train-split encoding in events/s, a bounded pretraining epoch in tokens/s, driver and "
+        "worker peak RSS and the object store's spilled MB; per_event_cost_growth (goal <= 1.2) "
+        "and the RSS growth (goal <= 10%%) with PASS/FAIL in SUMMARY.md (docs/benchmarks.md).",
+    )
+    bs.add_argument("--out", required=True, help=OUT_HELP + " (and the cohorts while measured)")
+    bs.add_argument(
+        "--subjects",
+        type=positive_int,
+        default=1000,
+        help="N, the smaller size (>= 10); the larger is 10·N (default 1000: ~2M and ~20M events)",
+    )
+    bs.add_argument("--seed", type=int, default=42, help="cohort and run seed (default 42)")
+    bs.add_argument(
+        "--steps",
+        type=positive_int,
+        default=30,
+        help="optimizer steps of the bounded pretraining epoch, the same at both sizes (default 30)",
+    )
+    bs.add_argument(
+        "--batch-size", **{**BATCH_SIZE, "default": 16, "help": "subjects per batch (default 16)"}
+    )
+    bs.add_argument(
+        "--max-seq-len", type=positive_int, default=512, help="data.max_seq_len (default 512)"
+    )
+    bs.add_argument(
+        "--cache",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="data.cache of the training run (default auto: cached when the splits fit half "
+        "of the object store)",
+    )
+    bs.add_argument(
+        "--object-store-mb",
+        type=positive_int,
+        default=1024,
+        help="object store of each size's local Ray, MB (default 1024)",
+    )
+    bs.add_argument(
+        "--num-cpus", type=positive_int, help="CPUs of each local Ray (default: all, >= 2)"
+    )
+    bs.add_argument("--keep", action="store_true", help="keep the cohorts (OUT/cohort_N)")
+    bs.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="time the stages cold (default: each size first runs them untimed on a 20-subject "
+        "cohort, so the rates leave out a fresh Ray's start-up)",
+    )
+    add_quiet(bs, "no progress lines")
+    bs.set_defaults(func=cmd_scale)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.bench.scale import run_scale_bench
+
+    res = run_scale_bench(
+        args.out,
+        args.subjects,
+        warmup=not args.no_warmup,
+        quiet=args.quiet,
+        progress=_progress("scale", args.quiet),
+        **pick(
+            args,
+            "seed",
+            "steps",
+            "batch_size",
+            "max_seq_len",
+            "cache",
+            "object_store_mb",
+            "num_cpus",
+            "keep",
+        ),
+    )
+    _print_summary(args.out, split_json=True)
+    print(
+        f"per_event_cost_growth {res['per_event_cost_growth']:.2f}, driver RSS growth "
+        f"{res['driver_rss_growth']:+.1%}, worker RSS growth {res['worker_rss_growth']:+.1%}; "
+        f"bench.json in {args.out}"
     )
     return EXIT_OK
 
