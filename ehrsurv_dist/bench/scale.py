@@ -152,7 +152,8 @@ def measure_size(cohort: str, work: str, opts: Mapping[str, Any], note: Note = _
             dt, subjects = _timed(lambda: _consume_blocks(pipe.dataset(S.TRAIN_SPLIT)))
             res.update(ingest_s=dt, ingest_events=int(train["tokens"]), ingest_subjects=subjects)
             store = float(ray.cluster_resources().get("object_store_memory", 0.0))
-            choice = decide_cache(opts["cache"], fit.stats, "flat", store)
+            setting = {"true": True, "false": False}.get(str(opts["cache"]), "auto")
+            choice = decide_cache(setting, fit.stats, "flat", store)
             res.update(
                 train_cached=int(choice.cache),
                 train_cache_estimate_mb=choice.estimate_bytes / 2**20,

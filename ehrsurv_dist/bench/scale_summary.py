@@ -7,12 +7,11 @@ No Ray and no I/O: :func:`scale_keys` turns the two sizes' measurements (what
 
 from __future__ import annotations
 
-import json
 import platform
 from collections.abc import Mapping
 from typing import Any
 
-from ehrsurv_dist.bench.table import cell
+from ehrsurv_dist.bench.table import cell, json_appendix
 
 STAGES = ("validate", "vocab", "ingest")  # the per-event stages of per_event_cost_growth
 COST_GROWTH_GOAL = 1.2  # seconds per event at 10·N ÷ at N
@@ -193,9 +192,6 @@ def scale_summary(r: Mapping[str, Any]) -> str:
         f"({r['steps']} steps of {r['batch_size']} subjects, max_seq_len {r['max_seq_len']})",
         f"- object store spilled at 10·N: {r['object_store_spilled_mb']:.0f} MB",
         "",
-        "```json",
-        json.dumps(dict(r), indent=2),
-        "```",
-        "",
+        *json_appendix(r),
     ]
     return "\n".join(lines)
