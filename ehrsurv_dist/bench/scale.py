@@ -290,6 +290,7 @@ def run_scale_bench(
     cache: str = "auto",
     object_store_mb: int = 1024,
     num_cpus: int | None = None,
+    shard_subjects: int = 500,
     keep: bool = False,
     warmup: bool = True,
     quiet: bool = False,
@@ -308,6 +309,10 @@ def run_scale_bench(
         cache: ``data.cache`` of the training run (``auto``, ``true``, ``false``).
         object_store_mb: object store of each size's local Ray.
         num_cpus: CPUs of each size's local Ray (default: the machine's, at least 2).
+        shard_subjects: subjects per Parquet shard of the cohorts (N and 10·N get the same
+            shard size, 10× the shards, as an extract that grows by more files: validation
+            reads one whole shard per task, so its memory follows the shard size); 0: the
+            generator's default (one shard per 5,000 subjects, at least 2).
         keep: keep the cohorts.
         warmup: before the timed stages of each size, run them once untimed on a
             :data:`WARMUP_SUBJECTS`-subject cohort (Ray workers started, modules imported), so
@@ -346,10 +351,11 @@ def run_scale_bench(
         for d in (cohort, work):
             shutil.rmtree(d, ignore_errors=True)
         progress(f"synthesising {n:,} subjects (long preset) into {cohort}")
-        syn = synthesize_long(cohort, subjects=n, seed=seed)
+        shards = None if not shard_subjects else max(1, -(-n // shard_subjects))
+        syn = synthesize_long(cohort, subjects=n, seed=seed, shards=shards)
         progress(f"{syn.rows:,} rows in {syn.seconds:.1f} s; measuring in a fresh process")
         m = run_size(cohort, work, opts, quiet=quiet)
-        m.update(subjects=n, synth_s=syn.seconds)
+        m.update(subjects=n, synth_s=syn.seconds, shards=syn.shards)
         measured.append(m)
         shutil.rmtree(work, ignore_errors=True)
         if not keep:

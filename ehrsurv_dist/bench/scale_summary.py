@@ -22,6 +22,7 @@ SIZES = ("n", "10n")  # key suffixes of the two sizes
 PER_SIZE = (
     "subjects",
     "events",
+    "shards",
     "validate_s",
     "validate_events",
     "validate_events_per_s",
@@ -128,6 +129,7 @@ def scale_summary(r: Mapping[str, Any]) -> str:
     rows = (
         ("subjects", "subjects", 0),
         ("events (cohort rows)", "events", 0),
+        ("Parquet shards", "shards", 0),
         ("validate events/s (scan, no cache)", "validate_events_per_s", 0),
         ("vocabulary events/s (Ray scan)", "vocab_events_per_s", 0),
         ("ingest events/s (train split encoded)", "ingest_events_per_s", 0),

@@ -319,6 +319,16 @@ SCALE_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         "--num-cpus",
         {"type": positive_int, "help": "CPUs of each size's local Ray (default: all, at least 2)"},
     ),
+    (
+        "--shard-subjects",
+        {
+            "type": int,
+            "default": 500,
+            "help": "subjects per Parquet shard of both cohorts, so 10·N has 10x the shards of "
+            "the same size (default 500); 0: the generator's default (a shard per 5,000 "
+            "subjects, at least 2: shards then grow with the cohort)",
+        },
+    ),
     ("--keep", {"action": "store_true", "help": "keep the cohorts (OUT/cohort_N)"}),
     (
         "--no-warmup",
@@ -343,7 +353,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
     from ehrsurv_dist.bench.scale import run_scale_bench
 
     kw = pick(args, "subjects", "seed", "steps", "batch_size", "max_seq_len", "cache", "keep")
-    kw.update(pick(args, "object_store_mb", "num_cpus", "quiet"), warmup=not args.no_warmup)
+    kw.update(pick(args, "object_store_mb", "num_cpus", "shard_subjects", "quiet"))
+    kw["warmup"] = not args.no_warmup
     res = run_scale_bench(args.out, progress=_progress("scale", args.quiet), **kw)
     _print_summary(args.out, split_json=True)
     print(

@@ -151,4 +151,4 @@ def test_cli_options() -> None:
     )
     assert (args.subjects, args.steps, args.keep, args.no_warmup) == (20, 2, True, False)
     assert (args.batch_size, args.max_seq_len, args.cache) == (16, 512, "auto")
-    assert args.object_store_mb == 1024 and args.seed == 42
+    assert args.object_store_mb == 1024 and args.seed == 42 and args.shard_subjects == 500
