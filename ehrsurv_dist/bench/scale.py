@@ -25,7 +25,8 @@ size alone. In that process, one stage after another:
   and tuning splits were materialised in the object store before the epoch).
 
 Memory: ``driver_peak_rss_mb`` is the size process's ``ru_maxrss`` (its lifetime peak: every
-stage, the train run's driver side included); ``worker_peak_rss_mb`` the largest peak resident
+stage, the train run's driver side included; ``driver_peak_rss_after_<stage>_mb`` the same
+after each of the first three stages, to see which one set it); ``worker_peak_rss_mb`` the largest peak resident
 set (``VmHWM``) of any Ray worker process below it (Ray Data tasks, Ray Train workers; command
 line ``ray::…``), sampled from ``/proc`` every 0.2 s (:class:`WorkerMemory`). Pages of the
 object store a process touched count in its resident set. ``object_store_spilled_mb`` /
@@ -96,6 +97,11 @@ def spilled_mb() -> tuple[float, float]:
     return st.spilled_bytes_total / 2**20, st.restored_bytes_total / 2**20
 
 
+def _maxrss_mb() -> float:
+    """This process's peak resident set so far (``ru_maxrss``), MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
@@ -143,14 +149,17 @@ def measure_size(cohort: str, work: str, opts: Mapping[str, Any], note: Note = _
                 )
             )
             res.update(validate_s=dt, validate_events=report.n_rows, events=report.n_rows)
+            res["driver_peak_rss_after_validate_mb"] = _maxrss_mb()
             note(f"validated {report.n_rows:,} rows in {dt:.1f} s; vocabulary scan (Ray Data)")
             pipe = IngestPipeline(cohort, cfg_of(cohort), report=report, require_outcomes=False)
             dt, fit = _timed(lambda: pipe.fit(use_ray=True))
             train = fit.stats[S.TRAIN_SPLIT]
             res.update(vocab_s=dt, vocab_events=report.n_rows)
+            res["driver_peak_rss_after_vocab_mb"] = _maxrss_mb()
             note(f"vocabulary of {fit.vocab.size:,} in {dt:.1f} s; encoding the train split")
             dt, subjects = _timed(lambda: _consume_blocks(pipe.dataset(S.TRAIN_SPLIT)))
             res.update(ingest_s=dt, ingest_events=int(train["tokens"]), ingest_subjects=subjects)
+            res["driver_peak_rss_after_ingest_mb"] = _maxrss_mb()
             store = float(ray.cluster_resources().get("object_store_memory", 0.0))
             setting = {"true": True, "false": False}.get(str(opts["cache"]), "auto")
             choice = decide_cache(setting, fit.stats, "flat", store)
@@ -178,7 +187,7 @@ def measure_size(cohort: str, work: str, opts: Mapping[str, Any], note: Note = _
         ray.shutdown()
     for s in ("validate", "vocab", "ingest"):
         res[f"{s}_events_per_s"] = res[f"{s}_events"] / res[f"{s}_s"]
-    res["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    res["driver_peak_rss_mb"] = _maxrss_mb()
     res.update(worker_memory(mem))
     res["size_wall_s"] = time.perf_counter() - t_all
     return res
@@ -311,7 +320,8 @@ def run_scale_bench(
         num_cpus: CPUs of each size's local Ray (default: the machine's, at least 2).
         shard_subjects: subjects per Parquet shard of the cohorts (N and 10·N get the same
             shard size, 10× the shards, as an extract that grows by more files: validation
-            reads one whole shard per task, so its memory follows the shard size); 0: the
+            reads one whole shard at a time, in the driver below 256 MB of Parquet, so the
+            driver's peak follows the shard size); 0: the
             generator's default (one shard per 5,000 subjects, at least 2).
         keep: keep the cohorts.
         warmup: before the timed stages of each size, run them once untimed on a

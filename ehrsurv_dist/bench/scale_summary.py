@@ -41,6 +41,9 @@ PER_SIZE = (
     "train_cached",
     "train_cache_estimate_mb",
     "driver_peak_rss_mb",
+    "driver_peak_rss_after_validate_mb",
+    "driver_peak_rss_after_vocab_mb",
+    "driver_peak_rss_after_ingest_mb",
     "worker_peak_rss_mb",
     "worker_peak_private_mb",
     "train_worker_peak_rss_mb",
@@ -138,6 +141,7 @@ def scale_summary(r: Mapping[str, Any]) -> str:
         ("train epoch s / steps", None, 0),
         ("train splits cached (data.cache)", "train_cached", 0),
         ("driver peak RSS MB", "driver_peak_rss_mb", 0),
+        ("… after validate / vocab / ingest", None, 4),
         ("worker peak RSS MB (largest Ray worker, VmHWM)", "worker_peak_rss_mb", 0),
         ("… Ray Train worker / other Ray workers", None, 2),
         ("worker peak private RSS MB (no object-store pages)", "worker_peak_private_mb", 0),
@@ -151,6 +155,8 @@ def scale_summary(r: Mapping[str, Any]) -> str:
     def value(key: str | None, suffix: str, nd: int) -> str:
         if key is None and nd == 0:
             return f"{r[f'train_epoch_s_{suffix}']:.1f} / {r[f'train_steps_{suffix}']}"
+        if key is None and nd == 4:
+            return " / ".join(f"{r[f'driver_peak_rss_after_{s}_mb_{suffix}']:,.0f}" for s in STAGES)
         if key is None and nd in (2, 3):
             kind = "rss" if nd == 2 else "private"
             return " / ".join(
