@@ -6,7 +6,8 @@ object store ``object_store_mb``), so that the driver's and the workers' peaks b
 size alone. In that process, one stage after another:
 
 - ``validate``: :func:`~ehrsurv_dist.data.validation_cache.validate_cached` with
-  ``refresh=True`` (always a full scan; shards checked as Ray tasks, as the pipeline does),
+  ``refresh=True`` (always a full scan; the shards checked as the pipeline does: one after
+  another in the driver below ``validate.PARALLEL_MIN_BYTES`` of Parquet, as Ray tasks above),
   the report stored in a bench-private cache so that the training run below reuses it;
   events = the cohort's rows (``report.n_rows``).
 - ``vocab``: ``IngestPipeline(...).fit(use_ray=True)``, the vocabulary and statistics scan of
@@ -21,7 +22,8 @@ size alone. In that process, one stage after another:
   cohort; ``train_tokens_per_s`` / ``train_subjects_per_s`` / ``train_epoch_s`` are the run's
   own history. The run still fits the vocabulary again (its pre-flight) and validates on the
   whole tuning split (15% of the subjects) after the epoch: those are in ``train_wall_s``,
-  not in the rates. ``train_cached`` is ``data.cache``'s decision for the run (1: the train
+  not in the rates. The first three stages run ``repeats`` rounds back to back and the rates use
+each stage's best round (``*_median_s``: the medians). ``train_cached`` is ``data.cache``'s decision for the run (1: the train
   and tuning splits were materialised in the object store before the epoch).
 
 Memory: ``driver_peak_rss_mb`` is the size process's ``ru_maxrss`` (its lifetime peak: every
@@ -41,6 +43,7 @@ import os
 import queue
 import resource
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -49,7 +52,7 @@ from typing import Any
 from ehrsurv_dist import atomic
 from ehrsurv_dist import schema as S
 from ehrsurv_dist.bench.local_ray import start_local_ray
-from ehrsurv_dist.bench.scale_summary import scale_keys, scale_summary
+from ehrsurv_dist.bench.scale_summary import STAGES, scale_keys, scale_summary
 from ehrsurv_dist.bench.throughput.memory import WorkerMemory
 from ehrsurv_dist.errors import EhrsurvError
 
@@ -102,9 +105,9 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return time.perf_counter() - t0, out
 
 
@@ -122,8 +125,6 @@ def measure_size(cohort: str, work: str, opts: Mapping[str, Any], note: Note = _
 
     from ehrsurv_dist.config import DataConfig, load_config
     from ehrsurv_dist.data.cache_plan import decide_cache
-    from ehrsurv_dist.data.pipeline import IngestPipeline, ray_validation_mapper
-    from ehrsurv_dist.data.validation_cache import validate_cached
     from ehrsurv_dist.jobspec import JobSpec
     from ehrsurv_dist.train.launch import run_training
 
@@ -142,24 +143,8 @@ def measure_size(cohort: str, work: str, opts: Mapping[str, Any], note: Note = _
                 res["warmup_s"] = _timed(lambda: _warm_up(opts["warmup"], cfg_of(opts["warmup"])))[
                     0
                 ]
-            note("validating (full scan, Ray tasks)")
-            dt, report = _timed(
-                lambda: validate_cached(
-                    cohort, parallel=ray_validation_mapper(), cache=cache_dir, refresh=True
-                )
-            )
-            res.update(validate_s=dt, validate_events=report.n_rows, events=report.n_rows)
-            res["driver_peak_rss_after_validate_mb"] = _maxrss_mb()
-            note(f"validated {report.n_rows:,} rows in {dt:.1f} s; vocabulary scan (Ray Data)")
-            pipe = IngestPipeline(cohort, cfg_of(cohort), report=report, require_outcomes=False)
-            dt, fit = _timed(lambda: pipe.fit(use_ray=True))
-            train = fit.stats[S.TRAIN_SPLIT]
-            res.update(vocab_s=dt, vocab_events=report.n_rows)
-            res["driver_peak_rss_after_vocab_mb"] = _maxrss_mb()
-            note(f"vocabulary of {fit.vocab.size:,} in {dt:.1f} s; encoding the train split")
-            dt, subjects = _timed(lambda: _consume_blocks(pipe.dataset(S.TRAIN_SPLIT)))
-            res.update(ingest_s=dt, ingest_events=int(train["tokens"]), ingest_subjects=subjects)
-            res["driver_peak_rss_after_ingest_mb"] = _maxrss_mb()
+            stage_res, fit = _stage_rounds(cohort, cfg_of(cohort), cache_dir, opts, note)
+            res.update(stage_res)
             store = float(ray.cluster_resources().get("object_store_memory", 0.0))
             setting = {"true": True, "false": False}.get(str(opts["cache"]), "auto")
             choice = decide_cache(setting, fit.stats, "flat", store)
@@ -168,7 +153,7 @@ def measure_size(cohort: str, work: str, opts: Mapping[str, Any], note: Note = _
                 train_cache_estimate_mb=choice.estimate_bytes / 2**20,
                 object_store_mb=store / 2**20,
             )
-            note(f"encoded {subjects:,} train subjects in {dt:.1f} s; training ({choice.reason})")
+            note(f"training ({choice.reason})")
             spec = load_config(JobSpec, None, bench_overrides(cohort, opts))
             dt, run = _timed(
                 lambda: run_training(spec, "pretrain", os.path.join(work, "run"), progress=False)
@@ -214,6 +199,45 @@ def _start_ray(
             if attempt == tries:
                 raise EhrsurvError(f"could not start a local Ray in {tries} tries: {e}") from e
             note(f"local Ray did not start ({e}); trying again")
+
+
+def _stage_rounds(
+    cohort: str, cfg: Any, cache_dir: str, opts: Mapping[str, Any], note: Note
+) -> tuple[dict[str, Any], Any]:
+    """validate, vocab and ingest back to back, ``opts["repeats"]`` rounds: their best and
+    median seconds, their events, and the driver's peak after each stage's first round.
+
+    Returns:
+        (the keys, the vocabulary scan's ``IngestFit``)
+    """
+    from ehrsurv_dist.data.pipeline import IngestPipeline, ray_validation_mapper
+    from ehrsurv_dist.data.validation_cache import validate_cached
+
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    res: dict[str, Any] = {}
+    for rnd in range(int(opts.get("repeats", 1))):
+        dt, report = _timed(
+            lambda: validate_cached(
+                cohort, parallel=ray_validation_mapper(), cache=cache_dir, refresh=True
+            )
+        )
+        times["validate"].append(dt)
+        res.setdefault("driver_peak_rss_after_validate_mb", _maxrss_mb())
+        pipe = IngestPipeline(cohort, cfg, report=report, require_outcomes=False)
+        dt, fit = _timed(pipe.fit, use_ray=True)
+        times["vocab"].append(dt)
+        res.setdefault("driver_peak_rss_after_vocab_mb", _maxrss_mb())
+        dt, subjects = _timed(_consume_blocks, pipe.dataset(S.TRAIN_SPLIT))
+        times["ingest"].append(dt)
+        res.setdefault("driver_peak_rss_after_ingest_mb", _maxrss_mb())
+        secs = ", ".join(f"{s} {times[s][-1]:.1f} s" for s in STAGES)
+        note(f"round {rnd + 1}: {secs} ({report.n_rows:,} rows, {subjects:,} train subjects)")
+    res.update({f"{s}_s": min(v) for s, v in times.items()})
+    res.update({f"{s}_median_s": statistics.median(v) for s, v in times.items()})
+    rows = report.n_rows
+    res.update(validate_events=rows, vocab_events=rows, events=rows, ingest_subjects=subjects)
+    res["ingest_events"] = int(fit.stats[S.TRAIN_SPLIT]["tokens"])
+    return res, fit
 
 
 def worker_memory(mem: WorkerMemory) -> dict[str, float]:
@@ -299,6 +323,7 @@ def run_scale_bench(
     cache: str = "auto",
     object_store_mb: int = 1024,
     num_cpus: int | None = None,
+    repeats: int = 3,
     shard_subjects: int = 500,
     keep: bool = False,
     warmup: bool = True,
@@ -318,6 +343,8 @@ def run_scale_bench(
         cache: ``data.cache`` of the training run (``auto``, ``true``, ``false``).
         object_store_mb: object store of each size's local Ray.
         num_cpus: CPUs of each size's local Ray (default: the machine's, at least 2).
+        repeats: rounds of validate, vocab and ingest per size; the rates use each stage's
+            best round (``*_median_s`` keep the medians), as the other benches do.
         shard_subjects: subjects per Parquet shard of the cohorts (N and 10·N get the same
             shard size, 10× the shards, as an extract that grows by more files: validation
             reads one whole shard at a time, in the driver below 256 MB of Parquet, so the
@@ -347,6 +374,7 @@ def run_scale_bench(
         "object_store_mb": object_store_mb,
         "seed": seed,
         "num_cpus": cpus,
+        "repeats": repeats,
     }
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -380,6 +408,7 @@ def run_scale_bench(
             "batch_size": batch_size,
             "max_seq_len": max_seq_len,
             "num_cpus": cpus,
+            "repeats": repeats,
             "load_avg_1m_at_start": load0,
             "load_avg_1m_at_end": os.getloadavg()[0],
             "wall_s": time.perf_counter() - t0,

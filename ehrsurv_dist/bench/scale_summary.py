@@ -24,12 +24,15 @@ PER_SIZE = (
     "events",
     "shards",
     "validate_s",
+    "validate_median_s",
     "validate_events",
     "validate_events_per_s",
     "vocab_s",
+    "vocab_median_s",
     "vocab_events",
     "vocab_events_per_s",
     "ingest_s",
+    "ingest_median_s",
     "ingest_events",
     "ingest_events_per_s",
     "ingest_subjects",
@@ -148,7 +151,7 @@ def scale_summary(r: Mapping[str, Any]) -> str:
         ("… Ray Train worker / other Ray workers", None, 3),
         ("object store spilled MB", "object_store_spilled_mb", 0),
         ("object store MB", "object_store_mb", 0),
-        ("seconds: validate / vocab / ingest", None, 1),
+        ("seconds: validate / vocab / ingest (best round)", None, 1),
         ("seconds: whole size (train run included)", "size_wall_s", 0),
     )
 
@@ -175,7 +178,7 @@ def scale_summary(r: Mapping[str, Any]) -> str:
         f"seed {r['seed']}, each size in a fresh driver process with its own local Ray "
         f"({r['num_cpus']} CPUs); {platform.machine()} {platform.system()}, load average "
         f"{r['load_avg_1m_at_start']:.2f} at start, {r['load_avg_1m_at_end']:.2f} at the end; "
-        f"{r['wall_s']:.0f} s in all.",
+        f"{r['wall_s']:.0f} s in all; validate, vocab and ingest: best of {r['repeats']} rounds.",
         "",
         "| | N | 10·N | 10·N ÷ N |",
         "|---|---:|---:|---:|",

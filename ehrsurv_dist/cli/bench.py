@@ -329,6 +329,15 @@ SCALE_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
             "subjects, at least 2: shards then grow with the cohort)",
         },
     ),
+    (
+        "--repeats",
+        {
+            "type": positive_int,
+            "default": 3,
+            "help": "rounds of validate, vocab and ingest per size; rates use each stage's best "
+            "(default 3)",
+        },
+    ),
     ("--keep", {"action": "store_true", "help": "keep the cohorts (OUT/cohort_N)"}),
     (
         "--no-warmup",
@@ -353,7 +362,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     from ehrsurv_dist.bench.scale import run_scale_bench
 
     kw = pick(args, "subjects", "seed", "steps", "batch_size", "max_seq_len", "cache", "keep")
-    kw.update(pick(args, "object_store_mb", "num_cpus", "shard_subjects", "quiet"))
+    kw.update(pick(args, "object_store_mb", "num_cpus", "shard_subjects", "repeats", "quiet"))
     kw["warmup"] = not args.no_warmup
     res = run_scale_bench(args.out, progress=_progress("scale", args.quiet), **kw)
     _print_summary(args.out, split_json=True)

@@ -44,6 +44,7 @@ def _keys(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
         batch_size=16,
         max_seq_len=512,
         num_cpus=2,
+        repeats=3,
         load_avg_1m_at_start=5.0,
         load_avg_1m_at_end=6.0,
         wall_s=900.0,
