@@ -10,13 +10,15 @@ what they say is kept off the console.
 from __future__ import annotations
 
 
-def start_local_ray(num_cpus: int) -> None:
-    """``ray.init`` a fresh local Ray of ``num_cpus`` logical CPUs and quiet Ray Data."""
+def start_local_ray(num_cpus: int, object_store_mb: int | None = None) -> None:
+    """``ray.init`` a fresh local Ray of ``num_cpus`` logical CPUs (and an object store of
+    ``object_store_mb``, None: Ray's default) and quiet Ray Data."""
     import ray  # the edge: only callers that start Ray pay for the import
 
     ray.init(
         address="local",
         num_cpus=num_cpus,
+        object_store_memory=None if object_store_mb is None else object_store_mb * 2**20,
         include_dashboard=False,
         log_to_driver=True,
         configure_logging=False,

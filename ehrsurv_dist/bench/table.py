@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -31,3 +33,8 @@ def difference(a: Any, b: Any) -> float | None:
     if a is None or b is None:
         return None
     return float(a) - float(b)
+
+
+def json_appendix(r: Mapping[str, Any]) -> list[str]:
+    """The closing lines of a ``SUMMARY.md``: ``bench.json``'s content as a JSON block."""
+    return ["```json", json.dumps(dict(r), indent=2), "```", ""]

@@ -1,4 +1,4 @@
-"""``ehrsurv bench ingest | throughput | models | losses``: benchmarks measured in one run.
+"""``ehrsurv bench ingest | throughput | scale | models | losses``: benchmarks measured in one run.
 
 Each writes bench.json (flat numbers) and SUMMARY.md to --out and prints the summary.
 """
@@ -151,10 +151,11 @@ def add_bench_parsers(sub: Subparsers) -> None:
         dest="bench",
         metavar="BENCH",
         required=True,
-        help="which benchmark to run: ingest, throughput, models, losses",
+        help="which benchmark to run: ingest, throughput, scale, models, losses",
     )
     _add_ingest_parser(bsub)
     _add_throughput_parser(bsub)
+    _add_scale_parser(bsub)
     for kind, desc in MODEL_BENCHES:
         _add_models_parser(bsub, kind, desc)
 
@@ -258,6 +259,117 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     print(
         f"train_overhead_ratio {res['train_overhead_ratio']:.2f}, data_wait_fraction "
         f"{res['data_wait_fraction']:.3f}; bench.json in {args.out}"
+    )
+    return EXIT_OK
+
+
+SCALE_HELP = "the long preset at N and 10·N subjects: per-event cost and memory growth"
+SCALE_DESCRIPTION = (
+    "Synthesises the long preset at N and 10·N subjects and measures each size in a fresh "
+    "driver process with its own local Ray: validation, vocabulary scan and train-split encoding "
+    "in events/s, a bounded pretraining epoch in tokens/s, driver and worker peak RSS and the "
+    "object store's spilled MB; per_event_cost_growth (goal <= 1.2) and the RSS growth (goal "
+    "<= 10%) with PASS/FAIL in SUMMARY.md (docs/benchmarks.md)."
+)
+# `bench scale`'s options in --help order: (option, add_argument keywords)
+SCALE_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--out", {"required": True, "help": OUT_HELP + " (and the cohorts while they are measured)"}),
+    (
+        "--subjects",
+        {
+            "type": positive_int,
+            "default": 1000,
+            "help": "N, the smaller size (>= 10); the larger is 10·N (default 1000: ~2M and "
+            "~20M events)",
+        },
+    ),
+    ("--seed", {"type": int, "default": 42, "help": "cohort and run seed (default 42)"}),
+    (
+        "--steps",
+        {
+            "type": positive_int,
+            "default": 30,
+            "help": "optimizer steps of the bounded pretraining epoch, the same at both sizes "
+            "(default 30)",
+        },
+    ),
+    ("--batch-size", {**BATCH_SIZE, "default": 16, "help": "subjects per batch (default 16)"}),
+    (
+        "--max-seq-len",
+        {"type": positive_int, "default": 512, "help": "data.max_seq_len (default 512)"},
+    ),
+    (
+        "--cache",
+        {
+            "choices": ["auto", "true", "false"],
+            "default": "auto",
+            "help": "data.cache of the training run (default auto: cached when the splits fit "
+            "half of the object store)",
+        },
+    ),
+    (
+        "--object-store-mb",
+        {
+            "type": positive_int,
+            "default": 1024,
+            "help": "object store of each size's local Ray, MB (default 1024)",
+        },
+    ),
+    (
+        "--num-cpus",
+        {"type": positive_int, "help": "CPUs of each size's local Ray (default: all, at least 2)"},
+    ),
+    (
+        "--shard-subjects",
+        {
+            "type": int,
+            "default": 500,
+            "help": "subjects per Parquet shard of both cohorts, so 10·N has 10x the shards of "
+            "the same size (default 500); 0: the generator's default (a shard per 5,000 "
+            "subjects, at least 2: shards then grow with the cohort)",
+        },
+    ),
+    (
+        "--repeats",
+        {
+            "type": positive_int,
+            "default": 3,
+            "help": "rounds of validate, vocab and ingest per size; rates use each stage's best "
+            "(default 3)",
+        },
+    ),
+    ("--keep", {"action": "store_true", "help": "keep the cohorts (OUT/cohort_N)"}),
+    (
+        "--no-warmup",
+        {
+            "action": "store_true",
+            "help": "time the stages cold (default: each size first runs them untimed on a "
+            "20-subject cohort, so the rates leave out a fresh Ray's start-up)",
+        },
+    ),
+    ("--quiet", {"action": "store_true", "help": "no progress lines"}),
+)
+
+
+def _add_scale_parser(bsub: Subparsers) -> None:
+    bs = bsub.add_parser("scale", help=SCALE_HELP, description=SCALE_DESCRIPTION)
+    for option, kwargs in SCALE_OPTIONS:
+        bs.add_argument(option, **kwargs)
+    bs.set_defaults(func=cmd_scale)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from ehrsurv_dist.bench.scale import run_scale_bench
+
+    kw = pick(args, "subjects", "seed", "steps", "batch_size", "max_seq_len", "cache", "keep")
+    kw.update(pick(args, "object_store_mb", "num_cpus", "shard_subjects", "repeats", "quiet"))
+    kw["warmup"] = not args.no_warmup
+    res = run_scale_bench(args.out, progress=_progress("scale", args.quiet), **kw)
+    _print_summary(args.out, split_json=True)
+    print(
+        f"per_event_cost_growth {res['per_event_cost_growth']:.2f}, driver RSS growth "
+        f"{res['driver_rss_growth']:+.1%}, worker RSS growth {res['worker_rss_growth']:+.1%}; "
+        f"bench.json in {args.out}"
     )
     return EXIT_OK
 

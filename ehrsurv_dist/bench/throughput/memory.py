@@ -26,16 +26,25 @@ def model_state_bytes_per_rank(params: int, stage: int, world: int) -> float:
     return params * (weights + grads + adam)
 
 
-def _vm_hwm_mb(pid: int) -> float | None:
-    """Peak resident set (``VmHWM``) of a process in MB, None if it is gone or unreadable."""
+def _status_kb(pid: int, fields: tuple[str, ...]) -> dict[str, int] | None:
+    """The ``fields`` (e.g. ``VmHWM``) of ``/proc/PID/status`` in kB, None if the process is
+    gone or unreadable."""
+    out: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
+                key = line.split(":", 1)[0]
+                if key in fields:
+                    out[key] = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
         return None
-    return None
+    return out
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    """Peak resident set (``VmHWM``) of a process in MB, None if it is gone or unreadable."""
+    kb = _status_kb(pid, ("VmHWM",))
+    return None if not kb or "VmHWM" not in kb else kb["VmHWM"] / 1024.0
 
 
 def _vm_rss_mb() -> float:
@@ -80,18 +89,24 @@ class RssRise:
 
 
 class WorkerMemory:
-    """Peak resident memory of the Ray Train worker processes started below this process.
+    """Peak resident memory of the Ray worker processes started below this process.
 
     A thread walks this process's descendants every ``every_s`` seconds (the local Ray's raylet
     is our child and its workers are its children, so other users' Ray clusters on the same
-    machine are never counted) and keeps, per worker process, the largest ``VmHWM`` seen (the
-    kernel's own high-water mark, so short peaks between samples are not missed).
+    machine are never counted) and keeps, per process whose command line holds ``marker``
+    (default: Ray Train workers; ``"ray::"``: every Ray worker), the largest ``VmHWM`` seen
+    (``peaks``: the kernel's own high-water mark, so short peaks between samples are not
+    missed; it counts the object-store pages the process mapped), the largest private resident
+    set sampled (``private_peaks``: ``RssAnon`` + ``RssFile``, without shared memory such as
+    the object store) and its process title (``titles``, e.g. ``ray::RayTrainWorker``).
     """
 
     def __init__(self, marker: str = WORKER_MARKER, every_s: float = 0.2) -> None:
         self.marker = marker
         self.every_s = every_s
         self.peaks: dict[int, float] = {}
+        self.private_peaks: dict[int, float] = {}
+        self.titles: dict[int, str] = {}
         self._stop = threading.Event()
         self._t: threading.Thread | None = None
 
@@ -103,10 +118,15 @@ class WorkerMemory:
                 cmd = " ".join(p.cmdline())
             except (psutil.Error, OSError):
                 continue
-            if self.marker in cmd:
-                hwm = _vm_hwm_mb(p.pid)
-                if hwm is not None:
-                    self.peaks[p.pid] = max(self.peaks.get(p.pid, 0.0), hwm)
+            if self.marker not in cmd:
+                continue
+            kb = _status_kb(p.pid, ("VmHWM", "RssAnon", "RssFile"))
+            if not kb or "VmHWM" not in kb:
+                continue
+            self.peaks[p.pid] = max(self.peaks.get(p.pid, 0.0), kb["VmHWM"] / 1024.0)
+            private = (kb.get("RssAnon", 0) + kb.get("RssFile", 0)) / 1024.0
+            self.private_peaks[p.pid] = max(self.private_peaks.get(p.pid, 0.0), private)
+            self.titles[p.pid] = cmd.split()[0] if cmd.split() else ""
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ehrsurv_dist.bench.table import json_appendix
 
 REQUIRED_KEYS = (
     "train_overhead_ratio",
@@ -146,9 +147,6 @@ def summary(r: Mapping[str, Any], cohort: str, size: str, stages: Sequence[int])
         f"- measured forward + backward: flat {r['flat_fwd_bwd_ms']:.0f} ms, hierarchical "
         f"{r['hier_fwd_bwd_ms']:.1f} ms: **×{r['flat_hier_time_ratio']:.1f}**",
         "",
-        "```json",
-        json.dumps(dict(r), indent=2),
-        "```",
-        "",
+        *json_appendix(r),
     ]
     return "\n".join(lines)
