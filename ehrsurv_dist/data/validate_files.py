@@ -75,6 +75,10 @@ def check_file(path: str, fs: Any) -> FileCheck:
     """Check one shard and summarise it (reads only this shard; never raises for bad data)."""
     rep = CohortReport(cohort="", outcomes=None)
     summ, codes = _check_file(rep, path, fs)
+    # The shard's Arrow buffers are freed now, but Arrow's allocator keeps their pages for
+    # reuse: checked one after another (the serial scan), a cohort of 20 shards peaked ~60 MB
+    # higher than with the pages handed back after each (bench scale, docs/benchmarks.md).
+    pa.default_memory_pool().release_unused()
     return FileCheck(
         path, rep.problems, rep.bad_subjects, rep.n_rows, rep.n_static_rows, summ, codes
     )
