@@ -223,7 +223,10 @@ def _stage_rounds(
         )
         times["validate"].append(dt)
         res.setdefault("driver_peak_rss_after_validate_mb", _maxrss_mb())
-        pipe = IngestPipeline(cohort, cfg, report=report, require_outcomes=False)
+        # caches off: every round scans (the scan cache would answer rounds 2 and later)
+        pipe = IngestPipeline(
+            cohort, cfg, report=report, require_outcomes=False, validation_cache="none"
+        )
         dt, fit = _timed(pipe.fit, use_ray=True)
         times["vocab"].append(dt)
         res.setdefault("driver_peak_rss_after_vocab_mb", _maxrss_mb())
@@ -266,7 +269,9 @@ def _warm_up(cohort: str, cfg: Any) -> None:
     from ehrsurv_dist.data.validation_cache import validate_cached
 
     report = validate_cached(cohort, parallel=ray_validation_mapper(), cache="none")
-    pipe = IngestPipeline(cohort, cfg, report=report, require_outcomes=False)
+    pipe = IngestPipeline(
+        cohort, cfg, report=report, require_outcomes=False, validation_cache="none"
+    )
     pipe.fit(use_ray=True)
     _consume_blocks(pipe.dataset(S.TRAIN_SPLIT))
 
