@@ -50,8 +50,8 @@ def encoded_bytes(stats: Mapping[str, Mapping[str, int]], layout: str) -> int:
     per_token = BYTES_PER_TOKEN[layout]
     per_visit = BYTES_PER_VISIT[layout]
     return sum(
-        per_token * int(stats[s].get("tokens_kept", stats[s]["tokens"]))
-        + per_visit * int(stats[s].get("visits_kept", 0))
+        per_token * int(stats[s]["tokens_kept"])
+        + per_visit * int(stats[s]["visits_kept"])
         + BYTES_PER_ROW * int(stats[s]["subjects"])
         for s in SPLITS
         if s in stats

@@ -265,7 +265,6 @@ def run_training(
             discard_new_run(out, created)
         raise
     config = _worker_config(spec, mode, fit, pipe, init_export)
-    config["cache"] = cache_choice(spec, fit)
     target = tracking.open_run(spec, out, mode, within=tracking_within)
     if target is not None:
         from ehrsurv_dist.train.tracking_callback import TrackingCallback
@@ -393,6 +392,8 @@ def _worker_config(
         # Splits Ray Train divides between the workers (anew every epoch); the others every
         # worker reads whole, so it may keep their blocks (worker.py).
         "divided_splits": _divided_splits(spec),
+        # data.cache as decided on the connected cluster (auto: by the splits' size)
+        "cache": cache_choice(spec, fit),
         # Fault injection for the recovery tests: the last rank raises after reporting this
         # epoch, once (not after a resume). Unset in normal use.
         "fault_after_epoch": _env_int("EHRSURV_FAULT_AFTER_EPOCH"),

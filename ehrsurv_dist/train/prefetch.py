@@ -44,10 +44,16 @@ def _produce(items: Iterable[object], q: queue.Queue[object], stop: threading.Ev
     finally:
         # Stopped early (a bounded epoch, early stopping): the source stops now, in this
         # thread, instead of whenever it is collected (a Ray Data read would run on).
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+        close_source(items)
     put(_END)
+
+
+def close_source(items: Iterable[object]) -> None:
+    """Close ``items`` if it can be closed (a generator, a :class:`Prefetch`): a reader left
+    part-way stops now instead of whenever it is collected."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
 
 
 class Prefetch(Iterator[T]):

@@ -56,7 +56,7 @@ from ehrsurv_dist.train.loop import (
     synchronized,
     train_epoch,
 )
-from ehrsurv_dist.train.prefetch import prefetch
+from ehrsurv_dist.train.prefetch import close_source, prefetch
 from ehrsurv_dist.train.progress import StepReporter
 from ehrsurv_dist.train.steplog import StepLog
 from ehrsurv_dist.train.tasks import build_task
@@ -170,7 +170,7 @@ def rank_shards(rc: RankContext) -> tuple[KeptShard, KeptShard]:
 
     spec = rc.spec
     # data.cache as the driver decided it (auto resolved by the splits' size: launch.py)
-    keep = int(spec.data.worker_cache_mb * 2**20) if rc.config.get("cache", True) else 0
+    keep = int(spec.data.worker_cache_mb * 2**20) if rc.config["cache"] else 0
 
     def shard(split: str) -> KeptShard:
         whole = split not in rc.config["divided_splits"]
@@ -215,9 +215,7 @@ def run_epoch(
     try:
         res = train_epoch(engine, task, grouped, rc.device, epoch, hooks=hooks)
     finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+        close_source(batches)
     if res.steps == 0:
         log.warning(
             "epoch %d, rank %d: no training step (this rank read %d train batch(es) of "
@@ -426,6 +424,4 @@ def train_func(config: dict[str, Any]) -> None:
             # fault injection for the recovery tests (EHRSURV_FAULT_AFTER_EPOCH, see launch.py)
             raise RuntimeError(f"injected fault after epoch {epoch} on rank {rc.rank}")
     if upcoming is not None:  # early stopping: the prepared epoch never runs
-        close = getattr(upcoming[1], "close", None)
-        if close is not None:
-            close()
+        close_source(upcoming[1])
