@@ -449,12 +449,16 @@ class IngestPipeline:
         import ray.data  # the Ray edge: imported where used, so the module imports without Ray
         from ray.data.context import ShuffleStrategy
 
-        groups = task_groups(self.plan, self.num_tasks())
+        shuffle_units = block_order_seed is not None and self.plan.mode != "hash"
+        # A new unit order: one unit per task, so the shuffle of the tasks is one of the units
+        # (a task reads its run of units in plan order: with a few long runs, bounded epochs
+        # would start from nearly the same units every time).
+        groups = task_groups(self.plan, len(self.plan.units) if shuffle_units else self.num_tasks())
         items = [{"task": i} for i in range(len(groups))]
         ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
-        if block_order_seed is not None and self.plan.mode != "hash":
+        if shuffle_units:
             # the one-item blocks of the task list, before the map: the map still streams
-            ds = shuffled_blocks(ds, block_order_seed)
+            ds = shuffled_blocks(ds, block_order_seed)  # type: ignore[arg-type]
         common = {"plan": self.plan, "groups": groups}
         if self.plan.mode != "hash":
             ds = ds.map_batches(
