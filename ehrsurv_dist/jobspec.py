@@ -141,9 +141,10 @@ class TrainSpec:
     step_log: str | None = option(
         None,
         "JSON-lines file to which every worker appends, after each epoch, one line: "
-        '{"epoch", "rank", "seconds", "cpu_seconds", "step_seconds": [...], "switches": '
-        '[voluntary, involuntary], "page_faults"} (the epoch\'s wall time, its training '
-        "thread's CPU time, the wall time of every step, and that thread's context switches "
+        '{"epoch", "rank", "seconds", "cpu_seconds", "step_seconds": [...], "step_keys": '
+        '[...], "switches": [voluntary, involuntary], "page_faults"} (the epoch\'s wall time, '
+        "its training thread's CPU time, the wall time of every step and a 32-bit name of its "
+        "batch (CRC-32 of the subject ids), and that thread's context switches "
         "and minor page faults during the epoch, counted on Linux; null = off). "
         "Written on the node where the worker runs; a relative path is taken from where the "
         "job is launched. For finding slow steps (stalls, stragglers) and a loop that waits, "

@@ -71,14 +71,15 @@ class StepHooks(Protocol):
     """Observers of :func:`train_epoch` (progress reports, the bench's counters).
 
     The loop calls ``on_epoch_start`` after its clock starts, ``on_step`` after every step
-    with the step's index, its wall time (its wait for the batch included) and the subjects
-    trained so far this epoch, and ``on_epoch_end`` after its clock stops; what that returns
-    lands in :attr:`EpochResult.measures`. Hooks observe; they change no number of the training.
+    with the step's index, its wall time (its wait for the batch included), the subjects
+    trained so far this epoch and the step's batch (numpy, read-only to the hook), and
+    ``on_epoch_end`` after its clock stops; what that returns lands in
+    :attr:`EpochResult.measures`. Hooks observe; they change no number of the training.
     """
 
     def on_epoch_start(self, epoch: int) -> None: ...
 
-    def on_step(self, step: int, seconds: float, subjects: int) -> None: ...
+    def on_step(self, step: int, seconds: float, subjects: int, batch: Batch) -> None: ...
 
     def on_epoch_end(self) -> dict[str, Any]: ...
 
@@ -134,7 +135,7 @@ def train_epoch(
         tokens += _batch_tokens(batch)
         step_seconds = time.perf_counter() - t0
         for h in hooks:
-            h.on_step(n_batches - 1, step_seconds, subjects)
+            h.on_step(n_batches - 1, step_seconds, subjects, batch)
     seconds = time.perf_counter() - t_start
     measures: dict[str, Any] = {}
     for h in hooks:  # after the clock: what a hook does at the end (a log write) is not timed

@@ -43,8 +43,8 @@ class StepReporter:
         self.epoch = epoch
         self._last = 0.0
 
-    def on_step(self, step: int, seconds: float, subjects: int) -> None:
-        del step, seconds
+    def on_step(self, step: int, seconds: float, subjects: int, batch: Any) -> None:
+        del step, seconds, batch
         now = time.monotonic()
         if now - self._last >= self.min_interval_s:
             self._last = now

@@ -8,8 +8,9 @@ the worker writes it for a documented config key; the throughput bench reads it.
 loop attaches one to the same loop function, so both sides are timed by the same code.
 
 The step log is JSON lines, one per (epoch, rank): ``{"epoch", "rank", "seconds",
-"cpu_seconds", "step_seconds", "switches", "page_faults"}`` (``switches`` = [voluntary,
-involuntary]). Pure Python (no Ray, no torch).
+"cpu_seconds", "step_seconds", "step_keys", "switches", "page_faults"}`` (``switches`` =
+[voluntary, involuntary]; ``step_keys[s]`` names the batch of step ``s``: :func:`batch_key`).
+No Ray, no torch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import json
 import os
 import resource
 import time
+import zlib
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
+
+from ehrsurv_dist import schema as S
 
 
 def thread_counters() -> tuple[int, int, int]:
@@ -32,14 +39,32 @@ def thread_counters() -> tuple[int, int, int]:
     return int(ru.ru_nvcsw), int(ru.ru_nivcsw), int(ru.ru_minflt)
 
 
+def batch_key(batch: Mapping[str, Any]) -> int:
+    """A 32-bit name of a batch: the CRC-32 of its subject ids (and prediction times on the
+    calendar axis, where a subject has several samples), in batch order.
+
+    Ray delivers a split's units in the order its tasks finish, so two runs with the same seed
+    train the same batches in an order that may differ; the key pairs a batch with itself
+    across runs (``bench throughput``'s step floor). -1 for a batch without subject ids (the
+    product's batches always have them).
+    """
+    if S.SUBJECT not in batch:
+        return -1
+    crc = zlib.crc32(np.ascontiguousarray(batch[S.SUBJECT], dtype=np.int64).tobytes())
+    if S.PREDICTION_TIME in batch:
+        times = np.ascontiguousarray(batch[S.PREDICTION_TIME], dtype=np.int64)
+        crc = zlib.crc32(times.tobytes(), crc)
+    return crc
+
+
 class EpochCounters:
     """Step hooks that time one epoch of the thread running it.
 
-    ``on_epoch_end`` returns ``{"seconds", "cpu_seconds", "step_seconds", "switches",
-    "page_faults"}``: the epoch's wall time (from ``on_epoch_start``), the thread's CPU time
-    (``time.thread_time``; ``seconds - cpu_seconds`` is the time it was not running: waiting
-    for a batch, the GIL or a CPU), the wall time of every step (its wait for the batch
-    included), and the thread's context switches, voluntary (it blocked) and involuntary (the
+    ``on_epoch_end`` returns ``{"seconds", "cpu_seconds", "step_seconds", "step_keys",
+    "switches", "page_faults"}``: the epoch's wall time (from ``on_epoch_start``), the thread's
+    CPU time (``time.thread_time``; ``seconds - cpu_seconds`` is the time it was not running:
+    waiting for a batch, the GIL or a CPU), the wall time of every step (its wait for the batch
+    included) and its batch's :func:`batch_key`, and the thread's context switches, voluntary (it blocked) and involuntary (the
     kernel preempted it), and minor page faults (memory the allocator had given back).
     """
 
@@ -48,17 +73,20 @@ class EpochCounters:
         self._t0 = self._cpu0 = 0.0
         self._counters0 = (0, 0, 0)
         self._steps: list[float] = []
+        self._keys: list[int] = []
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
         self._steps = []
+        self._keys = []
         self._t0 = time.perf_counter()
         self._cpu0 = time.thread_time()
         self._counters0 = thread_counters()
 
-    def on_step(self, step: int, seconds: float, subjects: int) -> None:
+    def on_step(self, step: int, seconds: float, subjects: int, batch: Mapping[str, Any]) -> None:
         del step, subjects
         self._steps.append(seconds)
+        self._keys.append(batch_key(batch))
 
     def on_epoch_end(self) -> dict[str, Any]:
         vol, invol, faults = (
@@ -70,6 +98,7 @@ class EpochCounters:
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
             "step_seconds": self._steps,
+            "step_keys": self._keys,
             "switches": [vol, invol],
             "page_faults": faults,
         }
@@ -93,6 +122,7 @@ class StepLog(EpochCounters):
             seconds=rec["seconds"],
             cpu_seconds=rec["cpu_seconds"],
             step_seconds=rec["step_seconds"],
+            step_keys=rec["step_keys"],
             switches=(rec["switches"][0], rec["switches"][1]),
             page_faults=rec["page_faults"],
         )
@@ -107,13 +137,14 @@ def append_step_log(
     seconds: float,
     cpu_seconds: float,
     step_seconds: list[float],
+    step_keys: list[int] | None = None,
     switches: tuple[int, int] = (0, 0),
     page_faults: int = 0,
 ) -> None:
     """Append one epoch of one rank to the JSON-lines file ``path`` (the module doc's format).
 
     One line, written by a single ``write`` on a file opened for appending, so lines of ranks
-    sharing a file do not interleave.
+    sharing a file do not interleave. ``step_keys`` None: no batch keys (an empty list).
     """
     rec = {
         "epoch": epoch,
@@ -121,6 +152,7 @@ def append_step_log(
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "step_seconds": step_seconds,
+        "step_keys": [] if step_keys is None else list(step_keys),
         "switches": list(switches),
         "page_faults": page_faults,
     }

@@ -10,6 +10,7 @@ from ehrsurv_dist.bench import attention as A
 from ehrsurv_dist.bench.throughput import (
     RssRise,
     counters_per_epoch,
+    keyed_steps,
     model_state_bytes_per_rank,
     off_cpu_fraction,
     pooled,
@@ -130,11 +131,16 @@ def test_pooled_takes_the_steady_epochs_of_every_run() -> None:
     }
 
 
-def test_step_floor_takes_each_steps_fastest_round() -> None:
+def _keyed(*epochs: list[float]) -> list[dict[int, float]]:
+    """A round whose epochs train batches 0, 1, 2, ... in that order."""
+    return [dict(enumerate(e)) for e in epochs]
+
+
+def test_step_floor_takes_each_batchs_fastest_round() -> None:
     rounds = [
-        [[9.0, 9.0], [1.0, 5.0, 2.0], [4.0]],  # round 0: epochs 0 (warm-up), 1, 2
-        [[8.0, 8.0], [3.0, 1.0, 2.5], [3.0]],  # round 1
-        [[7.0, 7.0], [2.0, 4.0, 0.5], [6.0]],  # round 2
+        _keyed([9.0, 9.0], [1.0, 5.0, 2.0], [4.0]),  # round 0: epochs 0 (warm-up), 1, 2
+        _keyed([8.0, 8.0], [3.0, 1.0, 2.5], [3.0]),  # round 1
+        _keyed([7.0, 7.0], [2.0, 4.0, 0.5], [6.0]),  # round 2
     ]
     # epoch 1: min(1,3,2) + min(5,1,4) + min(2,2.5,0.5) = 1 + 1 + 0.5; epoch 2: min(4,3,6)
     assert step_floor(rounds) == [2.5, 3.0]
@@ -143,13 +149,29 @@ def test_step_floor_takes_each_steps_fastest_round() -> None:
     assert step_floor(rounds[:1]) == [8.0, 4.0]
 
 
+def test_step_floor_pairs_steps_by_batch_not_by_position() -> None:
+    # Batches 10 (slow: 0.1 s) and 20 (fast: 0.01 s); round 1 trained them in the other order,
+    # as a Ray run does when its units arrive in another order. Paired by position, the
+    # minimum would take the fast batch's time at both positions (0.02 s).
+    run0 = {"step_s": [[0.1, 0.01], [0.1, 0.01]], "step_keys": [[10, 20], [10, 20]]}
+    run1 = {"step_s": [[0.1, 0.01], [0.011, 0.12]], "step_keys": [[10, 20], [20, 10]]}
+    rounds = [keyed_steps(run0), keyed_steps(run1)]
+    assert rounds[1][1] == {20: 0.011, 10: 0.12}
+    assert step_floor(rounds) == [pytest.approx(0.1 + 0.01)]
+
+
 def test_step_floor_refuses_rounds_that_did_different_work() -> None:
-    with pytest.raises(ValueError, match="differ in steps"):
-        step_floor([[[1.0], [1.0, 2.0]], [[1.0], [1.0]]])
+    with pytest.raises(ValueError, match="differ in batches"):
+        step_floor([_keyed([1.0], [1.0, 2.0]), _keyed([1.0], [1.0])])
+    with pytest.raises(ValueError, match="differ in batches"):  # as many, but other batches
+        step_floor([_keyed([1.0], [1.0]), [{0: 1.0}, {5: 1.0}]])
     with pytest.raises(ValueError, match="differ in epochs"):
-        step_floor([[[1.0], [1.0]], [[1.0]]])
+        step_floor([_keyed([1.0], [1.0]), _keyed([1.0])])
     with pytest.raises(ValueError, match="no rounds"):
         step_floor([])
+    # a batch twice in one epoch cannot be paired with another round's
+    with pytest.raises(ValueError, match="distinct batch keys"):
+        keyed_steps({"step_s": [[1.0, 2.0]], "step_keys": [[4, 4]]})
 
 
 def test_off_cpu_fraction_of_the_steady_epochs() -> None:
@@ -248,11 +270,13 @@ TRAINING_KEYS = [
 ]  # fmt: skip
 
 
-def _run(scale: float, steps: int = 3, epochs: int = 3) -> dict[str, object]:
-    """A run record as ray_run / plain_loop return it, times scaled by ``scale``."""
+def _run(scale: float, steps: int = 3, epochs: int = 3, first_key: int = 0) -> dict[str, object]:
+    """A run record as ray_run / plain_loop return it, times scaled by ``scale``; its batches
+    are named ``first_key``, ``first_key + 1``, ..."""
     step_s = [[scale * (1 + 0.1 * s + 0.01 * e) for s in range(steps)] for e in range(epochs)]
     return {
         "step_s": step_s,
+        "step_keys": [list(range(first_key, first_key + steps)) for _ in range(epochs)],
         "cpu_s": [0.9 * sum(x) for x in step_s],
         "thread_s": [1.04 * sum(x) for x in step_s],
         "counters": [[10, 2, 100] for _ in range(epochs)],
@@ -292,3 +316,6 @@ def test_bench_refuses_unequal_work() -> None:
 
     with pytest.raises(RuntimeError, match="unequal work"):
         training_keys([_run(1.1)], [_run(1.0, steps=4)], _run(0.6), _run(1.3))
+    # as many steps and tokens, but other batches
+    with pytest.raises(RuntimeError, match="unequal work"):
+        training_keys([_run(1.1)], [_run(1.0, first_key=7)], _run(0.6), _run(1.3))

@@ -54,6 +54,6 @@ def test_step_reporter_throttles_updates() -> None:
     reporter = StepReporter(Sink(), world=2, min_interval_s=60.0)
     reporter.on_epoch_start(3)
     for step, subjects in enumerate((8, 16, 24)):
-        reporter.on_step(step, 0.1, subjects)
+        reporter.on_step(step, 0.1, subjects, {})
     # the first step reports at once (times the world size); the rest fall inside the interval
     assert sent == [{"epoch": 3, "subjects": 16}]

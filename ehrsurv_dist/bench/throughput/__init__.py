@@ -27,17 +27,19 @@ load:
     it), so both get the same number of timed epochs and the same drift of the machine's load.
 
     ``train_overhead_ratio`` = Ray Train (1 worker) ÷ plain loop at equal work, each side's
-    time being its **step floor**: for every (epoch, step) of the steady epochs, the fastest of
-    the rounds, summed (:func:`step_floor`). Every round trains the same batch through the same
-    weights at a given (epoch, step), on both sides, so a step's minimum over rounds is that
-    work's cost with the machine's interruptions mostly left out, and a cost the Ray path adds
-    to every step stays in it. On a shared machine whose speed drifts by a third within minutes
+    time being its **step floor**: for every batch of the steady epochs, its fastest step over
+    the rounds, summed (:func:`step_floor`). Every round trains the same batches in an epoch, on
+    both sides, and each step's batch is named in the step log (``step_keys``): Ray delivers
+    the units in the order their tasks finish, so the order can differ between rounds, and
+    steps are paired by batch, not by position. A batch's minimum over rounds is that work's
+    cost with the machine's interruptions mostly left out, and a cost the Ray path adds to
+    every step stays in it. On a shared machine whose speed drifts by a third within minutes
     whole epochs are poor samples; the other estimates are reported next to it:
     ``train_overhead_ratio_step_median`` (median over rounds per step, summed: includes
     interruptions), ``train_overhead_ratio_best_epoch`` (best steady epoch ÷ best steady
     epoch), ``train_overhead_ratio_median`` (median epochs), and
     ``train_overhead_ratio_round_min``/``_max`` (best epochs of each round on its own).
-    Equal work is checked: the same steps in every epoch and the same tokens per epoch.
+    Equal work is checked: the same batches in every epoch and the same tokens per epoch.
     Where the difference goes: ``train_cpu_ratio`` (the training thread's CPU time per epoch,
     ``time.thread_time``, Ray ÷ plain: the work itself) and ``*_off_cpu_fraction`` (the share
     of the epoch in which that thread was not running: GIL, other threads and processes), and
@@ -74,6 +76,7 @@ from ehrsurv_dist.bench.throughput.memory import (
 )
 from ehrsurv_dist.bench.throughput.reduce import (
     counters_per_epoch,
+    keyed_steps,
     off_cpu_fraction,
     pooled,
     steady,
@@ -89,6 +92,7 @@ __all__ = [
     "TrainSettings",
     "WorkerMemory",
     "counters_per_epoch",
+    "keyed_steps",
     "model_state_bytes_per_rank",
     "off_cpu_fraction",
     "plain_loop",

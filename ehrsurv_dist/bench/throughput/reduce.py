@@ -27,13 +27,30 @@ def pooled(runs: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[floa
     return {k: [v for run in runs for v in steady(run[k])] for k in keys}
 
 
-def _per_step(
-    rounds: Sequence[Sequence[Sequence[float]]], stat: Callable[..., Any], skip: int
-) -> list[float]:
-    """Per epoch after the first ``skip``: Σ over its steps of ``stat`` over the rounds.
+def keyed_steps(run: Mapping[str, Any]) -> list[dict[int, float]]:
+    """Per epoch of a run: its steps' wall times by batch key (``step_keys``, ``step_s``).
 
     Raises:
-        ValueError: no rounds, or rounds that differ in epochs or in steps within an epoch.
+        ValueError: an epoch without keys, or a key twice in one epoch (its steps could not
+            be paired with another run's).
+    """
+    out = []
+    for e, (secs, keys) in enumerate(zip(run["step_s"], run["step_keys"], strict=True)):
+        by_key = dict(zip(keys, secs, strict=True))
+        if len(by_key) != len(secs):
+            raise ValueError(f"epoch {e}: {len(secs)} steps but {len(by_key)} distinct batch keys")
+        out.append(by_key)
+    return out
+
+
+def _per_step(
+    rounds: Sequence[Sequence[Mapping[int, float]]], stat: Callable[..., Any], skip: int
+) -> list[float]:
+    """Per epoch after the first ``skip``: Σ over its batches of ``stat`` over the rounds of
+    that batch's step time (``rounds[r][e]``: batch key → seconds, :func:`keyed_steps`).
+
+    Raises:
+        ValueError: no rounds, or rounds that differ in epochs or in the batches of an epoch.
     """
     if not rounds:
         raise ValueError("no rounds")
@@ -42,25 +59,30 @@ def _per_step(
         raise ValueError(f"rounds differ in epochs: {[len(r) for r in rounds]}")
     totals = []
     for e in range(skip, n_epochs):
-        lengths = {len(r[e]) for r in rounds}
-        if len(lengths) != 1:
-            raise ValueError(f"epoch {e}: rounds differ in steps: {sorted(lengths)}")
-        totals.append(float(stat(np.asarray([r[e] for r in rounds], dtype=float), axis=0).sum()))
+        keys = sorted(rounds[0][e])
+        if any(sorted(r[e]) != keys for r in rounds):
+            lengths = sorted({len(r[e]) for r in rounds})
+            raise ValueError(f"epoch {e}: rounds differ in batches (steps: {lengths})")
+        times = np.asarray([[r[e][k] for k in keys] for r in rounds], dtype=float)
+        totals.append(float(stat(times, axis=0).sum()))
     return totals
 
 
-def step_floor(rounds: Sequence[Sequence[Sequence[float]]], skip: int = 1) -> list[float]:
-    """Per epoch after the first ``skip``: the sum over its steps of each step's fastest time.
+def step_floor(rounds: Sequence[Sequence[Mapping[int, float]]], skip: int = 1) -> list[float]:
+    """Per epoch after the first ``skip``: the sum over its batches of each batch's fastest
+    step time over the rounds.
 
-    ``rounds[r][e][s]`` is the wall time of step ``s`` of epoch ``e`` in round ``r``. Every
-    round runs the same work at a given (epoch, step): the same batch (batches depend only on
-    seed and epoch) through the same weights (each round starts from the same seed). A step's
-    time is then that work's cost plus whatever the machine took away during it; the minimum
-    over rounds keeps the first and drops most of the second, as ``timeit`` does. A cost that
-    the path itself adds to every step stays in the minimum.
+    ``rounds[r][e]`` maps a batch key to the wall time of the step that trained that batch in
+    epoch ``e`` of round ``r`` (:func:`keyed_steps`). Every round trains the same batches in
+    an epoch (batches depend only on seed and epoch) through the same weights (each round
+    starts from the same seed); on Ray the *order* of the batches may differ between rounds
+    (units arrive as their tasks finish), so steps are paired by batch, not by position. A
+    step's time is then that work's cost plus whatever the machine took away during it; the
+    minimum over rounds keeps the first and drops most of the second, as ``timeit`` does. A
+    cost that the path itself adds to every step stays in the minimum.
 
     Raises:
-        ValueError: no rounds, or rounds that differ in epochs or in steps within an epoch.
+        ValueError: no rounds, or rounds that differ in epochs or in the batches of an epoch.
     """
     return _per_step(rounds, np.min, skip)
 
@@ -128,10 +150,12 @@ def training_keys(
     # The training thread's CPU time (its work) per epoch: per epoch the median over rounds.
     ray_cpu = sum(np.median([steady(r["cpu_s"]) for r in ray1], axis=0))
     plain_cpu = sum(np.median([steady(r["cpu_s"]) for r in plain], axis=0))
-    ray_floor = step_floor([run["step_s"] for run in ray1])
-    plain_floor = step_floor([run["step_s"] for run in plain])
-    ray_step_median = sum(_per_step([run["step_s"] for run in ray1], np.median, 1))
-    plain_step_median = sum(_per_step([run["step_s"] for run in plain], np.median, 1))
+    ray_steps = [keyed_steps(run) for run in ray1]
+    plain_steps = [keyed_steps(run) for run in plain]
+    ray_floor = step_floor(ray_steps)
+    plain_floor = step_floor(plain_steps)
+    ray_step_median = sum(_per_step(ray_steps, np.median, 1))
+    plain_step_median = sum(_per_step(plain_steps, np.median, 1))
     ray_counters = counters_per_epoch(ray1)
     plain_counters = counters_per_epoch(plain)
     # Each round's own ratio (its Ray run against the plain loop right after it).
@@ -190,11 +214,15 @@ def _check_equal_work(
     r1: Mapping[str, float],
     rp: Mapping[str, float],
 ) -> None:
-    """The same tokens per epoch, and the same steps in every epoch (the step floors compare
-    step by step; :func:`step_floor` checks the rounds of each side among themselves)."""
+    """The same tokens per epoch, and the same batches in every epoch (the step floors pair
+    the two sides' steps by batch; :func:`step_floor` checks the rounds of each side among
+    themselves)."""
     ray_steps = [len(x) for x in ray1[0]["step_s"]]
     plain_steps = [len(x) for x in plain[0]["step_s"]]
-    if abs(r1["tokens_per_epoch"] - rp["tokens_per_epoch"]) > 0.5 or ray_steps != plain_steps:
+    same_batches = [sorted(k) for k in ray1[0]["step_keys"]] == [
+        sorted(k) for k in plain[0]["step_keys"]
+    ]
+    if abs(r1["tokens_per_epoch"] - rp["tokens_per_epoch"]) > 0.5 or not same_batches:
         raise RuntimeError(
             "unequal work: the Ray run trained "
             f"{r1['tokens_per_epoch']:.0f} tokens per epoch in {ray_steps} steps per epoch, "

@@ -41,6 +41,7 @@ def ray_run(settings: TrainSettings, workers: int, zero_stage: int, out: str) ->
     Returns:
         ``epoch_s`` / ``tokens`` / ``wait`` per epoch (from the workers' reports), ``steps``,
         ``step_s`` (rank 0's wall time of every step, per epoch, from ``train.step_log``),
+        ``step_keys`` (the batch of every step: ``steplog.batch_key``),
         ``cpu_s`` (rank 0's training-thread CPU time per epoch, from the same log),
         ``counters`` (that thread's [voluntary switches, involuntary switches, page faults]
         per epoch, same log), the per-worker peak RSS (MB) and the run's wall time.
@@ -71,16 +72,19 @@ def ray_run(settings: TrainSettings, workers: int, zero_stage: int, out: str) ->
 
 
 def _logged_epochs(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """``step_s``, ``cpu_s``, ``thread_s`` and ``counters`` per epoch from step-log records (or
-    what :class:`~ehrsurv_dist.train.steplog.EpochCounters` returned).
+    """``step_s``, ``step_keys``, ``cpu_s``, ``thread_s`` and ``counters`` per epoch from
+    step-log records (or what :class:`~ehrsurv_dist.train.steplog.EpochCounters` returned).
 
     ``thread_s`` is the hook's own wall time, the interval its CPU time was read inside; the
     epoch's ``epoch_s`` (``train_epoch``'s clock) stops before the hook's end, so CPU ÷ epoch
     time could exceed 1 by the hook's few microseconds.
     """
-    out: dict[str, list[Any]] = {"step_s": [], "cpu_s": [], "thread_s": [], "counters": []}
+    out: dict[str, list[Any]] = {
+        "step_s": [], "step_keys": [], "cpu_s": [], "thread_s": [], "counters": []
+    }  # fmt: skip
     for rec in records:
         out["step_s"].append(rec["step_seconds"])
+        out["step_keys"].append(rec["step_keys"])
         out["cpu_s"].append(rec["cpu_seconds"])
         out["thread_s"].append(rec["seconds"])
         out["counters"].append([*rec["switches"], rec["page_faults"]])
@@ -112,9 +116,9 @@ def plain_loop(
 
     Returns:
         ``epoch_s``, ``tokens``, ``wait`` (data-wait fraction), ``steps``, ``step_s`` (the wall
-        time of every step), ``cpu_s`` (the loop thread's CPU time), ``counters`` ([voluntary
-        switches, involuntary switches, page faults] of the loop thread) per epoch and the mean
-        training loss per epoch.
+        time of every step), ``step_keys`` (its batch), ``cpu_s`` (the loop thread's CPU time),
+        ``counters`` ([voluntary switches, involuntary switches, page faults] of the loop
+        thread) per epoch and the mean training loss per epoch.
     """
     spec = job_spec(settings, 1, 0)
     pipe = IngestPipeline(
