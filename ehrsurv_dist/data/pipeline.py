@@ -175,6 +175,19 @@ def ray_validation_mapper() -> Mapper | None:
     return _ray_map_files
 
 
+def materialized_in_order(ds: Any) -> Any:
+    """``ds`` executed into the object store with its blocks in the plan's unit order.
+
+    A map's outputs otherwise come in the order its tasks finish, which differs between
+    executions: two runs with the same seed (or a run and its resume, which caches again) would
+    train the same batches in another order, and so follow another loss curve. Ordering costs
+    nothing here: the whole split is kept before the first epoch reads it. (With several train
+    workers, Ray's streaming split still hands each block to whichever rank asks first.)
+    """
+    ds.context.execution_options.preserve_order = True
+    return ds.materialize()
+
+
 def shuffled_blocks(ds: Any, seed: int) -> Any:
     """``ds`` with its blocks in a random order that changes at every execution (every epoch
     of a training run), reproducibly from ``seed``: Ray Data's ``randomize_block_order``

@@ -22,7 +22,7 @@ from ehrsurv_dist import schema as S
 from ehrsurv_dist import task as T
 from ehrsurv_dist.config import ConfigError, dump_yaml, load_config, to_dict
 from ehrsurv_dist.data.cache_plan import decide_cache
-from ehrsurv_dist.data.pipeline import IngestPipeline, shuffled_blocks
+from ehrsurv_dist.data.pipeline import IngestPipeline, materialized_in_order, shuffled_blocks
 from ehrsurv_dist.data.vocab import Vocabulary
 from ehrsurv_dist.errors import EhrsurvError
 from ehrsurv_dist.jobspec import JobSpec
@@ -524,14 +524,16 @@ def split_datasets(spec: JobSpec, pipe: Any, cache: bool) -> dict[str, Any]:
     re-bucket, pad and mask it on the workers (fresh every epoch, as before). With
     ``train.max_steps_per_epoch`` the train split's blocks come in a new random order every
     epoch (cached: the kept blocks are reordered; streamed: the units are read in a new order),
-    so bounded epochs do not all read the same first units.
+    so bounded epochs do not all read the same first units. A cached split is kept in the plan's
+    unit order (:func:`~ehrsurv_dist.data.pipeline.materialized_in_order`), so a 1-worker run
+    trains the same batches in the same order every time it runs with the same seed.
     """
     bounded = spec.train.max_steps_per_epoch is not None
     out = {}
     for split in (S.TRAIN_SPLIT, S.TUNING_SPLIT):
         seed = spec.seed if bounded and split == S.TRAIN_SPLIT else None
         if cache:
-            ds = pipe.dataset(split).materialize()
+            ds = materialized_in_order(pipe.dataset(split))
             out[split] = ds if seed is None else shuffled_blocks(ds, seed)
         else:
             out[split] = pipe.dataset(split, block_order_seed=seed)

@@ -242,6 +242,26 @@ def test_bounded_epochs_read_the_units_in_a_new_order_every_epoch(
         assert first[0] != second[0]  # a new order at the next execution
 
 
+def test_a_cached_split_keeps_its_units_in_plan_order(tmp_path: Path, ray_local: None) -> None:
+    """data.cache: the kept blocks come in the plan's unit order, not in the order the map
+    tasks finished (which differs between runs, and between a run and its resume)."""
+    from ehrsurv_dist.config import DataConfig
+    from ehrsurv_dist.data.pipeline import IngestPipeline, materialized_in_order
+    from ehrsurv_dist.data.synth_long import synthesize_long
+
+    cohort = str(tmp_path / "long")
+    synthesize_long(cohort, subjects=48, seed=2, shards=12, workers=1)  # 12 files: 12 units
+    pipe = IngestPipeline(cohort, DataConfig(cohort=cohort), validation_cache="none")
+    pipe.fit()
+    plan_order = [u.unit_id for u in pipe.plan.units]
+    for _ in range(3):
+        units, subjects = _unit_order_and_subjects(
+            materialized_in_order(pipe.dataset(S.TRAIN_SPLIT))
+        )
+        assert len(units) >= 8 and units == [u for u in plan_order if u in set(units)]
+        assert len(subjects) == len(set(subjects))
+
+
 def test_bounded_streamed_epochs_train_their_steps_and_finish(
     cohort: str, tmp_path: Path, ray_local: None
 ) -> None:
