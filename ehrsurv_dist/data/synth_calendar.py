@@ -224,6 +224,80 @@ class CalendarBlock:
 
 
 @dataclass
+class Outcome:
+    """What follows the prediction time, drawn from the block's second generator ([n] each)."""
+
+    rate: np.ndarray  # float64 per day, frailty included
+    rate_observable: np.ndarray  # float64, frailty at its mean
+    death_days: np.ndarray  # float64 drawn T − pt (observed or not)
+    followup_days: np.ndarray  # float64 end of follow-up − pt
+    died: np.ndarray  # bool: death before the end of follow-up
+    end_us: np.ndarray  # int64 death time or end of follow-up (>= pt + 2 µs)
+
+
+def draw_outcome(
+    post: np.random.Generator,
+    eta: np.ndarray,
+    log_z: np.ndarray,
+    pt: np.ndarray,
+    followup_days: tuple[float, float],
+) -> Outcome:
+    """Death at an exponential time of rate ``exp(eta + log_z)`` per day after ``pt``, censored
+    at a uniform end of follow-up in ``followup_days``."""
+    rate_obs = np.exp(eta)
+    rate = rate_obs * np.exp(log_z)
+    n = len(pt)
+    death_days = post.exponential(1.0, n) / rate
+    fu_days = post.uniform(followup_days[0], followup_days[1], n)
+    died = death_days <= fu_days
+    end_us = pt + np.maximum(np.rint(np.where(died, death_days, fu_days) * DAY_US), 2).astype(
+        np.int64
+    )
+    return Outcome(rate, rate_obs, death_days, fu_days, died, end_us)
+
+
+def followup_visit_times(
+    post: np.random.Generator,
+    o: Outcome,
+    pt: np.ndarray,
+    intensity: np.ndarray,
+    mean_gap_days: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(subject, time in µs) of the visits in (pt, end]: Poisson, ``intensity`` per
+    ``mean_gap_days``; a censored subject's last visit is at its end of follow-up."""
+    span = o.end_us - pt  # >= 2 µs
+    n_fu = post.poisson(intensity * (span / DAY_US) / mean_gap_days)
+    fs = np.repeat(np.arange(len(pt)), n_fu)
+    f_us = pt[fs] + 1 + (post.random(len(fs)) * (span[fs] - 1)).astype(np.int64)  # (pt, end)
+    cen = np.flatnonzero(~o.died)
+    return np.concatenate([fs, cen]), np.concatenate([f_us, o.end_us[cen]])
+
+
+def calendar_block(
+    sid: np.ndarray,
+    birth_us: np.ndarray,
+    pt: np.ndarray,
+    o: Outcome,
+    n_pre: np.ndarray,
+    rows: dict[str, np.ndarray],
+) -> CalendarBlock:
+    """The block of subjects ``sid`` from their outcome and their rows (:func:`block_rows`)."""
+    return CalendarBlock(
+        subject_id=sid,
+        birth_us=birth_us,
+        prediction_us=pt,
+        end_us=o.end_us,
+        died=o.died,
+        death_days=o.death_days,
+        followup_days=o.followup_days,
+        rate=o.rate,
+        rate_observable=o.rate_observable,
+        n_pre=n_pre,
+        **rows,
+    )
+
+
+@dataclass
 class _Rows:
     """Rows under construction: [R] each."""
 
@@ -431,49 +505,31 @@ def generate_calendar_block(
     # the rate: records at or before pt only (all of `pre`), age at pt, frailty
     age_pt = (pt - birth_us) / US_PER_YEAR
     eta = log_rate_of_rows(pre.subj, (pt[pre.subj] - pre.t) / DAY_US, pre.code, age_pt, p)
-    rate_obs = np.exp(eta)
-    rate = rate_obs * np.exp(log_z)
 
     # after pt (second generator): death, end of follow-up, follow-up visits
-    death_days = post.exponential(1.0, n) / rate
-    fu_days = post.uniform(p.followup_days[0], p.followup_days[1], n)
-    died = death_days <= fu_days
-    end_us = pt + np.maximum(np.rint(np.where(died, death_days, fu_days) * DAY_US), 2).astype(
-        np.int64
-    )
-    span = end_us - pt  # >= 2 µs
-    n_fu = post.poisson(intensity * (span / DAY_US) / 60.0)
-    fs = np.repeat(np.arange(n), n_fu)
-    f_us = pt[fs] + 1 + (post.random(len(fs)) * (span[fs] - 1)).astype(np.int64)  # (pt, end)
-    cen = np.flatnonzero(~died)  # a censored subject's last visit is at its end of follow-up
-    fs = np.concatenate([fs, cen])
-    f_us = np.concatenate([f_us, end_us[cen]])
+    o = draw_outcome(post, eta, log_z, pt, p.followup_days)
+    fs, f_us = followup_visit_times(post, o, pt, intensity, 60.0)
     k_fu = 1 + post.poisson(2.0, len(fs))
     fgen = _repeat_rows(k_fu, fs, f_us, 1)
     fgen.code = _generic_codes(post, fgen.subj, has)
     fk = (post.random(len(fs)) < p_out_risk[start[fs]]).astype(np.int64)
     frisk = _repeat_rows(fk, fs, f_us, 100)
     frisk.code = _risk_codes(post, frisk.subj, has)
-    dead = np.flatnonzero(died)
-    death = _Rows(dead, end_us[dead], np.zeros(len(dead), np.int64), np.full(len(dead), DEATH))
+    dead = np.flatnonzero(o.died)
+    death = _Rows(dead, o.end_us[dead], np.zeros(len(dead), np.int64), np.full(len(dead), DEATH))
     after = _Rows.cat([fgen, frisk, death])
     after_value = _lab_values(post, after.code)
 
     # assemble: static sex, birth, then records by time and order of appearance
     rows = _Rows.cat([pre, after])
     value = np.concatenate([pre_value, after_value])
-    return CalendarBlock(
-        subject_id=sid,
-        birth_us=birth_us,
-        prediction_us=pt,
-        end_us=end_us,
-        died=died,
-        death_days=death_days,
-        followup_days=fu_days,
-        rate=rate,
-        rate_observable=rate_obs,
-        n_pre=np.bincount(pre.subj, minlength=n).astype(np.int64),
-        **block_rows(
+    return calendar_block(
+        sid,
+        birth_us,
+        pt,
+        o,
+        np.bincount(pre.subj, minlength=n).astype(np.int64),
+        block_rows(
             sid, SEX0 + sex, BIRTH, birth_us, rows.subj, rows.t, rows.order, rows.code, value
         ),
     )

@@ -59,6 +59,9 @@ from ehrsurv_dist.data.synth_calendar import (
     RISK_CODES,
     CalendarBlock,
     block_rows,
+    calendar_block,
+    draw_outcome,
+    followup_visit_times,
     prepare_out,
     rows_as_of,
     write_blocks,
@@ -356,27 +359,14 @@ def generate_long_block(
 
     age_pt = (pt - birth_us) / US_PER_YEAR
     eta = long_log_rate_of_rows(pre_s, (pt[pre_s] - pre_t) / DAY_US, pre_c, pre_v, age_pt, p)
-    rate_obs = np.exp(eta)
-    rate = rate_obs * np.exp(log_z)
 
     # after pt (second generator): death, end of follow-up, outpatient follow-up visits
-    death_days = post.exponential(1.0, n) / rate
-    fu_days = post.uniform(p.followup_days[0], p.followup_days[1], n)
-    died = death_days <= fu_days
-    end_us = pt + np.maximum(np.rint(np.where(died, death_days, fu_days) * DAY_US), 2).astype(
-        np.int64
-    )
-    span = end_us - pt
-    n_fu = post.poisson(intensity * (span / DAY_US) / 45.0)
-    fs = np.repeat(np.arange(n), n_fu)
-    f_us = pt[fs] + 1 + (post.random(len(fs)) * (span[fs] - 1)).astype(np.int64)
-    cen = np.flatnonzero(~died)  # a censored subject's last visit is at its end of follow-up
-    fs = np.concatenate([fs, cen])
-    f_us = np.concatenate([f_us, end_us[cen]])
+    o = draw_outcome(post, eta, log_z, pt, p.followup_days)
+    fs, f_us = followup_visit_times(post, o, pt, intensity, 45.0)
     fr = np.repeat(np.arange(len(fs)), 2 + post.poisson(4.0, len(fs)))
-    dead = np.flatnonzero(died)
+    dead = np.flatnonzero(o.died)
     post_s = np.concatenate([fs[fr], dead])
-    post_t = np.concatenate([f_us[fr], end_us[dead]])
+    post_t = np.concatenate([f_us[fr], o.end_us[dead]])
     post_c = np.concatenate([_sample(_CDF_OUT, post, len(fr)), np.full(len(dead), DEATH)])
     post_v = _lab_values(post, post_c, severity, post_s)
 
@@ -391,18 +381,8 @@ def generate_long_block(
         np.concatenate([pre_c, post_c]),
         np.concatenate([pre_v, post_v]),
     )
-    return CalendarBlock(
-        subject_id=sid,
-        birth_us=birth_us,
-        prediction_us=pt,
-        end_us=end_us,
-        died=died,
-        death_days=death_days,
-        followup_days=fu_days,
-        rate=rate,
-        rate_observable=rate_obs,
-        n_pre=np.bincount(pre_s, minlength=n).astype(np.int64),
-        **rows,
+    return calendar_block(
+        sid, birth_us, pt, o, np.bincount(pre_s, minlength=n).astype(np.int64), rows
     )
 
 
