@@ -212,10 +212,9 @@ def num_scorers(spec: JobSpec) -> int:
 
 def scores_on_gpu(spec: JobSpec, cluster: dict[str, float]) -> bool:
     """Whether the scoring actors take GPUs: ``train.use_gpu`` (a run's config holds the value
-    its training resolved; ``auto`` given as an override: GPUs when ``cluster`` has them)."""
-    if spec.train.use_gpu == "auto":
-        return float(cluster.get("GPU", 0)) > 0
-    return bool(spec.train.use_gpu)
+    its training resolved; ``auto`` given as an override: GPUs when ``cluster`` has them, as
+    training decides it)."""
+    return spec.train.gpu_on(cluster)
 
 
 def predict_split_ray(

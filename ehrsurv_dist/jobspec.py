@@ -6,6 +6,7 @@ data, ray). Every field has help text; ``ehrsurv config`` prints them all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -182,6 +183,13 @@ class TrainSpec:
         if not isinstance(self.use_gpu, bool):
             raise ConfigError("train.use_gpu", "auto is resolved on the driver first")
         return self.use_gpu
+
+    def gpu_on(self, cluster: Mapping[str, float]) -> bool:
+        """``use_gpu`` on ``cluster`` (``ray.cluster_resources()``): ``auto`` = whether the
+        cluster has a GPU; true and false as they are."""
+        if self.use_gpu == "auto":
+            return float(cluster.get("GPU", 0)) > 0
+        return bool(self.use_gpu)
 
     def __post_init__(self) -> None:
         require(

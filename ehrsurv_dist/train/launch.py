@@ -104,7 +104,7 @@ def resolve_use_gpu(spec: JobSpec, cluster: Mapping[str, float], *, say: bool = 
     if spec.train.use_gpu != "auto":
         return spec
     gpus = float(cluster.get("GPU", 0))
-    use = gpus > 0
+    use = spec.train.gpu_on(cluster)
     if say:
         log.info(
             "train.use_gpu=auto: the cluster has %g GPU(s), so use_gpu=%s (%s)",
