@@ -37,7 +37,6 @@ from ehrsurv_dist.metrics.bootstrap import bootstrap_indices
 from ehrsurv_dist.metrics.calendar import (
     RiskConcordance,
     TdConcordanceDays,
-    _check_split,
     brier_contributions,
     ibs_grid_days,
     plot_calibration_days,
@@ -45,6 +44,7 @@ from ehrsurv_dist.metrics.calendar import (
     survival_at_days,
     uno_weights,
 )
+from ehrsurv_dist.metrics.calendar.inputs import _check_split
 
 EDGES = np.array([0.0, 10.0, 30.0, 60.0, 120.0, 200.0, 365.0])
 H = 365.0
@@ -204,7 +204,7 @@ def test_skipped_horizons_warn() -> None:
 @pytest.mark.parametrize("chunk", [None, 1000])
 def test_brier_contributions_average_to_sksurv_ibs(chunk, monkeypatch) -> None:
     if chunk is not None:  # several row chunks of the [N, G] terms
-        monkeypatch.setattr("ehrsurv_dist.metrics.calendar._CHUNK_ENTRIES", chunk)
+        monkeypatch.setattr("ehrsurv_dist.metrics.calendar.scores._CHUNK_ENTRIES", chunk)
     d = split(8)
     sp = _check_split(d["s"], EDGES, d["t"], d["ev"], d["sid"], d["tt"], d["te"])
     grid = ibs_grid_days(sp)
