@@ -92,11 +92,11 @@ def calibration_at(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected 'quantile' or 'uniform', got {strategy!r}")
     risk = 1.0 - np.exp(table.log_survival(np.array([k - 1])))[:, 0]  # [N]
-    edges = _bin_edges(risk, int(n_bins), strategy)
+    edges = risk_bin_edges(risk, int(n_bins), strategy)
     return _binned(risk, edges, ev, table.last_visit + 0.5 * ev, k)
 
 
-def _bin_edges(risk: FloatArray, n_bins: int, strategy: str) -> FloatArray:
+def risk_bin_edges(risk: FloatArray, n_bins: int, strategy: str) -> FloatArray:
     """float ``[B + 1]`` edges of ``n_bins`` risk bins (quantile edges: duplicates merged)."""
     if strategy == "uniform":
         return np.linspace(0.0, 1.0, n_bins + 1)
@@ -104,6 +104,35 @@ def _bin_edges(risk: FloatArray, n_bins: int, strategy: str) -> FloatArray:
     if edges.shape[0] == 1:  # all predictions equal: one bin
         edges = np.array([edges[0], edges[0]])
     return edges
+
+
+def risk_bins(
+    risk: FloatArray,
+    edges: FloatArray,
+    ev: BoolArray,
+    t: FloatArray,
+    time: float,
+    followed: BoolArray,
+) -> tuple[list[int], list[float], list[float], list[int], list[int]]:
+    """Per non-empty risk bin (``edges``): (its index, mean predicted risk, Kaplan–Meier observed
+    risk at ``time``, samples, samples still ``followed`` at ``time``), as lists; both time
+    axes' calibration tables are built from these."""
+    bin_id = np.clip(np.searchsorted(edges[1:-1], risk, side="right"), 0, edges.shape[0] - 2)
+    keep: list[int] = []
+    pred: list[float] = []
+    obs: list[float] = []
+    cnt: list[int] = []
+    at_risk: list[int] = []
+    for b in range(edges.shape[0] - 1):
+        m = bin_id == b
+        if not m.any():
+            continue
+        keep.append(b)
+        pred.append(float(risk[m].mean()))
+        obs.append(km_risk_at(ev[m], t[m], time))
+        cnt.append(int(m.sum()))
+        at_risk.append(int(np.sum(followed[m])))
+    return keep, pred, obs, cnt, at_risk
 
 
 def _binned(
@@ -118,17 +147,7 @@ def _binned(
         t: float ``[N]`` observed times on the scikit-survival scale.
         k: the whole time.
     """
-    bin_id = np.clip(np.searchsorted(edges[1:-1], risk, side="right"), 0, edges.shape[0] - 2)
-    keep, pred, obs, cnt, at_risk = [], [], [], [], []
-    for b in range(edges.shape[0] - 1):
-        m = bin_id == b
-        if not m.any():
-            continue
-        keep.append(b)
-        pred.append(float(risk[m].mean()))
-        obs.append(_km_event_prob(ev[m], t[m], k))
-        cnt.append(int(m.sum()))
-        at_risk.append(int(np.sum(t[m] > k)))
+    keep, pred, obs, cnt, at_risk = risk_bins(risk, edges, ev, t, k, t > k)
     kept_edges = np.append(edges[keep], edges[keep[-1] + 1])
     predicted = np.asarray(pred)
     observed = np.asarray(obs)
@@ -144,10 +163,11 @@ def _binned(
     )
 
 
-def _km_event_prob(ev: BoolArray, t: FloatArray, k: int) -> float:
-    """1 − Kaplan–Meier survival at k (held at its last value past the last observed time)."""
+def km_risk_at(ev: BoolArray, t: FloatArray, time: float) -> float:
+    """1 − Kaplan–Meier survival at ``time`` (held at its last value past the last observed
+    time; 0 without an event): the observed risk of a calibration bin, on either time axis."""
     if not ev.any():
         return 0.0
     times, surv = kaplan_meier_estimator(ev, t)
-    i = int(np.searchsorted(times, k, side="right")) - 1
+    i = int(np.searchsorted(times, time, side="right")) - 1
     return 0.0 if i < 0 else float(1.0 - surv[i])

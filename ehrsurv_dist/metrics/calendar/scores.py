@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sksurv.nonparametric import CensoringDistributionEstimator, kaplan_meier_estimator
+from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
 from ehrsurv_dist.metrics.bootstrap import bootstrap_indices
@@ -24,8 +24,8 @@ from ehrsurv_dist.metrics.calendar.inputs import (
 from ehrsurv_dist.metrics.calendar.pairs import (
     _as_risk,
 )
-from ehrsurv_dist.metrics.calibration import _bin_edges
-from ehrsurv_dist.metrics.inputs import BoolArray, FloatArray, IntArray, as_event
+from ehrsurv_dist.metrics.calibration import risk_bin_edges, risk_bins
+from ehrsurv_dist.metrics.inputs import FloatArray, IntArray, as_event
 
 IBS_MAX_POINTS = 365  # the IBS grid steps by whole days, at most this many points
 _CHUNK_ENTRIES = 2_000_000  # bootstrap replicates are evaluated in chunks of ~this many cells
@@ -146,19 +146,10 @@ def calibration_days(
     risk = 1.0 - _as_risk(survival_at_horizon, t.shape[0])
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins: expected a positive int, got {n_bins!r}")
-    edges = _bin_edges(risk, n_bins, "quantile")
-    bin_id = np.clip(np.searchsorted(edges[1:-1], risk, side="right"), 0, edges.shape[0] - 2)
-    keep: list[int] = []
-    pred, obs, cnt, at_risk = [], [], [], []
-    for b in range(edges.shape[0] - 1):
-        m = bin_id == b
-        if not m.any():
-            continue
-        keep.append(b)
-        pred.append(float(risk[m].mean()))
-        obs.append(_km_risk(ev[m], t[m], float(horizon_days)))
-        cnt.append(int(m.sum()))
-        at_risk.append(int(np.sum(t[m] >= horizon_days)))
+    edges = risk_bin_edges(risk, n_bins, "quantile")
+    keep, pred, obs, cnt, at_risk = risk_bins(
+        risk, edges, ev, t, float(horizon_days), t >= horizon_days
+    )
     n = np.asarray(cnt, dtype=np.float64)
     gap = np.abs(np.asarray(pred) - np.asarray(obs))
     return {
@@ -170,15 +161,6 @@ def calibration_days(
         "n": cnt,
         "n_at_risk": at_risk,
     }
-
-
-def _km_risk(ev: BoolArray, t: FloatArray, day: float) -> float:
-    """1 − Kaplan–Meier survival at ``day`` (held past the last time; 0 without an event)."""
-    if not ev.any():
-        return 0.0
-    times, surv = kaplan_meier_estimator(ev, t)
-    i = int(np.searchsorted(times, day, side="right")) - 1
-    return 0.0 if i < 0 else float(1.0 - surv[i])
 
 
 # ---------------------------------------------------------------------------------------------
