@@ -462,16 +462,18 @@ class IngestPipeline:
         import ray.data  # the Ray edge: imported where used, so the module imports without Ray
         from ray.data.context import ShuffleStrategy
 
-        shuffle_units = block_order_seed is not None and self.plan.mode != "hash"
+        # hash mode reorders the buckets after its shuffle instead (below)
+        unit_seed = block_order_seed if self.plan.mode != "hash" else None
         # A new unit order: one unit per task, so the shuffle of the tasks is one of the units
         # (a task reads its run of units in plan order: with a few long runs, bounded epochs
         # would start from nearly the same units every time).
-        groups = task_groups(self.plan, len(self.plan.units) if shuffle_units else self.num_tasks())
+        n_tasks = len(self.plan.units) if unit_seed is not None else self.num_tasks()
+        groups = task_groups(self.plan, n_tasks)
         items = [{"task": i} for i in range(len(groups))]
         ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
-        if shuffle_units:
+        if unit_seed is not None:
             # the one-item blocks of the task list, before the map: the map still streams
-            ds = shuffled_blocks(ds, block_order_seed)  # type: ignore[arg-type]
+            ds = shuffled_blocks(ds, unit_seed)
         common = {"plan": self.plan, "groups": groups}
         if self.plan.mode != "hash":
             ds = ds.map_batches(

@@ -113,10 +113,10 @@ def risk_bins(
     t: FloatArray,
     time: float,
     followed: BoolArray,
-) -> tuple[list[int], list[float], list[float], list[int], list[int]]:
-    """Per non-empty risk bin (``edges``): (its index, mean predicted risk, Kaplan–Meier observed
-    risk at ``time``, samples, samples still ``followed`` at ``time``), as lists; both time
-    axes' calibration tables are built from these."""
+) -> tuple[FloatArray, list[float], list[float], list[int], list[int]]:
+    """The non-empty risk bins of ``edges``: (their edges, ``[B' + 1]``; then per bin, as lists:
+    mean predicted risk, Kaplan–Meier observed risk at ``time``, samples, samples still
+    ``followed`` at ``time``); both time axes' calibration tables are built from these."""
     bin_id = np.clip(np.searchsorted(edges[1:-1], risk, side="right"), 0, edges.shape[0] - 2)
     keep: list[int] = []
     pred: list[float] = []
@@ -132,7 +132,7 @@ def risk_bins(
         obs.append(km_risk_at(ev[m], t[m], time))
         cnt.append(int(m.sum()))
         at_risk.append(int(np.sum(followed[m])))
-    return keep, pred, obs, cnt, at_risk
+    return np.append(edges[keep], edges[keep[-1] + 1]), pred, obs, cnt, at_risk
 
 
 def _binned(
@@ -147,8 +147,7 @@ def _binned(
         t: float ``[N]`` observed times on the scikit-survival scale.
         k: the whole time.
     """
-    keep, pred, obs, cnt, at_risk = risk_bins(risk, edges, ev, t, k, t > k)
-    kept_edges = np.append(edges[keep], edges[keep[-1] + 1])
+    kept_edges, pred, obs, cnt, at_risk = risk_bins(risk, edges, ev, t, k, t > k)
     predicted = np.asarray(pred)
     observed = np.asarray(obs)
     n = np.asarray(cnt, dtype=np.int64)

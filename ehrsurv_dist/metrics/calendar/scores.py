@@ -147,7 +147,7 @@ def calibration_days(
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins: expected a positive int, got {n_bins!r}")
     edges = risk_bin_edges(risk, n_bins, "quantile")
-    keep, pred, obs, cnt, at_risk = risk_bins(
+    kept_edges, pred, obs, cnt, at_risk = risk_bins(
         risk, edges, ev, t, float(horizon_days), t >= horizon_days
     )
     n = np.asarray(cnt, dtype=np.float64)
@@ -155,7 +155,7 @@ def calibration_days(
     return {
         "horizon_days": float(horizon_days),
         "ece": float(np.sum(n / n.sum() * gap)),
-        "bin_edges": [float(x) for x in np.append(edges[keep], edges[keep[-1] + 1])],
+        "bin_edges": [float(x) for x in kept_edges],
         "predicted": pred,
         "observed": obs,
         "n": cnt,
